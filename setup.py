@@ -1,0 +1,18 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minigen",
+    version="0.1.0",
+    description="A small reverse-mode autodiff engine with hand-written kernels and classic deep generative models",
+    python_requires=">=3.10",
+    packages=find_packages(include=["minigen", "minigen.*", "kernels", "kernels.*"]),
+    package_data={"kernels": ["cuda/*.cu"]},
+    install_requires=["numpy>=2.0", "scipy>=1.11", "numba>=0.60", "tqdm>=4.60", "Pillow>=9.0"],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80"],
+        "cuda": ["cupy-cuda12x>=13"],
+        "bench": ["torch==2.13.0", "autograd", "mygrad", "dezero"],
+        "plot": ["matplotlib>=3.6"],
+    },
+    entry_points={"console_scripts": []},
+)
