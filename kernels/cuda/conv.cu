@@ -18,7 +18,7 @@
 //               16x64 slice of B in shared memory, then each thread does 16 rank-1 updates of its 4x4
 //               accumulators from shared memory.
 //   gemm_naive  the baseline: one thread per element of C, 16x16 threads per block, no data reuse.
-#include "common.cuh"
+#include "common.cu"
 
 struct ConvGeom {
     int n, c, h, w;    // input x: (n, c, h, w)

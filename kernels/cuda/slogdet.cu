@@ -11,7 +11,7 @@
 //   (right-looking LU). Per column k: block argmax (warp shuffles, then across warps in shared memory) picks
 //   the pivot; threads swap rows k and p in parallel over columns; then warp w updates rows k+1+w, +8, ...
 //   with its lanes striding over the columns, so that every row update is a coalesced read and write.
-#include "common.cuh"
+#include "common.cu"
 
 // Running sign and |det| over the pivots seen so far, |det| = mantissa * 2^exponent with mantissa in
 // [0.5, 1): no overflow or underflow, and a single log at the end (a log per pivot costs a call per step,

@@ -11,7 +11,7 @@
 // Backward, the same pattern with a plain sum:
 //   softmax:     gx = y * (gy - sum(gy * y))
 //   log-softmax: gx = gy - exp(y) * sum(gy)
-#include "common.cuh"
+#include "common.cu"
 
 template <typename T> struct MaxSum {  // running max and sum of exp(x - max)
     T m, s;
