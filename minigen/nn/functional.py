@@ -1,0 +1,7 @@
+"""The neural-network operations under PyTorch's names: `import minigen.nn.functional as F`."""
+from ..ops.elementwise import (elu, gelu, leaky_relu, logsigmoid, relu, sigmoid, silu, softplus,  # noqa: F401
+                               tanh)
+from ..ops.losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,  # noqa: F401
+                          gaussian_nll_loss, kl_normal, mse_loss)
+from ..ops.nn import dropout, linear, log_softmax, softmax  # noqa: F401
+from ..ops.shape import one_hot, pad  # noqa: F401

@@ -1,0 +1,513 @@
+"""Elementwise operations. Each Function's docstring gives its forward and its backward (the vector-Jacobian
+product, with g the gradient of the output); backward is written in Tensor operations, so it is itself
+differentiable. Broadcasting is handled by the engine, which sums each gradient back to its input's shape.
+Operations that are short compositions of others (silu, gelu, elu, ...) are plain functions: their
+derivatives of every order come from their parts.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Function, Tensor, as_tensor
+
+
+def _pair(a, b) -> tuple[Tensor, Tensor]:
+    """Two operands as tensors; a Python number takes the other operand's dtype (NumPy's rules)."""
+    if not isinstance(a, Tensor):
+        b = as_tensor(b)
+        return as_tensor(a, like=b), b
+    return a, as_tensor(b, like=a)
+
+
+def _const(t: Tensor, array) -> Tensor:
+    """A constant tensor (no gradient) of `t`'s dtype, e.g. a mask that multiplies a gradient."""
+    return Tensor(array.astype(t.dtype, copy=False))
+
+
+# --- arithmetic ------------------------------------------------------------------------------------------
+
+
+class Add(Function):
+    """y = a + b;  ga = g, gb = g."""
+
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, g):
+        return g, g
+
+
+class Sub(Function):
+    """y = a - b;  ga = g, gb = -g."""
+
+    def forward(self, a, b):
+        return a - b
+
+    def backward(self, g):
+        return g, (-g if self.needs_grad(1) else None)
+
+
+class Mul(Function):
+    """y = a * b;  ga = g * b, gb = g * a."""
+
+    def forward(self, a, b):
+        return a * b
+
+    def backward(self, g):
+        a, b = self.inputs
+        return (g * b if a.requires_grad else None), (g * a if b.requires_grad else None)
+
+
+class Div(Function):
+    """y = a / b;  ga = g / b, gb = -g * y / b."""
+
+    def forward(self, a, b):
+        return a / b
+
+    def backward(self, g):
+        a, b = self.inputs
+        ga = g / b if a.requires_grad else None
+        gb = -(ga if ga is not None else g / b) * self.output() if b.requires_grad else None
+        return ga, gb
+
+
+class Neg(Function):
+    """y = -x;  gx = -g."""
+
+    def forward(self, x):
+        return -x
+
+    def backward(self, g):
+        return -g
+
+
+class PowScalar(Function):
+    """y = x ** p for a constant p;  gx = g * p * x ** (p - 1)."""
+
+    def __init__(self, p):
+        self.p = p
+
+    def forward(self, x):
+        return x ** self.p
+
+    def backward(self, g):
+        if self.p == 2:
+            return g * (2 * self.inputs[0])
+        return g * (self.p * self.inputs[0] ** (self.p - 1))
+
+
+class Pow(Function):
+    """y = a ** b;  ga = g * b * a ** (b - 1),  gb = g * y * log(a)  (taken as 0 where a <= 0)."""
+
+    def forward(self, a, b):
+        return a ** b
+
+    def backward(self, g):
+        a, b = self.inputs
+        ga = g * b * a ** (b - 1) if a.requires_grad else None
+        gb = None
+        if b.requires_grad:
+            positive = a.data > 0
+            safe_a = where(positive, a, 1.0)
+            gb = g * where(positive, self.output() * log(safe_a), 0.0)
+        return ga, gb
+
+
+def add(a, b) -> Tensor:
+    return Add()(*_pair(a, b))
+
+
+def sub(a, b) -> Tensor:
+    return Sub()(*_pair(a, b))
+
+
+def mul(a, b) -> Tensor:
+    return Mul()(*_pair(a, b))
+
+
+def div(a, b) -> Tensor:
+    return Div()(*_pair(a, b))
+
+
+def neg(x: Tensor) -> Tensor:
+    return Neg()(x)
+
+
+def pow(a, b) -> Tensor:  # noqa: A001 - NumPy's name
+    """a ** b; a constant Python exponent takes the cheaper PowScalar path."""
+    if isinstance(a, Tensor) and isinstance(b, (int, float)):
+        return PowScalar(b)(a)
+    return Pow()(*_pair(a, b))
+
+
+# --- unary functions -------------------------------------------------------------------------------------
+
+
+class Exp(Function):
+    """y = exp(x);  gx = g * y."""
+
+    def forward(self, x):
+        return np.exp(x)
+
+    def backward(self, g):
+        return g * self.output()
+
+
+class Log(Function):
+    """y = log(x);  gx = g / x."""
+
+    def forward(self, x):
+        return np.log(x)
+
+    def backward(self, g):
+        return g / self.inputs[0]
+
+
+class Log1p(Function):
+    """y = log(1 + x);  gx = g / (1 + x)."""
+
+    def forward(self, x):
+        return np.log1p(x)
+
+    def backward(self, g):
+        return g / (self.inputs[0] + 1)
+
+
+class Expm1(Function):
+    """y = exp(x) - 1;  gx = g * (y + 1)."""
+
+    def forward(self, x):
+        return np.expm1(x)
+
+    def backward(self, g):
+        return g * (self.output() + 1)
+
+
+class Sqrt(Function):
+    """y = sqrt(x);  gx = g / (2 y)."""
+
+    def forward(self, x):
+        return np.sqrt(x)
+
+    def backward(self, g):
+        return g / (2 * self.output())
+
+
+class Abs(Function):
+    """y = |x|;  gx = g * sign(x)  (0 at x = 0, as PyTorch)."""
+
+    def forward(self, x):
+        return np.abs(x)
+
+    def backward(self, g):
+        x = self.inputs[0]
+        return g * _const(x, np.sign(x.data))
+
+
+class Sin(Function):
+    """y = sin(x);  gx = g * cos(x)."""
+
+    def forward(self, x):
+        return np.sin(x)
+
+    def backward(self, g):
+        return g * cos(self.inputs[0])
+
+
+class Cos(Function):
+    """y = cos(x);  gx = -g * sin(x)."""
+
+    def forward(self, x):
+        return np.cos(x)
+
+    def backward(self, g):
+        return -g * sin(self.inputs[0])
+
+
+class Tanh(Function):
+    """y = tanh(x);  gx = g * (1 - y^2)."""
+
+    def forward(self, x):
+        return np.tanh(x)
+
+    def backward(self, g):
+        y = self.output()
+        return g * (1 - y * y)
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + exp(-x)), computed as exp(-log(1 + exp(-x))) so no step overflows;  gx = g * y (1 - y)."""
+
+    def forward(self, x):
+        return np.exp(-np.logaddexp(0, -x))
+
+    def backward(self, g):
+        y = self.output()
+        return g * (y * (1 - y))
+
+
+class ReLU(Function):
+    """y = max(x, 0);  gx = g * [x > 0]."""
+
+    def forward(self, x):
+        return np.maximum(x, 0)
+
+    def backward(self, g):
+        x = self.inputs[0]
+        return g * _const(x, x.data > 0)
+
+
+class Erf(Function):
+    """y = erf(x);  gx = g * 2/sqrt(pi) * exp(-x^2)."""
+
+    def forward(self, x):
+        return _special(x).erf(x).astype(x.dtype, copy=False)
+
+    def backward(self, g):
+        x = self.inputs[0]
+        return g * (exp(-(x * x)) * (2 / math.sqrt(math.pi)))
+
+
+def _special(x):
+    """scipy.special for NumPy arrays, cupyx.scipy.special for CuPy arrays."""
+    if backend.get_array_module(x) is np:
+        import scipy.special
+        return scipy.special
+    import cupyx.scipy.special
+    return cupyx.scipy.special
+
+
+class Softplus(Function):
+    """y = log(1 + exp(beta x)) / beta, and y = x where beta x > threshold (PyTorch's convention).
+
+    Computed as max(bx, 0) + log1p(exp(-|bx|)), finite for any x.  gx = g * sigmoid(beta x) (1 past the
+    threshold).
+    """
+
+    def __init__(self, beta=1.0, threshold=20.0):
+        self.beta, self.threshold = beta, threshold
+
+    def forward(self, x):
+        bx = x * self.beta if self.beta != 1 else x
+        y = np.maximum(bx, 0) + np.log1p(np.exp(-np.abs(bx)))
+        if self.beta != 1:
+            y = y / self.beta
+        return np.where(bx > self.threshold, x, y).astype(x.dtype, copy=False)
+
+    def backward(self, g):
+        x = self.inputs[0]
+        bx = x * self.beta if self.beta != 1 else x
+        linear = _const(x, bx.data > self.threshold)
+        return g * (sigmoid(bx) * (1 - linear) + linear)
+
+
+class Clip(Function):
+    """y = min(max(x, lo), hi);  gx = g where lo <= x <= hi, else 0."""
+
+    def __init__(self, lo, hi):
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x):
+        return np.clip(x, self.lo, self.hi)
+
+    def backward(self, g):
+        x = self.inputs[0].data
+        inside = np.ones(x.shape, dtype=bool)
+        if self.lo is not None:
+            inside &= x >= self.lo
+        if self.hi is not None:
+            inside &= x <= self.hi
+        return g * _const(self.inputs[0], inside)
+
+
+class Maximum(Function):
+    """y = max(a, b);  the gradient goes to the larger input, split in half on ties."""
+
+    def forward(self, a, b):
+        return np.maximum(a, b)
+
+    def backward(self, g):
+        a, b = self.inputs
+        share_a = (a.data > b.data) + 0.5 * (a.data == b.data)
+        return (g * _const(a, share_a) if a.requires_grad else None,
+                g * _const(b, 1 - share_a) if b.requires_grad else None)
+
+
+class Where(Function):
+    """y = a where cond else b (cond a constant boolean array);  ga = g where cond, gb = g elsewhere."""
+
+    def __init__(self, cond):
+        self.cond = cond
+
+    def forward(self, a, b):
+        return np.where(self.cond, a, b)
+
+    def backward(self, g):
+        a, b = self.inputs
+        zero = as_tensor(0, like=g)
+        return (Where(self.cond)(g, zero) if a.requires_grad else None,
+                Where(self.cond)(zero, g) if b.requires_grad else None)
+
+
+class AsType(Function):
+    """y = x cast to `dtype`;  gx = g cast back to x's dtype."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def forward(self, x):
+        return x.astype(self.dtype)
+
+    def backward(self, g):
+        return AsType(self.inputs[0].dtype)(g)
+
+
+class ToDevice(Function):
+    """y = x copied to `device`;  gx = g copied back."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def forward(self, x):
+        return backend.to_device(x, self.device)
+
+    def backward(self, g):
+        return ToDevice(self.inputs[0].device)(g)
+
+
+def exp(x: Tensor) -> Tensor:
+    return Exp()(x)
+
+
+def log(x: Tensor) -> Tensor:
+    return Log()(x)
+
+
+def log1p(x: Tensor) -> Tensor:
+    return Log1p()(x)
+
+
+def expm1(x: Tensor) -> Tensor:
+    return Expm1()(x)
+
+
+def sqrt(x: Tensor) -> Tensor:
+    return Sqrt()(x)
+
+
+def abs(x: Tensor) -> Tensor:  # noqa: A001 - NumPy's name
+    return Abs()(x)
+
+
+def sign(x: Tensor) -> Tensor:
+    """sign(x), a constant: its derivative is zero wherever it exists."""
+    return Tensor(np.sign(x.data))
+
+
+def sin(x: Tensor) -> Tensor:
+    return Sin()(x)
+
+
+def cos(x: Tensor) -> Tensor:
+    return Cos()(x)
+
+
+def tanh(x: Tensor) -> Tensor:
+    return Tanh()(x)
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return Sigmoid()(x)
+
+
+def relu(x: Tensor) -> Tensor:
+    return ReLU()(x)
+
+
+def erf(x: Tensor) -> Tensor:
+    return Erf()(x)
+
+
+def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    return Softplus(beta, threshold)(x)
+
+
+def logsigmoid(x: Tensor) -> Tensor:
+    """log sigmoid(x) = -softplus(-x), finite for any x."""
+    return -softplus(-x)
+
+
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    return where(x.data > 0, x, x * negative_slope)
+
+
+def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
+    """x for x > 0, alpha (exp(x) - 1) otherwise. expm1 sees min(x, 0) only, so exp never overflows
+    in the branch that `where` discards (whose gradient would otherwise be 0 * inf = NaN)."""
+    return where(x.data > 0, x, expm1(minimum(x, 0.0)) * alpha)
+
+
+def silu(x: Tensor) -> Tensor:
+    """x sigmoid(x) (the swish of Ramachandran et al. 2017)."""
+    return x * sigmoid(x)
+
+
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """x Phi(x) with Phi the standard normal CDF (Hendrycks & Gimpel 2016); 'tanh' uses their approximation."""
+    if approximate == "tanh":
+        return 0.5 * x * (1 + tanh((x + 0.044715 * x ** 3) * math.sqrt(2 / math.pi)))
+    if approximate != "none":
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return 0.5 * x * (1 + erf(x * (1 / math.sqrt(2))))
+
+
+def clip(x: Tensor, a_min=None, a_max=None) -> Tensor:
+    if a_min is None and a_max is None:
+        raise ValueError("clip: give at least one of a_min and a_max")
+    return Clip(a_min, a_max)(x)
+
+
+def maximum(a, b) -> Tensor:
+    return Maximum()(*_pair(a, b))
+
+
+def minimum(a, b) -> Tensor:
+    """min(a, b) = -max(-a, -b)."""
+    a, b = _pair(a, b)
+    return -maximum(-a, -b)
+
+
+def where(cond, a, b) -> Tensor:
+    """a where cond else b. `cond` is a boolean array or tensor; no gradient flows into it."""
+    cond = cond.data if isinstance(cond, Tensor) else cond
+    a, b = _pair(a, b)
+    if cond.dtype != bool:
+        raise TypeError(f"where: cond must be boolean, got dtype {cond.dtype}")
+    return Where(cond)(a, b)
+
+
+def astype(x: Tensor, dtype) -> Tensor:
+    dtype = np.dtype(dtype)
+    return x if dtype == x.dtype else AsType(dtype)(x)
+
+
+def _compare(op):
+    def compare(a, b) -> Tensor:
+        a, b = _pair(a, b)
+        return Tensor(op(a.data, b.data))
+    compare.__name__ = op.__name__
+    compare.__doc__ = f"Elementwise `{op.__name__}`, a boolean tensor (no gradient)."
+    return compare
+
+
+equal, not_equal = _compare(np.equal), _compare(np.not_equal)
+less, less_equal = _compare(np.less), _compare(np.less_equal)
+greater, greater_equal = _compare(np.greater), _compare(np.greater_equal)
+
+__all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign",
+           "sin", "cos", "tanh", "sigmoid", "logsigmoid", "relu", "leaky_relu", "elu", "silu", "gelu",
+           "softplus", "clip", "maximum", "minimum", "where", "erf", "astype", "equal", "not_equal", "less",
+           "less_equal", "greater", "greater_equal"]

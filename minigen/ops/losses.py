@@ -1,0 +1,129 @@
+"""Losses, as in torch.nn.functional, each written in log space where it matters so that it stays finite
+for logits of +-1e4 in float32. `reduction` is 'mean' (default), 'sum' or 'none'.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..tensor import Function, Tensor, as_tensor
+from .elementwise import clip, exp, log, maximum, softplus
+from .nn import log_softmax
+from .reduce import mean as _mean
+from .reduce import sum as _sum
+from .shape import expand_dims, squeeze, take_along_axis
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return _mean(loss)
+    if reduction == "sum":
+        return _sum(loss)
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _same_shape(name: str, input: Tensor, target: Tensor) -> None:
+    if input.shape != target.shape:
+        raise ValueError(f"{name}: input of shape {input.shape} and target of shape {target.shape} differ")
+
+
+def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    """(input - target)^2."""
+    target = as_tensor(target, like=input)
+    _same_shape("mse_loss", input, target)
+    d = input - target
+    return _reduce(d * d, reduction)
+
+
+class BinaryCrossEntropy(Function):
+    """l = -(t log p + (1 - t) log(1 - p)), each log clamped at -100 as PyTorch does (so p = 0 or 1 gives a
+    finite loss);  gp = g (p - t) / max(p (1 - p), 1e-12),  gt = g (log(1 - p) - log p)."""
+
+    def forward(self, p, t):
+        with np.errstate(divide="ignore"):
+            log_p, log_1mp = np.maximum(np.log(p), -100), np.maximum(np.log1p(-p), -100)
+        return -(t * log_p + (1 - t) * log_1mp)
+
+    def backward(self, g):
+        p, t = self.inputs
+        gp = g * (p - t) / clip(p * (1 - p), 1e-12, None) if p.requires_grad else None
+        gt = g * (_clamped_log(1 - p) - _clamped_log(p)) if t.requires_grad else None
+        return gp, gt
+
+
+def _clamped_log(q: Tensor) -> Tensor:
+    return maximum(log(q), -100.0)
+
+
+def binary_cross_entropy(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of probabilities `input` in [0, 1]; prefer binary_cross_entropy_with_logits."""
+    target = as_tensor(target, like=input)
+    _same_shape("binary_cross_entropy", input, target)
+    if input.size and (input.data.min() < 0 or input.data.max() > 1):
+        raise ValueError("binary_cross_entropy: input must be probabilities in [0, 1]; for logits use "
+                         "binary_cross_entropy_with_logits")
+    return _reduce(BinaryCrossEntropy()(input, target), reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target, reduction: str = "mean",
+                                     pos_weight=None) -> Tensor:
+    """-(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) = softplus(x) - t x, finite for any x;
+    with pos_weight w: (1 - t) x + (1 + (w - 1) t) softplus(-x)."""
+    target = as_tensor(target, like=input)
+    _same_shape("binary_cross_entropy_with_logits", input, target)
+    if pos_weight is None:
+        return _reduce(softplus(input) - input * target, reduction)
+    return _reduce((1 - target) * input + (1 + (pos_weight - 1) * target) * softplus(-input), reduction)
+
+
+def cross_entropy(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    """-log softmax(input)[target] with class logits on axis 1: input (N, C) or (N, C, d1, ...), target
+    integer labels (N,) / (N, d1, ...), or class probabilities of input's shape."""
+    target = as_tensor(target)
+    log_p = log_softmax(input, axis=1)
+    if target.dtype.kind == "f":
+        _same_shape("cross_entropy", input, target)
+        return _reduce(-_sum(target * log_p, axis=1), reduction)
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: target must be integer labels or probabilities, got {target.dtype}")
+    expected = input.shape[:1] + input.shape[2:]
+    if target.shape != expected:
+        raise ValueError(f"cross_entropy: for input of shape {input.shape} the labels must have shape "
+                         f"{expected}, got {target.shape}")
+    labels = target.data
+    if labels.size and (labels.min() < 0 or labels.max() >= input.shape[1]):
+        raise ValueError(f"cross_entropy: labels must lie in [0, {input.shape[1]}), got range "
+                         f"[{labels.min()}, {labels.max()}]")
+    picked = take_along_axis(log_p, expand_dims(target, 1), axis=1)
+    return _reduce(-squeeze(picked, 1), reduction)
+
+
+def gaussian_nll_loss(input: Tensor, target, var, full: bool = False, eps: float = 1e-6,
+                      reduction: str = "mean") -> Tensor:
+    """0.5 (log v + (input - target)^2 / v) with v = max(var, eps) (+ 0.5 log 2 pi when full), as PyTorch."""
+    target, var = as_tensor(target, like=input), as_tensor(var, like=input)
+    _same_shape("gaussian_nll_loss", input, target)
+    v = clip(var, eps, None)
+    d = input - target
+    loss = 0.5 * (log(v) + d * d / v)
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
+    return _reduce(loss, reduction)
+
+
+def kl_normal(mu_q, log_var_q, mu_p=0.0, log_var_p=0.0) -> Tensor:
+    """KL(N(mu_q, exp(log_var_q)) || N(mu_p, exp(log_var_p))) elementwise, in closed form:
+    0.5 (log_var_p - log_var_q + (exp(log_var_q) + (mu_q - mu_p)^2) / exp(log_var_p) - 1).
+    With the defaults, the KL to the standard normal of the VAE (Kingma & Welling 2014, appendix B)."""
+    mu_q = as_tensor(mu_q)
+    log_var_q = as_tensor(log_var_q, like=mu_q)
+    mu_p, log_var_p = as_tensor(mu_p, like=mu_q), as_tensor(log_var_p, like=mu_q)
+    d = mu_q - mu_p
+    return 0.5 * (log_var_p - log_var_q + (exp(log_var_q) + d * d) * exp(-log_var_p) - 1)
+
+
+__all__ = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
+           "gaussian_nll_loss", "kl_normal"]

@@ -1,0 +1,176 @@
+"""Reductions over axes: sum, mean, var, std, max, min, prod, logsumexp, cumsum.
+
+`axis` is an int, a tuple of ints or None (all axes), negative values counting from the end, as in NumPy;
+`keepdims` keeps the reduced axes with length 1. The backward of a reduction broadcasts the output
+gradient back over the reduced axes, which `_expand` does once for all of them.
+"""
+from __future__ import annotations
+
+import builtins
+import math
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Function, Tensor
+from .elementwise import _const, exp, sqrt, where
+from .shape import broadcast_to, flip, moveaxis, reshape
+
+
+def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
+    """`axis` (int, tuple or None) as a sorted tuple of non-negative axes, or a clear error."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, (int, np.integer)) or not -ndim <= a < builtins.max(ndim, 1):
+            raise ValueError(f"axis {a} is out of bounds for a tensor of {ndim} dimension(s)")
+        out.append(int(a) % builtins.max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"repeated axis in {axis}")
+    return tuple(sorted(out))
+
+
+def _kept_shape(shape, axes) -> tuple:
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
+def _expand(g: Tensor, shape: tuple, axes: tuple, keepdims: bool) -> Tensor:
+    """The gradient of a reduction's output, broadcast back to the reduced tensor's shape."""
+    if not keepdims:
+        g = reshape(g, _kept_shape(shape, axes))
+    return broadcast_to(g, shape)
+
+
+class Sum(Function):
+    """y = sum of x over `axes`;  gx = g broadcast over those axes."""
+
+    def __init__(self, axes, keepdims):
+        self.axes, self.keepdims = axes, keepdims
+
+    def forward(self, x):
+        return x.sum(axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, g):
+        return _expand(g, self.inputs[0].shape, self.axes, self.keepdims)
+
+
+class Extremum(Function):
+    """y = max (or min) of x over `axes`;  gx = g at the positions that attain it, split evenly on ties."""
+
+    def __init__(self, reduce, axes, keepdims):
+        self.reduce, self.axes, self.keepdims = reduce, axes, keepdims
+
+    def forward(self, x):
+        if x.size == 0:
+            raise ValueError(f"{self.reduce.__name__} of an empty tensor of shape {x.shape}")
+        return self.reduce(x, axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, g):
+        x = self.inputs[0]
+        y = self.output().data
+        attained = x.data == (y if self.keepdims else y.reshape(_kept_shape(x.shape, self.axes)))
+        share = attained / attained.sum(axis=self.axes, keepdims=True)
+        return _expand(g, x.shape, self.axes, self.keepdims) * _const(x, share)
+
+
+class LogSumExp(Function):
+    """y = log sum exp(x) over `axes`, computed as m + log sum exp(x - m) with m the max (finite for any
+    finite x, and -inf for a row of -inf);  gx = g * exp(x - y) (the softmax of x)."""
+
+    def __init__(self, axes, keepdims):
+        self.axes, self.keepdims = axes, keepdims
+
+    def forward(self, x):
+        m = x.max(axis=self.axes, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)
+        with np.errstate(divide="ignore"):
+            y = np.log(np.exp(x - m).sum(axis=self.axes, keepdims=True)) + m
+        return y if self.keepdims else np.squeeze(y, axis=self.axes)
+
+    def backward(self, g):
+        x = self.inputs[0]
+        y = _expand(self.output(), x.shape, self.axes, self.keepdims)
+        return _expand(g, x.shape, self.axes, self.keepdims) * exp(x - y)
+
+
+class Cumsum(Function):
+    """y_i = sum_{j <= i} x_j along `axis`;  gx_i = sum_{j >= i} g_j (a reversed cumsum)."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        return np.cumsum(x, axis=self.axis)
+
+    def backward(self, g):
+        return flip(cumsum(flip(g, self.axis), self.axis), self.axis)
+
+
+def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - NumPy's name
+    return Sum(normalize_axes(axis, x.ndim), keepdims)(x)
+
+
+def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    axes = normalize_axes(axis, x.ndim)
+    n = math.prod(x.shape[a] for a in axes)
+    return Sum(axes, keepdims)(x) * (1.0 / n)
+
+
+def var(x: Tensor, axis=None, ddof: int = 0, keepdims: bool = False) -> Tensor:
+    """mean of (x - mean(x))^2 with n - ddof in the denominator (NumPy's default ddof=0)."""
+    axes = normalize_axes(axis, x.ndim)
+    n = math.prod(x.shape[a] for a in axes)
+    d = x - mean(x, axes, keepdims=True)
+    return Sum(axes, keepdims)(d * d) * (1.0 / builtins.max(n - ddof, 0))
+
+
+def std(x: Tensor, axis=None, ddof: int = 0, keepdims: bool = False) -> Tensor:
+    """sqrt(var); its gradient is infinite where the variance is 0."""
+    return sqrt(var(x, axis, ddof, keepdims))
+
+
+def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - NumPy's name
+    return Extremum(np.max, normalize_axes(axis, x.ndim), keepdims)(x)
+
+
+def min(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - NumPy's name
+    return Extremum(np.min, normalize_axes(axis, x.ndim), keepdims)(x)
+
+
+def logsumexp(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    return LogSumExp(normalize_axes(axis, x.ndim), keepdims)(x)
+
+
+def cumsum(x: Tensor, axis: int) -> Tensor:
+    (axis,) = normalize_axes(axis, x.ndim)
+    return Cumsum(axis)(x)
+
+
+def prod(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Product over `axis`, with exact gradients also where x has zeros.
+
+    The reduced axes are moved to the end and flattened to one axis of length n. d prod / d x_i is the
+    product of the other entries: the product of each row of the n x n matrix X_i with x_i replaced by 1.
+    So the backward is itself a prod, differentiable to any order, at O(n^2) memory per reduced row.
+    """
+    axes = normalize_axes(axis, x.ndim)
+    kept = [a for a in range(x.ndim) if a not in axes]
+    rows = reshape(moveaxis(x, axes, tuple(range(len(kept), x.ndim))), [x.shape[a] for a in kept] + [-1])
+    y = _ProdLast()(rows)
+    return reshape(y, _kept_shape(x.shape, axes)) if keepdims else y
+
+
+class _ProdLast(Function):
+    """y = prod of x over its last axis;  gx_i = g * prod_{j != i} x_j (see `prod`)."""
+
+    def forward(self, x):
+        return np.prod(x, axis=-1)
+
+    def backward(self, g):
+        x = self.inputs[0]
+        n = x.shape[-1]
+        diagonal = backend.get_array_module(x.data).eye(n, dtype=bool)
+        x_without_i = where(diagonal, 1.0, reshape(x, x.shape[:-1] + (1, n)))   # (..., n, n)
+        return reshape(g, g.shape + (1,)) * _ProdLast()(x_without_i)

@@ -1,0 +1,356 @@
+"""Operations that move, copy or select elements: reshape, transpose, broadcasting, joining, splitting,
+flipping, padding, repeating, indexing. Their backward passes route the gradient back to where each element
+came from (summing where one element went to several places), which are again such operations.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..tensor import Function, Tensor, as_tensor
+
+
+def _shape_arg(shape) -> tuple:
+    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
+
+
+class Reshape(Function):
+    """y = x with a new shape;  gx = g reshaped to x's shape."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        try:
+            return x.reshape(self.shape)
+        except ValueError:
+            raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) into shape "
+                             f"{self.shape}") from None
+
+    def backward(self, g):
+        return reshape(g, self.inputs[0].shape)
+
+
+class Transpose(Function):
+    """y = x with its axes permuted by `axes`;  gx = g permuted by the inverse permutation."""
+
+    def __init__(self, axes):
+        self.axes = axes
+
+    def forward(self, x):
+        return x.transpose(self.axes)
+
+    def backward(self, g):
+        return Transpose(tuple(np.argsort(self.axes)))(g)
+
+
+class BroadcastTo(Function):
+    """y = x broadcast to `shape`;  gx = g summed over the broadcast axes (sum_to)."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        try:
+            return np.broadcast_to(x, self.shape)
+        except ValueError:
+            raise ValueError(f"cannot broadcast a tensor of shape {x.shape} to shape {self.shape}") from None
+
+    def backward(self, g):
+        return sum_to(g, self.inputs[0].shape)
+
+
+class SumTo(Function):
+    """y = x summed over the axes that broadcasting to x's shape would have added: the adjoint of
+    broadcast_to;  gx = g broadcast back to x's shape."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        lead = x.ndim - len(self.shape)
+        axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(self.shape) if n == 1 and x.shape[lead + i] != 1)
+        y = x.sum(axis=axes, keepdims=True) if axes else x
+        return y.reshape(self.shape) if lead else y
+
+    def backward(self, g):
+        return broadcast_to(g, self.inputs[0].shape)
+
+
+class Concatenate(Function):
+    """y = the inputs joined along `axis`;  each input's gradient is its slice of g."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, *xs):
+        return np.concatenate(xs, axis=self.axis)
+
+    def backward(self, g):
+        bounds = np.cumsum([0] + [x.shape[self.axis] for x in self.inputs])
+        lead = (slice(None),) * self.axis
+        return tuple(g[lead + (slice(int(a), int(b)),)] if x.requires_grad else None
+                     for x, a, b in zip(self.inputs, bounds[:-1], bounds[1:]))
+
+
+class Split(Function):
+    """ys = x cut along `axis` at `bounds`;  gx = the gradients of the pieces joined back (zeros for pieces
+    that received none)."""
+
+    def __init__(self, bounds, axis):
+        self.bounds, self.axis = bounds, axis
+
+    def forward(self, x):
+        return tuple(np.split(x, self.bounds, axis=self.axis))
+
+    def backward(self, *gs):
+        return concatenate(gs, self.axis)
+
+
+class Flip(Function):
+    """y = x reversed along `axes`;  gx = g reversed the same way."""
+
+    def __init__(self, axes):
+        self.axes = axes
+
+    def forward(self, x):
+        return np.flip(x, self.axes)
+
+    def backward(self, g):
+        return Flip(self.axes)(g)
+
+
+class Pad(Function):
+    """y = x surrounded by `value` (`pad_width` as numpy.pad);  gx = the interior of g."""
+
+    def __init__(self, pad_width, value):
+        self.pad_width, self.value = pad_width, value
+
+    def forward(self, x):
+        return np.pad(x, self.pad_width, mode="constant", constant_values=self.value)
+
+    def backward(self, g):
+        return g[tuple(slice(before, n - after) for (before, after), n in zip(self.pad_width, g.shape))]
+
+
+class GetItem(Function):
+    """y = x[index] (ints, slices, None, Ellipsis, integer arrays, boolean masks);
+    gx = zeros of x's shape with g added at `index` (a scatter-add: repeated indices accumulate)."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def forward(self, x):
+        return x[self.index]
+
+    def backward(self, g):
+        return ScatterAdd(self.index, self.inputs[0].shape)(g)
+
+
+class ScatterAdd(Function):
+    """y = zeros(shape) with x added at `index`: the adjoint of indexing;  gx = g[index]."""
+
+    def __init__(self, index, shape):
+        self.index, self.shape = index, shape
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        y = xp.zeros(self.shape, dtype=x.dtype)
+        if _is_basic(self.index):
+            y[self.index] = x              # basic indexing selects each element at most once
+        else:
+            xp.add.at(y, self.index, x)
+        return y
+
+    def backward(self, g):
+        return GetItem(self.index)(g)
+
+
+def _is_basic(index) -> bool:
+    """True for indexing by ints, slices, None and Ellipsis only (no element can be selected twice)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(p is None or p is Ellipsis or isinstance(p, (int, np.integer, slice)) for p in parts)
+
+
+def _index_arrays(index):
+    """Tensors inside an index replaced by their arrays; lists by arrays (NumPy's fancy indexing)."""
+    def one(p):
+        if isinstance(p, Tensor):
+            return p.data
+        if isinstance(p, list):
+            return np.asarray(p)
+        return p
+    return tuple(one(p) for p in index) if isinstance(index, tuple) else one(index)
+
+
+# --- public functions ------------------------------------------------------------------------------------
+
+
+def reshape(x: Tensor, *shape) -> Tensor:
+    shape = _shape_arg(shape)
+    return x if shape == x.shape else Reshape(shape)(x)
+
+
+def flatten(x: Tensor, start_axis: int = 0, end_axis: int = -1) -> Tensor:
+    """Merge axes start_axis..end_axis into one (PyTorch's flatten)."""
+    start, end = start_axis % max(x.ndim, 1), end_axis % max(x.ndim, 1)
+    return reshape(x, x.shape[:start] + (-1,) + x.shape[end + 1:])
+
+
+def transpose(x: Tensor, axes=None) -> Tensor:
+    """Permute axes (reverse them when `axes` is None), as numpy.transpose."""
+    axes = tuple(range(x.ndim))[::-1] if axes is None else tuple(int(a) % x.ndim for a in axes)
+    if sorted(axes) != list(range(x.ndim)):
+        raise ValueError(f"axes {axes} are not a permutation of the {x.ndim} axes of a tensor of shape {x.shape}")
+    return Transpose(axes)(x)
+
+
+def permute(x: Tensor, *axes) -> Tensor:
+    return transpose(x, _shape_arg(axes))
+
+
+def swapaxes(x: Tensor, axis1: int, axis2: int) -> Tensor:
+    axes = list(range(x.ndim))
+    axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+    return transpose(x, axes)
+
+
+def moveaxis(x: Tensor, source, destination) -> Tensor:
+    src = [source] if isinstance(source, int) else list(source)
+    dst = [destination] if isinstance(destination, int) else list(destination)
+    src, dst = [a % x.ndim for a in src], [a % x.ndim for a in dst]
+    order = [a for a in range(x.ndim) if a not in src]
+    for d, s in sorted(zip(dst, src)):
+        order.insert(d, s)
+    return x if order == list(range(x.ndim)) else Transpose(tuple(order))(x)
+
+
+def squeeze(x: Tensor, axis=None) -> Tensor:
+    if axis is None:
+        return reshape(x, tuple(n for n in x.shape if n != 1))
+    axes = {a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)}
+    for a in axes:
+        if x.shape[a] != 1:
+            raise ValueError(f"cannot squeeze axis {a} of length {x.shape[a]} (shape {x.shape})")
+    return reshape(x, tuple(n for i, n in enumerate(x.shape) if i not in axes))
+
+
+def expand_dims(x: Tensor, axis) -> Tensor:
+    return reshape(x, np.expand_dims(np.broadcast_to(0, x.shape), axis).shape)
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    shape = tuple(shape)
+    return x if x.shape == shape else BroadcastTo(shape)(x)
+
+
+def sum_to(x: Tensor, shape) -> Tensor:
+    """Sum x down to `shape`, undoing a broadcast from `shape` to x's shape."""
+    shape = tuple(shape)
+    return x if x.shape == shape else SumTo(shape)(x)
+
+
+def concatenate(tensors, axis: int = 0) -> Tensor:
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("concatenate needs at least one tensor")
+    ndim = tensors[0].ndim
+    axis = axis % max(ndim, 1)
+    for t in tensors:
+        if t.ndim != ndim or t.shape[:axis] + t.shape[axis + 1:] != tensors[0].shape[:axis] + tensors[0].shape[axis + 1:]:
+            raise ValueError("concatenate: all shapes must match except along axis "
+                             f"{axis}; got {[t.shape for t in tensors]}")
+    return Concatenate(axis)(*tensors)
+
+
+def stack(tensors, axis: int = 0) -> Tensor:
+    tensors = [as_tensor(t) for t in tensors]
+    if len({t.shape for t in tensors}) > 1:
+        raise ValueError(f"stack: all tensors must have the same shape; got {[t.shape for t in tensors]}")
+    return concatenate([expand_dims(t, axis) for t in tensors], axis % (tensors[0].ndim + 1))
+
+
+def split(x: Tensor, indices_or_sections, axis: int = 0) -> tuple[Tensor, ...]:
+    """numpy.split: an int number of equal sections, or the indices where to cut."""
+    axis = axis % x.ndim
+    n = x.shape[axis]
+    if isinstance(indices_or_sections, int):
+        if n % indices_or_sections:
+            raise ValueError(f"split: axis {axis} of length {n} does not divide into {indices_or_sections} "
+                             "equal sections")
+        step = n // indices_or_sections
+        bounds = list(range(step, n, step))
+    else:
+        bounds = [int(i) for i in indices_or_sections]
+    return Split(bounds, axis)(x)
+
+
+def flip(x: Tensor, axis=None) -> Tensor:
+    from .reduce import normalize_axes
+    return Flip(normalize_axes(axis, x.ndim))(x)
+
+
+def pad(x: Tensor, pad_width, value: float = 0.0) -> Tensor:
+    """Constant padding; pad_width as numpy.pad (an int, a (before, after) pair, or one pair per axis)."""
+    widths = np.broadcast_to(np.asarray(pad_width, dtype=int), (x.ndim, 2))
+    return Pad(tuple((int(a), int(b)) for a, b in widths), value)(x)
+
+
+def repeat(x: Tensor, repeats: int, axis: int | None = None) -> Tensor:
+    """numpy.repeat with an int count: each element repeated `repeats` times along `axis` (flattened when
+    None). Built from a broadcast, so the gradient sums the copies."""
+    if not isinstance(repeats, (int, np.integer)):
+        raise TypeError("repeat: only an int number of repeats is supported")
+    if axis is None:
+        x, axis = reshape(x, -1), 0
+    axis = axis % x.ndim
+    expanded = expand_dims(x, axis + 1)
+    shape = x.shape[:axis + 1] + (repeats,) + x.shape[axis + 1:]
+    return reshape(broadcast_to(expanded, shape), x.shape[:axis] + (x.shape[axis] * repeats,) + x.shape[axis + 1:])
+
+
+def tile(x: Tensor, reps) -> Tensor:
+    """numpy.tile: the whole tensor repeated `reps` times along each axis. Each axis of length d becomes a
+    pair (r, d) broadcast from (1, d), then merged to r*d."""
+    reps = (reps,) if isinstance(reps, int) else tuple(reps)
+    ndim = max(x.ndim, len(reps))
+    reps = (1,) * (ndim - len(reps)) + reps
+    shape = (1,) * (ndim - x.ndim) + x.shape
+    interleaved = reshape(x, [v for d in shape for v in (1, d)])
+    big = broadcast_to(interleaved, [v for r, d in zip(reps, shape) for v in (r, d)])
+    return reshape(big, [r * d for r, d in zip(reps, shape)])
+
+
+def getitem(x: Tensor, index) -> Tensor:
+    return GetItem(_index_arrays(index))(x)
+
+
+def take_along_axis(x: Tensor, indices, axis: int) -> Tensor:
+    """numpy.take_along_axis, as indexing with the full index tuple (so its gradient is a scatter-add)."""
+    idx = indices.data if isinstance(indices, Tensor) else np.asarray(indices)
+    axis = axis % x.ndim
+    if idx.ndim != x.ndim:
+        raise ValueError(f"take_along_axis: indices of {idx.ndim} dimensions for a tensor of {x.ndim}")
+    xp = backend.get_array_module(idx)
+    index = tuple(idx if a == axis else xp.arange(n).reshape([-1 if b == a else 1 for b in range(x.ndim)])
+                  for a, n in enumerate(x.shape))
+    return GetItem(index)(x)
+
+
+def one_hot(indices, num_classes: int = -1, dtype=np.int64) -> Tensor:
+    """Integer labels (...,) to one-hot vectors (..., num_classes) (int64 like PyTorch unless `dtype`)."""
+    idx = indices.data if isinstance(indices, Tensor) else np.asarray(indices)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: indices must be integers, got dtype {idx.dtype}")
+    if num_classes < 0:
+        num_classes = int(idx.max()) + 1
+    if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
+        raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), got range [{idx.min()}, {idx.max()}]")
+    xp = backend.get_array_module(idx)
+    return Tensor((idx[..., None] == xp.arange(num_classes)).astype(dtype))
+
+
+__all__ = ["reshape", "flatten", "transpose", "permute", "swapaxes", "moveaxis", "squeeze", "expand_dims",
+           "broadcast_to", "sum_to", "concatenate", "stack", "split", "flip", "pad", "repeat", "tile",
+           "getitem", "take_along_axis", "one_hot"]
+

@@ -1,0 +1,536 @@
+"""The autodiff engine: Tensor, Function, the tape, backward() and grad().
+
+A `Tensor` wraps one array (NumPy or CuPy). Every operation on tensors is a `Function`: its `forward`
+works on raw arrays, its `backward` is written in Tensor operations. When gradients are recorded, calling a
+Function links its output tensors to it (`tensor.creator`) and the Function to its inputs, which builds the
+graph. `backward()` / `grad()` walk that graph from the outputs back to the inputs in reverse topological
+order, calling each Function's `backward` with the gradients of its outputs.
+
+Because `backward` is made of Tensor operations, running it while gradients are recorded
+(`create_graph=True`) builds the graph of the gradient itself: grad-of-grad for free (WGAN-GP, Hessian-vector
+products, Hutchinson trace estimates). With `create_graph=False` it runs under `no_grad`, where an operation
+is one array call and one small wrapper.
+
+Memory: a Function holds its inputs (it needs them for backward) and only weak references to its outputs,
+so tensor -> function -> tensor chains point one way and free as soon as the last tensor goes.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import weakref
+from typing import Sequence
+
+import numpy as np
+
+from . import backend
+
+# ---------------------------------------------------------------------------------------------------------
+# Modes: recording gradients, anomaly detection
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Mode:
+    grad_enabled = True
+    detect_anomaly = False
+
+
+class _GradMode(contextlib.ContextDecorator):
+    """Sets whether operations are recorded; usable as `with` block and as a decorator."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.prev = _Mode.grad_enabled
+        _Mode.grad_enabled = self.enabled
+
+    def __exit__(self, *exc):
+        _Mode.grad_enabled = self.prev
+
+
+def no_grad() -> _GradMode:
+    """Operations inside are not recorded (no graph, no memory held for backward)."""
+    return _GradMode(False)
+
+
+def enable_grad() -> _GradMode:
+    """Record operations again, e.g. inside a `no_grad` block."""
+    return _GradMode(True)
+
+
+def is_grad_enabled() -> bool:
+    return _Mode.grad_enabled
+
+
+@contextlib.contextmanager
+def detect_anomaly():
+    """Raise as soon as an operation's forward or backward turns finite inputs into NaN or inf, naming it."""
+    prev = _Mode.detect_anomaly
+    _Mode.detect_anomaly = True
+    try:
+        yield
+    finally:
+        _Mode.detect_anomaly = prev
+
+
+def _all_finite(arrays) -> bool:
+    return all(a is None or a.dtype.kind not in "fc" or bool(backend.get_array_module(a).isfinite(a).all())
+               for a in arrays)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tensor
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Tensor:
+    """An array with an optional gradient and the Function that made it."""
+
+    __slots__ = ("data", "grad", "requires_grad", "creator", "index", "__weakref__")
+    __array_ufunc__ = None   # make `ndarray * Tensor` call Tensor.__rmul__ instead of NumPy looping over it
+
+    def __init__(self, data, requires_grad: bool = False):
+        if requires_grad and data.dtype.kind not in "fc":
+            raise TypeError(f"only floating tensors can require gradients, got dtype {data.dtype}")
+        self.data = data
+        self.grad: Tensor | None = None
+        self.requires_grad = requires_grad
+        self.creator: Function | None = None
+        self.index = 0           # which output of `creator` this tensor is
+
+    # -- array attributes -------------------------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    dtype = property(lambda self: self.data.dtype)
+    device = property(lambda self: backend.device_of(self.data))
+    is_leaf = property(lambda self: self.creator is None)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        dtype = "" if self.dtype == backend.get_default_dtype() else f", dtype={self.dtype}"
+        device = ", device='cuda'" if self.device == "cuda" else ""
+        return f"tensor({body}{dtype}{device}{grad})"
+
+    def numpy(self) -> np.ndarray:
+        """The data as a NumPy array (copied from the GPU when needed)."""
+        return backend.to_device(self.data, "cpu")
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    def item(self):
+        return self.data.item()
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def __bool__(self):
+        return bool(self.data)
+
+    def __float__(self):
+        return float(self.data)
+
+    def __int__(self):
+        return int(self.data)
+
+    __hash__ = object.__hash__   # `==` is elementwise, so hash by identity
+
+    def detach(self) -> Tensor:
+        """The same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def requires_grad_(self, flag: bool = True) -> Tensor:
+        if flag and self.dtype.kind not in "fc":
+            raise TypeError(f"only floating tensors can require gradients, got dtype {self.dtype}")
+        self.requires_grad = flag
+        return self
+
+    def to(self, device_or_dtype) -> Tensor:
+        """`.to('cpu'|'cuda')` moves the data, `.to(dtype)` casts; both are differentiable."""
+        if isinstance(device_or_dtype, str) and device_or_dtype in ("cpu", "cuda"):
+            if device_or_dtype == self.device:
+                return self
+            from .ops.elementwise import ToDevice
+            return ToDevice(device_or_dtype)(self)
+        return self.astype(device_or_dtype)
+
+    def cpu(self) -> Tensor:
+        return self.to("cpu")
+
+    def cuda(self) -> Tensor:
+        return self.to("cuda")
+
+    # -- backward -----------------------------------------------------------------------------------------
+    def backward(self, grad=None, retain_graph: bool = False, create_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into `.grad` of every leaf that requires grad.
+
+        `grad` is the gradient of some scalar with respect to self; it may be left out only when self
+        has a single element.
+        """
+        _run_backward([self], [grad], None, retain_graph or create_graph, create_graph, False)
+
+
+# Tensor operators and methods are attached in minigen/ops/__init__.py, right beside the operations.
+
+
+def _wrap(data) -> Tensor:
+    """A tensor around `data` that needs no gradient (the fast path of every operation)."""
+    t = Tensor.__new__(Tensor)
+    t.data = data
+    t.grad = None
+    t.requires_grad = False
+    t.creator = None
+    t.index = 0
+    return t
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Function
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Function:
+    """One operation in the graph.
+
+    Subclasses define `forward(*arrays) -> array or tuple of arrays` and
+    `backward(*grad_outputs) -> Tensor or tuple (one per input, None where no gradient flows)`.
+    Inside `backward`, `self.inputs` are the input tensors and `self.output(i)` the i-th output tensor.
+    A gradient whose shape differs from its input's (broadcasting) is summed back by the engine.
+    `self.needs_grad(i)` says whether input i wants a gradient, to skip work.
+    """
+
+    inputs: tuple[Tensor, ...] | None = None
+    outputs: tuple = ()
+
+    def __call__(self, *inputs: Tensor):
+        ys = self.forward(*[x.data for x in inputs])
+        multi = isinstance(ys, tuple)
+        if _Mode.detect_anomaly:
+            self._check_finite([x.data for x in inputs], ys if multi else (ys,), "forward")
+        record = _Mode.grad_enabled and any(x.requires_grad for x in inputs)
+        if not multi:
+            out = _wrap(ys)
+            if record:
+                out.requires_grad = True
+                out.creator = self
+                self.inputs = inputs
+                self.outputs = (weakref.ref(out),)
+            return out
+        outs = tuple(_wrap(y) for y in ys)
+        if record:
+            for i, out in enumerate(outs):
+                out.requires_grad = out.dtype.kind in "fc"
+                out.creator = self
+                out.index = i
+            self.inputs = inputs
+            self.outputs = tuple(weakref.ref(o) for o in outs)
+            self.output_meta = [(y.shape, y.dtype) for y in ys]
+        return outs
+
+    def forward(self, *xs):
+        raise NotImplementedError
+
+    def backward(self, *gys):
+        raise NotImplementedError
+
+    def output(self, i: int = 0) -> Tensor:
+        out = self.outputs[i]()
+        if out is None:
+            raise RuntimeError(f"{type(self).__name__}.backward needs output {i}, which no longer exists")
+        return out
+
+    def needs_grad(self, i: int) -> bool:
+        return self.inputs[i].requires_grad
+
+    def _check_finite(self, inputs, outputs, phase):
+        if _all_finite(inputs) and not _all_finite(outputs):
+            raise FloatingPointError(
+                f"detect_anomaly: {type(self).__name__} produced NaN or inf in its {phase} "
+                f"from finite {'inputs' if phase == 'forward' else 'output gradients'}")
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Walking the graph
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _topological_order(roots: list[Function]) -> list[Function]:
+    """Functions reachable from `roots`, each after every function that consumes its outputs.
+
+    An iterative depth-first search (no recursion limit) collecting functions in post-order; reversed,
+    the post-order puts consumers before producers.
+    """
+    order, done, expanded = [], set(), set()
+    stack = list(roots)
+    while stack:
+        f = stack[-1]
+        if f in done:
+            stack.pop()
+        elif f not in expanded:
+            expanded.add(f)
+            if f.inputs is None:
+                raise RuntimeError(
+                    f"trying to backward through the graph a second time (at {type(f).__name__}): its "
+                    "saved tensors were freed by the first backward. Pass retain_graph=True to the first "
+                    "backward() or grad() if you need to go through it again.")
+            for x in f.inputs:
+                c = x.creator
+                if c is not None and c not in done:
+                    stack.append(c)
+        else:
+            stack.pop()
+            done.add(f)
+            order.append(f)
+    order.reverse()
+    return order
+
+
+def _sum_to(g: Tensor, shape: tuple) -> Tensor:
+    from .ops.shape import sum_to
+    return sum_to(g, shape)
+
+
+def _initial_grad(out: Tensor, g) -> Tensor:
+    if g is None:
+        if out.size != 1:
+            raise RuntimeError(
+                f"grad can be implicitly created only for outputs with one element; this output has shape "
+                f"{out.shape}: pass the gradient of the output (grad / grad_outputs) explicitly")
+        return _wrap(backend.get_array_module(out.data).ones_like(out.data))
+    g = g if isinstance(g, Tensor) else _wrap(backend.get_array_module(out.data).asarray(g, dtype=out.dtype))
+    if g.shape != out.shape:
+        raise ValueError(f"gradient of shape {g.shape} given for an output of shape {out.shape}")
+    return g
+
+
+def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, allow_unused):
+    """The engine behind Tensor.backward (inputs=None: accumulate into leaves) and grad (return a list)."""
+    for out in outputs:
+        if not out.requires_grad:
+            raise RuntimeError("element of outputs does not require grad and has no grad_fn: it was not "
+                               "computed from a tensor with requires_grad=True (or was computed under no_grad)")
+    pending: dict[Function, list] = {}      # gradients of each function's outputs, summed so far
+    leaf_grads: dict[Tensor, Tensor] = {}   # for leaves reached: their summed gradient
+    given = set()                           # arrays handed to us: a leaf's .grad must not alias them
+    for out, g in zip(outputs, grad_outputs):
+        g = _initial_grad(out, g)
+        given.add(id(g.data))
+        if out.creator is None:
+            leaf_grads[out] = leaf_grads[out] + g if out in leaf_grads else g
+        else:
+            slot = pending.setdefault(out.creator, [None] * len(out.creator.outputs))
+            slot[out.index] = g if slot[out.index] is None else slot[out.index] + g
+
+    targets = None if inputs is None else {id(x): x for x in inputs}
+    order = _topological_order([out.creator for out in outputs if out.creator is not None])
+    needed = _functions_leading_to(order, targets) if targets is not None else None
+    found: dict[int, Tensor] = {}           # grad(): gradients of non-leaf targets
+
+    with _GradMode(create_graph):
+        for f in order:
+            gys = pending.pop(f, None)
+            if gys is None:
+                continue
+            if targets is not None:
+                for i, ref in enumerate(f.outputs):
+                    out = ref()
+                    if out is not None and id(out) in targets and gys[i] is not None:
+                        found[id(out)] = gys[i]
+                if f not in needed:
+                    continue
+            gxs = f.backward(*_fill_missing(f, gys))
+            if not isinstance(gxs, tuple):
+                gxs = (gxs,)
+            if _Mode.detect_anomaly:
+                f._check_finite([g.data for g in gys if g is not None],
+                                [g.data for g in gxs if g is not None], "backward")
+            for x, gx in zip(f.inputs, gxs):
+                if gx is None or not x.requires_grad:
+                    continue
+                if gx.shape != x.shape:
+                    gx = _sum_to(gx, x.shape)
+                if x.creator is None:
+                    leaf_grads[x] = leaf_grads[x] + gx if x in leaf_grads else gx
+                else:
+                    slot = pending.setdefault(x.creator, [None] * len(x.creator.outputs))
+                    slot[x.index] = gx if slot[x.index] is None else slot[x.index] + gx
+            if not retain_graph:
+                f.inputs = None
+
+    if inputs is None:
+        for leaf, g in leaf_grads.items():
+            g = _own_copy(g, given)
+            leaf.grad = g if leaf.grad is None else leaf.grad + g
+        return None
+    grads = []
+    for x in inputs:
+        g = leaf_grads.get(x) if x.creator is None else found.get(id(x))
+        if g is None and not allow_unused:
+            raise RuntimeError("one of the differentiated tensors appears not to have been used in the "
+                               "graph; pass allow_unused=True if this is what you want")
+        grads.append(g)
+    return grads
+
+
+def _own_copy(g: Tensor, given: set) -> Tensor:
+    """`g`, or a copy of it when its array may be shared (with another leaf's grad, or a caller's array)."""
+    if id(g.data) in given or not g.data.flags.owndata:
+        g = Tensor(g.data.copy()) if g.creator is None else g + 0
+    given.add(id(g.data))
+    return g
+
+
+def _functions_leading_to(order: list[Function], targets: dict) -> set:
+    """The functions from which some target tensor can be reached going backward (the rest is pruned)."""
+    needed = set()
+    for f in reversed(order):          # producers before consumers
+        if any(id(x) in targets or x.creator in needed for x in f.inputs):
+            needed.add(f)
+    return needed
+
+
+def _fill_missing(f: Function, gys: list) -> list:
+    """Zeros for outputs of a multi-output function that received no gradient."""
+    if all(g is not None for g in gys):
+        return gys
+    xp = backend.get_array_module(f.inputs[0].data)
+    return [g if g is not None else _wrap(xp.zeros(*f.output_meta[i])) for i, g in enumerate(gys)]
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None, create_graph: bool = False,
+         allow_unused: bool = False) -> list[Tensor | None]:
+    """Gradients of `outputs` with respect to `inputs`, returned rather than accumulated into `.grad`.
+
+    outputs, inputs: a tensor or a sequence of tensors. grad_outputs: the gradient of some scalar with
+    respect to each output (may be left out for single-element outputs). With `create_graph=True` the
+    returned gradients are themselves part of a graph and can be differentiated again.
+    """
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif isinstance(grad_outputs, Tensor):
+        grad_outputs = [grad_outputs]
+    for x in inputs:
+        if not isinstance(x, Tensor) or not x.requires_grad:
+            raise RuntimeError("grad() asked for the gradient of a tensor that does not require grad; "
+                               "create it with requires_grad=True")
+    if retain_graph is None:
+        retain_graph = create_graph
+    return _run_backward(outputs, list(grad_outputs), inputs, retain_graph, create_graph, allow_unused)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Making tensors
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _infer_dtype(data, dtype):
+    if dtype is not None:
+        return np.dtype(dtype)
+    if isinstance(data, (bool, np.bool_)):
+        return None
+    if isinstance(data, float) or (isinstance(data, (list, tuple)) and _has_float(data)):
+        return backend.get_default_dtype()
+    return None
+
+
+def _has_float(seq) -> bool:
+    return any(isinstance(v, float) or (isinstance(v, (list, tuple)) and _has_float(v)) for v in seq)
+
+
+def tensor(data, dtype=None, requires_grad: bool = False, device: str | None = None) -> Tensor:
+    """A new leaf tensor from a Python number, nested lists, or a NumPy / CuPy array (copied).
+
+    Python floats become the default dtype (float32); arrays keep theirs.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    xp = backend.array_module(device) if device is not None else backend.get_array_module(data)
+    arr = xp.array(data, dtype=_infer_dtype(data, dtype))
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def as_tensor(x, like: Tensor | None = None) -> Tensor:
+    """`x` itself when it is a tensor; a constant tensor otherwise (Python scalars take `like`'s dtype
+    following NumPy's rules for Python scalars: int * float32 stays float32, float * int64 is float64)."""
+    if isinstance(x, Tensor):
+        return x
+    if like is not None and isinstance(x, (int, float, bool)):
+        return _wrap(np.result_type(like.dtype, x).type(x))
+    if like is not None:
+        return _wrap(backend.get_array_module(like.data).asarray(x))
+    return tensor(x)
+
+
+def _creation(fill):
+    """Make a public constructor (zeros, ones, ...) from an array-module function."""
+    @functools.wraps(fill)
+    def make(*shape, dtype=None, requires_grad: bool = False, device: str | None = None, **kw):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        xp = backend.array_module(device or "cpu")
+        data = fill(xp, shape, np.dtype(dtype or backend.get_default_dtype()), **kw)
+        return Tensor(data, requires_grad=requires_grad)
+    return make
+
+
+zeros = _creation(lambda xp, shape, dtype: xp.zeros(shape, dtype))
+ones = _creation(lambda xp, shape, dtype: xp.ones(shape, dtype))
+empty = _creation(lambda xp, shape, dtype: xp.empty(shape, dtype))
+full = _creation(lambda xp, shape, dtype, fill_value: xp.full(shape, fill_value, dtype))
+randn = _creation(lambda xp, shape, dtype: backend.generator(_dev(xp)).standard_normal(shape).astype(dtype))
+rand = _creation(lambda xp, shape, dtype: backend.generator(_dev(xp)).random(shape).astype(dtype))
+
+
+def _dev(xp) -> str:
+    return "cpu" if xp is np else "cuda"
+
+
+def _like(maker):
+    def make_like(t: Tensor, dtype=None, requires_grad: bool = False) -> Tensor:
+        return maker(t.shape, dtype=dtype or t.dtype, requires_grad=requires_grad, device=t.device)
+    make_like.__name__ = maker.__name__ + "_like"
+    make_like.__doc__ = f"A tensor like `t` (shape, dtype, device) made by `{maker.__name__}`."
+    return make_like
+
+
+zeros_like, ones_like, randn_like, rand_like = _like(zeros), _like(ones), _like(randn), _like(rand)
+
+
+def full_like(t: Tensor, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
+    return full(t.shape, fill_value=fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad,
+                device=t.device)
+
+
+def randint(low: int, high: int, shape: Sequence[int], device: str | None = None) -> Tensor:
+    return Tensor(backend.generator(device or "cpu").integers(low, high, size=tuple(shape)))
+
+
+def arange(start, stop=None, step=1, dtype=None, device: str | None = None) -> Tensor:
+    """Like numpy.arange; floats give the default dtype, ints int64."""
+    if stop is None:
+        start, stop = 0, start
+    if dtype is None and any(isinstance(v, float) for v in (start, stop, step)):
+        dtype = backend.get_default_dtype()
+    return Tensor(backend.array_module(device or "cpu").arange(start, stop, step, dtype=dtype))
+
+
+def linspace(start, stop, num: int, dtype=None, device: str | None = None) -> Tensor:
+    return Tensor(backend.array_module(device or "cpu").linspace(
+        start, stop, num, dtype=dtype or backend.get_default_dtype()))
+
+
+def eye(n: int, m: int | None = None, dtype=None, device: str | None = None) -> Tensor:
+    return Tensor(backend.array_module(device or "cpu").eye(n, m, dtype=dtype or backend.get_default_dtype()))
+
