@@ -1,0 +1,146 @@
+"""Hand-written kernels for the four operations that dominate generative models, on NumPy or CuPy arrays.
+
+    conv2d, conv_transpose2d, conv2d_weight, softmax, log_softmax, softmax_backward,
+    log_softmax_backward, slogdet
+
+Every backend module (reference, cpu, cupy_backend, numba_cuda) exposes these same functions with the
+same signatures; this package dispatches each call to one of them:
+
+- the array type picks the device: NumPy arrays go to a CPU backend, CuPy arrays to a GPU backend;
+- the chosen backend (``set_backend(name)``, or the ``MINIGEN_KERNELS`` environment variable read at
+  import) is used for the arrays it works on; arrays of the other kind use the 'auto' choice for their
+  device. Names: 'auto' (default: 'cpu' for NumPy arrays, 'cupy' for CuPy arrays), 'reference', 'cpu',
+  'cupy', 'numba_cuda'.
+
+``backend_module(name)`` returns one backend's module, for tests and benchmarks. GPU modules are
+imported only when chosen or when a CuPy array arrives, so importing kernels never needs CuPy, a GPU or
+a CUDA driver. This package never imports minigen.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from . import cpu, reference
+
+CPU_BACKENDS = ("reference", "cpu")
+GPU_BACKENDS = ("cupy", "numba_cuda")
+BACKENDS = ("auto",) + CPU_BACKENDS + GPU_BACKENDS
+_MODULES = {"reference": "reference", "cpu": "cpu", "cupy": "cupy_backend", "numba_cuda": "numba_cuda"}
+_INSTALL_HINT = "install the GPU extra with `pip install minigen[cuda]` on a machine with an NVIDIA GPU and driver"
+
+_backend = "auto"
+_backend_checked = True   # False while a GPU name from MINIGEN_KERNELS awaits its availability check
+
+
+def _validate(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def _gpu_missing(name: str) -> str | None:
+    """Why GPU backend `name` cannot run here, or None when it can."""
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # ImportError, or a CUDA driver/runtime error
+        return f"kernel backend {name!r} needs CuPy and a CUDA GPU ({type(e).__name__}: {e}); {_INSTALL_HINT}"
+    if name == "numba_cuda":
+        from numba import cuda
+        if not cuda.is_available():
+            return f"kernel backend 'numba_cuda' needs numba.cuda to see a GPU; {_INSTALL_HINT}"
+    return None
+
+
+def backend_module(name: str):
+    """The module implementing backend `name` ('reference', 'cpu', 'cupy', 'numba_cuda').
+
+    Raises ValueError for unknown names and RuntimeError, saying what is missing, for a GPU backend
+    that cannot run on this machine."""
+    if _validate(name) == "auto":
+        raise ValueError("'auto' is a dispatch rule, not a module; name a backend")
+    if name in GPU_BACKENDS and f"{__name__}.{_MODULES[name]}" not in sys.modules:
+        reason = _gpu_missing(name)
+        if reason:
+            raise RuntimeError(reason)
+    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+
+
+def set_backend(name: str) -> None:
+    """Choose the backend for the arrays it works on (see the module docstring); 'auto' restores the default."""
+    global _backend, _backend_checked
+    if _validate(name) in GPU_BACKENDS:
+        backend_module(name)
+    _backend, _backend_checked = name, True
+
+
+def get_backend() -> str:
+    """The chosen backend name ('auto' unless set)."""
+    return _backend
+
+
+def available_backends() -> list[str]:
+    """Backend names that can run on this machine ('auto' included)."""
+    return ["auto", *CPU_BACKENDS, *(n for n in GPU_BACKENDS if _gpu_missing(n) is None)]
+
+
+def _is_cupy(a) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def _module_for(a):
+    """The backend module for a call whose first array is `a`."""
+    global _backend_checked
+    if not _backend_checked:   # MINIGEN_KERNELS named a GPU backend: check it on first use, not at import
+        set_backend(_backend)
+    on_gpu = _is_cupy(a)
+    if _backend in (GPU_BACKENDS if on_gpu else CPU_BACKENDS):
+        return backend_module(_backend)
+    return backend_module("cupy" if on_gpu else "cpu")
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation, PyTorch semantics: x (N, C, H, W), w (O, C/groups, kh, kw) -> (N, O, Ho, Wo)."""
+    return _module_for(x).conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """The adjoint of conv2d in its input: x (N, C, H, W), w (C, O/groups, kh, kw) -> (N, O, Ho, Wo)."""
+    return _module_for(x).conv_transpose2d(x, w, b, stride, padding, output_padding, dilation, groups)
+
+
+def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of sum(conv2d(x, w) * gy) in w: (O, C/groups, kh, kw)."""
+    return _module_for(x).conv2d_weight(x, gy, kernel_size, stride, padding, dilation, groups)
+
+
+def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along axis, numerically stable; a row of all -inf gives NaN."""
+    return _module_for(x).softmax(x, axis)
+
+
+def log_softmax(x, axis=-1):
+    """x - logsumexp(x) along axis; a row of all -inf gives NaN."""
+    return _module_for(x).log_softmax(x, axis)
+
+
+def softmax_backward(y, gy, axis=-1):
+    """Input gradient of y = softmax(x): y * (gy - sum(gy * y, axis))."""
+    return _module_for(y).softmax_backward(y, gy, axis)
+
+
+def log_softmax_backward(y, gy, axis=-1):
+    """Input gradient of y = log_softmax(x): gy - exp(y) * sum(gy, axis)."""
+    return _module_for(y).log_softmax_backward(y, gy, axis)
+
+
+def slogdet(a):
+    """(sign, log|det a|) of a batch (..., n, n); singular matrices give (0, -inf)."""
+    return _module_for(a).slogdet(a)
+
+
+if os.environ.get("MINIGEN_KERNELS"):
+    _backend = _validate(os.environ["MINIGEN_KERNELS"].strip())
+    _backend_checked = _backend not in GPU_BACKENDS

@@ -1,0 +1,204 @@
+"""The fastest CPU kernels we measured on a 2-core AVX-512 machine (see benchmarks/results/kernels_cpu.md).
+
+Convolutions are GEMMs over NumPy strided views (im2col): the padded input is copied once to
+channels-last (NHWC), a zero-copy ``as_strided`` view lists every kernel window, and one BLAS GEMM per
+group contracts windows with the weight. Channels-last won over NCHW im2col (contiguous channel runs make
+the window copy ~2x cheaper) and over per-tap "shifted" GEMMs (K = C is too small for BLAS to run at speed).
+The transposed convolution runs the GEMM first and then scatters each tap's block back (col2im), which
+costs kh*kw strided adds instead of a dilated input of zeros.
+
+Softmax and the batched small LU are Numba kernels, parallel over rows / matrices: a row or a matrix
+stays in cache while it is reduced and written, where NumPy makes one pass over memory per ufunc.
+Large matrices (n > _LU_MAX_N) go to LAPACK, whose blocked LU beats a scalar loop there.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ._geometry import check_channels, conv_out_size, conv_transpose_out_size, geometry
+
+
+# ---------------------------------------------------------------------------------------------- convolution
+
+def _padded_nhwc(x, padding):
+    """x (N, C, H, W) -> zero-padded channels-last copy (N, H + 2ph, W + 2pw, C)."""
+    (n, c, h, w), (ph, pw) = x.shape, padding
+    xp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    xp[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
+    return xp
+
+
+def _im2col(x, g, ho, wo):
+    """Windows of x as a (groups, N*Ho*Wo, kh*kw*C/groups) array: row (n, ho, wo), column (i, j, c)."""
+    xp = _padded_nhwc(x, g.padding)
+    n, G, cg = x.shape[0], g.groups, x.shape[1] // g.groups
+    sN, sH, sW, sC = xp.strides
+    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    windows = as_strided(xp, (G, n, ho, wo, kh, kw, cg),
+                         (cg * sC, sN, sh * sH, sw * sW, dh * sH, dw * sW, sC), writeable=False)
+    return windows.reshape(G, n * ho * wo, kh * kw * cg)
+
+
+def _add_bias(y, b):
+    return y if b is None else y + b.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """y = im2col(x) @ w^T per group: (N*Ho*Wo, kh*kw*Cg) @ (kh*kw*Cg, Og)."""
+    g = geometry(w.shape[2:], stride, padding, dilation, groups)
+    (n, c, h, wd), G = x.shape, g.groups
+    cg, og = check_channels(c, w.shape, g, transposed=False)
+    ho, wo = conv_out_size(h, wd, g)
+    wm = w.reshape(G, og, cg, -1).transpose(0, 3, 2, 1).reshape(G, -1, og)   # (G, kh*kw*Cg, Og)
+    y = np.matmul(_im2col(x, g, ho, wo), wm.astype(x.dtype, copy=False))      # (G, N*Ho*Wo, Og)
+    y = y.reshape(G, n, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(n, G * og, ho, wo)
+    return _add_bias(y, b)
+
+
+def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+    """dw = gy^T @ im2col(x) per group: (Og, N*Ho*Wo) @ (N*Ho*Wo, kh*kw*Cg), reordered to (O, Cg, kh, kw)."""
+    g = geometry(kernel_size, stride, padding, dilation, groups)
+    (n, c), G = x.shape[:2], g.groups
+    ho, wo = gy.shape[2:]
+    og, cg = gy.shape[1] // G, c // G
+    gym = gy.reshape(n, G, og, ho * wo).transpose(1, 2, 0, 3).reshape(G, og, -1)   # (G, Og, N*Ho*Wo)
+    dw = np.matmul(gym, _im2col(x, g, ho, wo))                                      # (G, Og, kh*kw*Cg)
+    return dw.reshape(G * og, *g.kernel, cg).transpose(0, 3, 1, 2).copy()
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """The adjoint of conv2d, y[n, o, h*sh + i*dh - ph, w*sw + j*dw - pw] += x[n, c, h, w] * w[c, o, i, j].
+
+    With stride 1 and no output_padding it is itself a convolution (kernel flipped, in/out channels
+    swapped, padding d(k-1) - p), which measured ~2x faster than col2im for the U-Net 3x3 layer.
+    Otherwise col2im: one channels-last GEMM per group, (N*H*W, Cg) @ (Cg, kh*kw*Og), then each tap's
+    block is added at its strided place in the padded output, and the padding is cropped.
+    """
+    g = geometry(w.shape[2:], stride, padding, dilation, groups)
+    (n, c, h, wd), G = x.shape, g.groups
+    cg, og = check_channels(c, w.shape, g, transposed=True)
+    ho, wo = conv_transpose_out_size(h, wd, g, output_padding)
+    flip_pad = tuple(d * (k - 1) - p for k, p, d in zip(g.kernel, g.padding, g.dilation))
+    if g.stride == (1, 1) and min(flip_pad) >= 0 and (ho, wo) == (h + flip_pad[0] - g.padding[0], wd + flip_pad[1] - g.padding[1]):
+        wf = w.reshape(G, cg, og, *g.kernel).swapaxes(1, 2)[..., ::-1, ::-1].reshape(G * og, cg, *g.kernel)
+        return conv2d(x, wf, b, 1, flip_pad, g.dilation, G)
+    (ph, pw), (kh, kw) = g.padding, g.kernel
+    xm = x.reshape(n, G, cg, h, wd).transpose(1, 0, 3, 4, 2).reshape(G, -1, cg)        # (G, N*H*W, Cg)
+    wm = w.reshape(G, cg, og, kh * kw).transpose(0, 1, 3, 2).reshape(G, cg, -1)         # (G, Cg, kh*kw*Og)
+    cols = np.matmul(xm, wm.astype(x.dtype, copy=False)).reshape(G, n, h, wd, kh, kw, og)
+    full = np.zeros((G, n, ho + 2 * ph, wo + 2 * pw, og), dtype=x.dtype)
+    for i, j in g.taps():
+        rows, cols_ = g.tap_slices(i, j, h, wd)
+        full[:, :, rows, cols_] += cols[:, :, :, :, i, j]
+    y = full[:, :, ph:ph + ho, pw:pw + wo].transpose(1, 0, 4, 2, 3).reshape(n, G * og, ho, wo)
+    return _add_bias(y, b)
+
+
+# -------------------------------------------------------------------------------------------------- softmax
+# Forward: NumPy in place (max, subtract, exp, sum, divide) won on 4096x1024 float32 (5.4 ms against
+# 8.4 ms for a one-pass-per-row Numba kernel): this Numba has no SVML, so its exp is a scalar libm call
+# while NumPy's is AVX-512. Backward: Numba, parallel over rows (no exp for softmax; ~2x NumPy), as each
+# row is reduced and written while it sits in L1.
+
+_njit = numba.njit(parallel=True, cache=True)
+
+
+def softmax(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) along `axis`; a row of all -inf gives NaN, as in PyTorch."""
+    out = x - x.max(axis=axis, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
+    return out
+
+
+def log_softmax(x, axis=-1):
+    """x - max - log(sum(exp(x - max))) along `axis`; a row of all -inf gives NaN, as in PyTorch."""
+    out = x - x.max(axis=axis, keepdims=True)
+    out -= np.log(np.exp(out).sum(axis=axis, keepdims=True))
+    return out
+
+
+@_njit
+def _softmax_backward_rows(y, gy, out, log):
+    """softmax:     out = y * (gy - sum(gy * y));   log_softmax: out = gy - exp(y) * sum(gy)."""
+    for r in numba.prange(y.shape[0]):
+        s = 0.0
+        for k in range(y.shape[1]):
+            s += gy[r, k] * y[r, k] if not log else gy[r, k]
+        for k in range(y.shape[1]):
+            out[r, k] = gy[r, k] - np.exp(y[r, k]) * s if log else y[r, k] * (gy[r, k] - s)
+
+
+def _rowwise(kernel, axis, log, *arrays):
+    """Run a row kernel over `axis` of same-shaped arrays: move the axis last, view as 2-D rows
+    (no copy when `axis` is already the last, contiguous one)."""
+    rows = [np.ascontiguousarray(np.moveaxis(a, axis, -1)) for a in arrays]
+    shape = rows[0].shape
+    out = np.empty(shape, dtype=rows[0].dtype)
+    kernel(*(r.reshape(-1, shape[-1]) for r in rows), out.reshape(-1, shape[-1]), log)
+    return np.moveaxis(out, -1, axis)
+
+
+def softmax_backward(y, gy, axis=-1):
+    """Vector-Jacobian product of y = softmax(x): y * (gy - sum(gy * y))."""
+    return _rowwise(_softmax_backward_rows, axis, False, y, np.asarray(gy, dtype=y.dtype))
+
+
+def log_softmax_backward(y, gy, axis=-1):
+    """Vector-Jacobian product of y = log_softmax(x): gy - exp(y) * sum(gy)."""
+    return _rowwise(_softmax_backward_rows, axis, True, y, np.asarray(gy, dtype=y.dtype))
+
+
+# ------------------------------------------------------------------------------------------------- slogdet
+# Batched small matrices: a Numba LU per matrix, parallel over the batch, measured ~3x faster than
+# numpy.linalg.slogdet (whose per-matrix LAPACK call overhead dominates at n = 8). For n > _LU_MAX_N
+# LAPACK's blocked LU wins and is used.
+
+_LU_MAX_N = 48
+
+
+@_njit
+def _slogdet_batch(a, sign, logabs):
+    """LU with partial pivoting (Doolittle, in a private copy of each matrix):
+    det a = (-1)^(row swaps) * prod_k u_kk; a zero pivot column means det = 0 -> (0, -inf)."""
+    n = a.shape[1]
+    for b in numba.prange(a.shape[0]):
+        lu = a[b].copy()
+        s, la = 1.0, 0.0
+        for k in range(n):
+            p = k
+            for r in range(k + 1, n):
+                if abs(lu[r, k]) > abs(lu[p, k]):
+                    p = r
+            pivot = lu[p, k]
+            if pivot == 0:
+                s, la = 0.0, -np.inf
+                break
+            if p != k:
+                for c in range(k, n):
+                    lu[k, c], lu[p, c] = lu[p, c], lu[k, c]
+                s = -s
+            if pivot < 0:
+                s = -s
+            la += np.log(abs(pivot))
+            inv = 1.0 / pivot
+            for r in range(k + 1, n):
+                f = lu[r, k] * inv
+                for c in range(k + 1, n):
+                    lu[r, c] -= f * lu[k, c]
+        sign[b] = s
+        logabs[b] = la
+
+
+def slogdet(a):
+    """(sign, log|det a|) of a batch (..., n, n), like numpy.linalg.slogdet; singular: (0, -inf)."""
+    n = a.shape[-1]
+    if n > _LU_MAX_N or a.ndim < 2 or a.shape[-2] != n:
+        return np.linalg.slogdet(a)
+    batch = np.ascontiguousarray(a).reshape(-1, n, n)
+    sign = np.empty(batch.shape[0], dtype=a.dtype)
+    logabs = np.empty(batch.shape[0], dtype=a.dtype)
+    _slogdet_batch(batch, sign, logabs)
+    return sign.reshape(a.shape[:-2]), logabs.reshape(a.shape[:-2])
