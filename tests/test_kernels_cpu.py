@@ -1,0 +1,286 @@
+"""CPU kernels: every CPU backend against the NumPy reference, the reference against PyTorch (when
+installed), the convolution adjoint identities, softmax edge cases, slogdet on matrices with chosen
+singular values, and the dispatcher."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import kernels
+from kernels import reference
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+CPU = [kernels.backend_module(name) for name in kernels.CPU_BACKENDS]
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
+FEW = settings(max_examples=25, deadline=None)
+
+
+@st.composite
+def conv_cases(draw):
+    """A convolution geometry with a non-empty output, and matching float64 arrays x, w, b."""
+    groups = draw(st.integers(1, 3))
+    cg, og = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 8))
+    w_ = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 8))
+    n = draw(st.integers(1, 2))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    geo = dict(stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
+    x = rng.standard_normal((n, cg * groups, h, w_))
+    w = rng.standard_normal((og * groups, cg, kh, kw))
+    b = rng.standard_normal(og * groups) if draw(st.booleans()) else None
+    return x, w, b, geo
+
+
+def _output_padding(x_shape, y_shape, w_shape, geo):
+    """The output_padding that makes conv_transpose2d of a conv2d output recover the input size."""
+    return tuple(n - ((m - 1) * s - 2 * p + d * (k - 1) + 1)
+                 for n, m, k, s, p, d in zip(x_shape[2:], y_shape[2:], w_shape[2:], geo["stride"],
+                                             geo["padding"], geo["dilation"]))
+
+
+# ---------------------------------------------------------------------------------------------- convolution
+
+@FEW
+@given(conv_cases(), st.sampled_from(DTYPES))
+def test_conv_backends_agree_with_reference(case, dtype):
+    x, w, b, geo = case
+    x, w = x.astype(dtype), w.astype(dtype)
+    b = None if b is None else b.astype(dtype)
+    y = reference.conv2d(x, w, b, **geo)
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    op = _output_padding(x.shape, y.shape, w.shape, geo)
+    gx = reference.conv_transpose2d(gy, w, output_padding=op, **geo)
+    gw = reference.conv2d_weight(x, gy, w.shape[2:], **geo)
+    assert gx.shape == x.shape and gw.shape == w.shape
+    for mod in CPU:
+        out = [mod.conv2d(x, w, b, **geo),
+               mod.conv_transpose2d(gy, w, output_padding=op, **geo),
+               mod.conv2d_weight(x, gy, w.shape[2:], **geo)]
+        for got, want in zip(out, (y, gx, gw)):
+            assert got.dtype == dtype and got.shape == want.shape
+            np.testing.assert_allclose(got, want, **TOL[dtype], err_msg=mod.__name__)
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch is the oracle here")
+@FEW
+@given(conv_cases())
+def test_reference_conv_matches_torch(case):
+    x, w, b, geo = case
+    F, t = torch.nn.functional, torch.from_numpy
+    xt, wt = t(x).requires_grad_(), t(w).requires_grad_()
+    yt = F.conv2d(xt, wt, None if b is None else t(b), **geo)
+    np.testing.assert_allclose(reference.conv2d(x, w, b, **geo), yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+    gy = np.random.default_rng(2).standard_normal(yt.shape)
+    yt.backward(t(gy))
+    op = _output_padding(x.shape, yt.shape, w.shape, geo)
+    np.testing.assert_allclose(reference.conv_transpose2d(gy, w, output_padding=op, **geo), xt.grad.numpy(),
+                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(reference.conv2d_weight(x, gy, w.shape[2:], **geo), wt.grad.numpy(),
+                               rtol=1e-10, atol=1e-10)
+    # conv_transpose2d's own forward against PyTorch's, on the same geometry and weight layout
+    ct = F.conv_transpose2d(t(gy), t(w), None, geo["stride"], geo["padding"], op, geo["groups"], geo["dilation"])
+    np.testing.assert_allclose(ct.numpy(), xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@FEW
+@given(conv_cases(), st.sampled_from(CPU))
+def test_convolutions_are_adjoint(case, mod):
+    """<conv2d(x, w), gy> = <x, conv_transpose2d(gy, w)> = <w, conv2d_weight(x, gy)> (conv2d is linear in
+    x and in w); and the weight gradient of a = conv_transpose2d(y, v) with upstream gradient ga is
+    conv2d_weight(ga, y): <conv_transpose2d(y, v), ga> = <v, conv2d_weight(ga, y)>."""
+    x, w, _, geo = case
+    rng = np.random.default_rng(3)
+    y = mod.conv2d(x, w, **geo)
+    gy = rng.standard_normal(y.shape)
+    op = _output_padding(x.shape, y.shape, w.shape, geo)
+    lhs = np.vdot(y, gy)
+    assert np.isclose(lhs, np.vdot(x, mod.conv_transpose2d(gy, w, output_padding=op, **geo)), rtol=1e-10, atol=1e-10)
+    assert np.isclose(lhs, np.vdot(w, mod.conv2d_weight(x, gy, w.shape[2:], **geo)), rtol=1e-10, atol=1e-10)
+    v, ga = rng.standard_normal(w.shape), rng.standard_normal(x.shape)
+    assert np.isclose(np.vdot(mod.conv_transpose2d(gy, v, output_padding=op, **geo), ga),
+                      np.vdot(v, mod.conv2d_weight(ga, gy, w.shape[2:], **geo)), rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_weight_matches_finite_differences():
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2))
+    geo = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)
+    gy = rng.standard_normal(reference.conv2d(x, w, **geo).shape)
+    for mod in CPU:
+        dw = mod.conv2d_weight(x, gy, (3, 2), **geo)
+        for idx in [(0, 0, 0, 0), (5, 1, 2, 1), (3, 0, 1, 0)]:
+            e = np.zeros_like(w)
+            e[idx] = 1e-6
+            fd = (np.vdot(mod.conv2d(x, w + e, **geo), gy) - np.vdot(mod.conv2d(x, w - e, **geo), gy)) / 2e-6
+            assert np.isclose(dw[idx], fd, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mod", CPU)
+def test_convolution_argument_errors(mod):
+    x = np.zeros((1, 4, 5, 5))
+    with pytest.raises(ValueError, match="channels"):
+        mod.conv2d(x, np.zeros((2, 3, 3, 3)))
+    with pytest.raises(ValueError, match="too small"):
+        mod.conv2d(x, np.zeros((2, 4, 7, 7)))
+    with pytest.raises(ValueError, match="output_padding"):
+        mod.conv_transpose2d(x, np.zeros((4, 2, 3, 3)), stride=2, output_padding=2)
+
+
+# -------------------------------------------------------------------------------------------------- softmax
+
+@pytest.mark.parametrize("mod", CPU)
+def test_softmax_extreme_logits_float32(mod):
+    x = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -np.inf], [3.0, -np.inf, -np.inf]], np.float32)
+    y = mod.softmax(x)
+    assert y.dtype == np.float32 and np.isfinite(y).all()
+    np.testing.assert_allclose(y.sum(-1), 1, rtol=1e-6)
+    np.testing.assert_allclose(y[2], [0.5, 0.5, 0.0])
+    ly = mod.log_softmax(x)
+    assert ly.dtype == np.float32 and np.isfinite(ly[:, 0]).all()
+    assert ly[2, 2] == -np.inf and ly[3, 1] == -np.inf
+    np.testing.assert_allclose(np.exp(ly), y, atol=1e-7)
+
+
+@pytest.mark.parametrize("mod", CPU)
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_softmax_of_all_minus_inf_row_is_nan_like_torch(mod):
+    y = mod.softmax(np.array([[-np.inf, -np.inf], [0.0, 1.0]]))
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
+    assert np.isnan(mod.log_softmax(np.array([[-np.inf, -np.inf]]))).all()
+
+
+@FEW
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=3), st.data(), st.sampled_from(DTYPES),
+       st.sampled_from(CPU))
+def test_softmax_and_backward_pieces(shape, data, dtype, mod):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = (rng.standard_normal(shape) * 5).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    y, ly = mod.softmax(x, axis), mod.log_softmax(x, axis)
+    np.testing.assert_allclose(y, reference.softmax(x, axis), **TOL[dtype])
+    np.testing.assert_allclose(ly, reference.log_softmax(x, axis), **TOL[dtype])
+    np.testing.assert_allclose(y.sum(axis), 1, **TOL[dtype])
+    gx = mod.softmax_backward(y, gy, axis)
+    np.testing.assert_allclose(gx, y * (gy - (gy * y).sum(axis, keepdims=True)), **TOL[dtype])
+    lgx = mod.log_softmax_backward(ly, gy, axis)
+    np.testing.assert_allclose(lgx, gy - np.exp(ly) * gy.sum(axis, keepdims=True), **TOL[dtype])
+    assert {a.dtype for a in (y, ly, gx, lgx)} == {np.dtype(dtype)}
+
+
+def test_softmax_backward_is_the_jacobian_product():
+    """softmax_backward(y, gy) = J^T gy with J = diag(y) - y y^T, checked by central differences."""
+    rng = np.random.default_rng(5)
+    x, gy, v = rng.standard_normal((3, 6)), rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
+    for mod in CPU:
+        for f, df in ((mod.softmax, mod.softmax_backward), (mod.log_softmax, mod.log_softmax_backward)):
+            fd = (np.vdot(f(x + 1e-6 * v), gy) - np.vdot(f(x - 1e-6 * v), gy)) / 2e-6
+            assert np.isclose(np.vdot(df(f(x), gy), v), fd, rtol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------------- slogdet
+
+def _with_singular_values(rng, s, negate):
+    """U diag(s) V^T with random orthogonal U, V; one column of U negated when `negate`."""
+    n = len(s)
+    u, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    if negate:
+        u[:, 0] *= -1
+    return (u * s) @ v.T
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 32, 64])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_slogdet_matches_numpy(n, dtype):
+    rng = np.random.default_rng(n)
+    spectra = [np.ones(n), np.logspace(0, -3 if dtype == np.float32 else -10, n), rng.uniform(0.1, 10, n)]
+    a = np.stack([_with_singular_values(rng, s, neg) for s in spectra for neg in (False, True)]).astype(dtype)
+    a = a.reshape(3, 2, n, n)
+    want_sign, want_log = np.linalg.slogdet(a.astype(np.float64))
+    tol = dict(rtol=1e-3, atol=1e-3) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)
+    for mod in CPU:
+        sign, logabs = mod.slogdet(a)
+        assert sign.shape == logabs.shape == (3, 2) and sign.dtype == logabs.dtype == dtype
+        np.testing.assert_array_equal(sign, want_sign)
+        np.testing.assert_allclose(logabs, want_log, **tol)
+
+
+@pytest.mark.parametrize("mod", CPU)
+def test_slogdet_of_singular_matrices(mod):
+    a = np.array([[[1.0, 2.0], [2.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]])
+    sign, logabs = mod.slogdet(a)
+    np.testing.assert_array_equal(sign, [0, 0, -1])
+    np.testing.assert_array_equal(logabs, [-np.inf, -np.inf, 0])
+
+
+# ------------------------------------------------------------------------------------------------- dispatch
+
+@pytest.fixture
+def restore_backend():
+    yield
+    kernels.set_backend("auto")
+
+
+def test_dispatch_follows_set_backend(restore_backend, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reference, "softmax", lambda x, axis=-1: calls.append("reference") or x)
+    x = np.zeros((2, 3))
+    kernels.set_backend("reference")
+    assert kernels.get_backend() == "reference"
+    kernels.softmax(x)
+    kernels.set_backend("auto")
+    kernels.softmax(x)
+    assert calls == ["reference"] and kernels.get_backend() == "auto"
+    assert {"auto", "reference", "cpu"} <= set(kernels.available_backends())
+    assert kernels.backend_module("cpu") is kernels.cpu
+
+
+def test_unknown_backend_names_are_rejected():
+    with pytest.raises(ValueError, match="unknown kernel backend 'tpu'"):
+        kernels.set_backend("tpu")
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        kernels.backend_module("numpy")
+
+
+def _gpu_ready():
+    return "cupy" in kernels.available_backends()
+
+
+@pytest.mark.skipif(_gpu_ready(), reason="this machine has a usable GPU")
+@pytest.mark.parametrize("name", kernels.GPU_BACKENDS)
+def test_gpu_backend_without_gpu_says_what_is_missing(name):
+    with pytest.raises(RuntimeError, match=r"pip install minigen\[cuda\]"):
+        kernels.set_backend(name)
+    with pytest.raises(RuntimeError, match=name):
+        kernels.backend_module(name)
+    assert kernels.get_backend() == "auto"
+
+
+def _run_with_env(value, code):
+    env = dict(os.environ, MINIGEN_KERNELS=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_environment_variable_is_read_at_import():
+    ok = _run_with_env("reference", "import kernels; print(kernels.get_backend())")
+    assert ok.returncode == 0 and ok.stdout.strip() == "reference"
+    bad = _run_with_env("fast", "import kernels")
+    assert bad.returncode != 0 and "unknown kernel backend 'fast'" in bad.stderr
+    no_cupy = "import sys, kernels; assert 'cupy' not in sys.modules; print(kernels.get_backend())"
+    if not _gpu_ready():   # a GPU name imports fine, and the first call says what is missing
+        gpu = _run_with_env("cupy", no_cupy + "; import numpy; kernels.softmax(numpy.zeros(3))")
+        assert "cupy" in gpu.stdout and "pip install minigen[cuda]" in gpu.stderr
