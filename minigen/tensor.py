@@ -335,6 +335,7 @@ def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, all
     order = _topological_order([out.creator for out in outputs if out.creator is not None])
     needed = _functions_leading_to(order, targets) if targets is not None else None
     found: dict[int, Tensor] = {}           # grad(): gradients of non-leaf targets
+    done = []
 
     with _GradMode(create_graph):
         for f in order:
@@ -364,8 +365,10 @@ def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, all
                 else:
                     slot = pending.setdefault(x.creator, [None] * len(x.creator.outputs))
                     slot[x.index] = gx if slot[x.index] is None else slot[x.index] + gx
-            if not retain_graph:
-                f.inputs = None
+            done.append(f)
+    if not retain_graph:    # freed only now: a backward may need an output that only a consumer held
+        for f in done:
+            f.inputs = None
 
     if inputs is None:
         for leaf, g in leaf_grads.items():
@@ -384,8 +387,8 @@ def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, all
 
 def _own_copy(g: Tensor, given: set) -> Tensor:
     """`g`, or a copy of it when its array may be shared (with another leaf's grad, or a caller's array)."""
-    if id(g.data) in given or not g.data.flags.owndata:
-        g = Tensor(g.data.copy()) if g.creator is None else g + 0
+    if id(g.data) in given or not getattr(g.data, "flags", None) or not g.data.flags.owndata:
+        g = Tensor(backend.get_array_module(g.data).array(g.data)) if g.creator is None else g + 0
     given.add(id(g.data))
     return g
 

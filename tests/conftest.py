@@ -1,0 +1,20 @@
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# A modest number of examples per property keeps the suite within minutes on 2 cores; raise it with
+# HYPOTHESIS_PROFILE=thorough for a deeper search.
+settings.register_profile("default", max_examples=10, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=200, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import minigen
+    minigen.manual_seed(0)
+    np.random.seed(0)

@@ -1,0 +1,475 @@
+"""Every operation: forward against NumPy, first-order gradcheck and second-order gradgradcheck in float64 on
+hypothesis-drawn shapes (broadcasting, axes, keepdims, non-contiguous inputs)."""
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minigen as mg
+import minigen.nn.functional as F
+from minigen import testing as mt
+
+
+def leaf(a):
+    """A float64 leaf that keeps the array as drawn (a strided view stays strided)."""
+    return mg.Tensor(np.asarray(a, dtype=np.float64), requires_grad=True)
+
+
+def check(fn, arrays, reference=None, second_order=True, rtol=1e-6):
+    xs = [leaf(a) for a in arrays]
+    if reference is not None:
+        np.testing.assert_allclose(fn(*xs).numpy(), reference(*arrays), rtol=rtol, atol=1e-10)
+    assert mg.gradcheck(fn, xs)
+    if second_order:
+        assert mg.gradgradcheck(fn, xs)
+
+
+# --- elementwise -----------------------------------------------------------------------------------------
+
+# name: (minigen function, NumPy reference, low, high, points to keep away from)
+UNARY = {
+    "neg": (mg.neg, np.negative, -3, 3, ()),
+    "exp": (mg.exp, np.exp, -3, 3, ()),
+    "log": (mg.log, np.log, 0.2, 3, ()),
+    "log1p": (mg.log1p, np.log1p, -0.8, 3, ()),
+    "expm1": (mg.expm1, np.expm1, -3, 3, ()),
+    "sqrt": (mg.sqrt, np.sqrt, 0.2, 3, ()),
+    "abs": (mg.abs, np.abs, -3, 3, (0,)),
+    "sin": (mg.sin, np.sin, -3, 3, ()),
+    "cos": (mg.cos, np.cos, -3, 3, ()),
+    "tanh": (mg.tanh, np.tanh, -3, 3, ()),
+    "sigmoid": (mg.sigmoid, scipy.special.expit, -5, 5, ()),
+    "logsigmoid": (mg.logsigmoid, lambda x: -np.logaddexp(0, -x), -5, 5, ()),
+    "relu": (mg.relu, lambda x: np.maximum(x, 0), -3, 3, (0,)),
+    "leaky_relu": (lambda x: mg.leaky_relu(x, 0.1), lambda x: np.where(x > 0, x, 0.1 * x), -3, 3, (0,)),
+    "elu": (mg.elu, lambda x: np.where(x > 0, x, np.expm1(x)), -3, 3, (0,)),
+    "silu": (mg.silu, lambda x: x * scipy.special.expit(x), -4, 4, ()),
+    "gelu": (mg.gelu, lambda x: x * 0.5 * (1 + scipy.special.erf(x / math.sqrt(2))), -4, 4, ()),
+    "gelu_tanh": (lambda x: mg.gelu(x, approximate="tanh"),
+                  lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))), -4, 4, ()),
+    "softplus": (mg.softplus, lambda x: np.logaddexp(0, x), -5, 5, ()),
+    "softplus_beta": (lambda x: mg.softplus(x, beta=2.0, threshold=3.0),
+                      lambda x: np.where(2 * x > 3, x, np.logaddexp(0, 2 * x) / 2), -3, 3, (1.5,)),
+    "clip": (lambda x: mg.clip(x, -1.0, 1.5), lambda x: np.clip(x, -1, 1.5), -3, 3, (-1.0, 1.5)),
+    "erf": (mg.erf, scipy.special.erf, -3, 3, ()),
+    "cube": (lambda x: x ** 3, lambda x: x ** 3, -3, 3, ()),
+    "square": (lambda x: x ** 2, lambda x: x ** 2, -3, 3, ()),
+    "pow_fraction": (lambda x: x ** 1.5, lambda x: x ** 1.5, 0.2, 3, ()),
+    "rdiv": (lambda x: 2.0 / x, lambda x: 2.0 / x, 0.3, 3, ()),
+    "rpow": (lambda x: 2.0 ** x, lambda x: 2.0 ** x, -2, 2, ()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+@given(data=st.data())
+def test_unary(name, data):
+    fn, ref, low, high, avoid = UNARY[name]
+    x = data.draw(mt.arrays(mt.shapes(max_dims=3), low=low, high=high, avoid=avoid))
+    check(fn, [x], ref)
+
+
+def test_astype_gradient_comes_back_in_the_input_dtype():
+    x = leaf([1.0, 2.0])
+    y = mg.astype(x, np.float32)
+    assert y.dtype == np.float32
+    (y * y).sum().backward()
+    assert x.grad.dtype == np.float64
+    np.testing.assert_array_equal(x.grad.data, [2.0, 4.0])
+
+
+# name: (function, reference, (low, high) of a, (low, high) of b)
+BINARY = {
+    "add": (lambda a, b: a + b, np.add, (-3, 3), (-3, 3)),
+    "sub": (lambda a, b: a - b, np.subtract, (-3, 3), (-3, 3)),
+    "mul": (lambda a, b: a * b, np.multiply, (-3, 3), (-3, 3)),
+    "div": (lambda a, b: a / b, np.divide, (-3, 3), (0.3, 3)),
+    "pow": (lambda a, b: a ** b, np.power, (0.3, 3), (-2, 2)),
+    "maximum": (mg.maximum, np.maximum, (-3, 3), (-3, 3)),
+    "minimum": (mg.minimum, np.minimum, (-3, 3), (-3, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+@given(data=st.data())
+def test_binary_broadcasting(name, data):
+    fn, ref, (la, ha), (lb, hb) = BINARY[name]
+    shape_a, shape_b = data.draw(mt.broadcastable_shapes(2, max_dims=3))
+    a = data.draw(mt.arrays(shape_a, low=la, high=ha))
+    b = data.draw(mt.arrays(shape_b, low=lb, high=hb))
+    if name in ("maximum", "minimum"):   # keep a and b apart: at a tie the first derivative jumps
+        a, b = np.round(a * 2) / 2, np.round(b * 2) / 2 + 0.25
+    check(fn, [a, b], ref)
+
+
+@given(data=st.data())
+def test_where(data):
+    shape_c, shape_a, shape_b = data.draw(mt.broadcastable_shapes(3, max_dims=3))
+    cond = data.draw(mt.arrays(shape_c)) > 0
+    a, b = data.draw(mt.arrays(shape_a)), data.draw(mt.arrays(shape_b))
+    check(lambda a, b: mg.where(cond, a, b), [a, b], lambda a, b: np.where(cond, a, b))
+
+
+def test_maximum_splits_ties_and_sign_has_zero_gradient():
+    a, b = leaf([1.0, 2.0]), leaf([1.0, 3.0])
+    mg.maximum(a, b).sum().backward()
+    np.testing.assert_array_equal(a.grad.data, [0.5, 0.0])
+    np.testing.assert_array_equal(b.grad.data, [0.5, 1.0])
+    assert mg.sign(a).requires_grad is False
+
+
+def test_python_scalars_follow_numpy_promotion():
+    x32 = mg.tensor([1.0, 2.0])
+    assert (x32 * 2).dtype == np.float32 and (2.5 * x32).dtype == np.float32
+    assert (mg.tensor([1, 2]) * 1.5).dtype == np.float64
+    assert (x32 + mg.tensor([1.0], dtype=np.float64)).dtype == np.float64
+    assert (np.float64(2.0) * x32).dtype == np.float64   # a NumPy scalar is typed, as in NumPy 2
+
+
+# --- reductions ------------------------------------------------------------------------------------------
+
+REDUCTIONS = {
+    "sum": (mg.sum, np.sum),
+    "mean": (mg.mean, np.mean),
+    "var": (mg.var, np.var),
+    "std": (mg.std, np.std),
+    "max": (mg.max, np.max),
+    "min": (mg.min, np.min),
+    "prod": (mg.prod, np.prod),
+    "logsumexp": (mg.logsumexp, lambda x, axis, keepdims: scipy.special.logsumexp(x, axis=axis, keepdims=keepdims)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+@given(data=st.data())
+def test_reduction(name, data):
+    fn, ref = REDUCTIONS[name]
+    # std's gradient is infinite at zero variance, so it reduces over at least two elements
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3, min_side=2 if name == "std" else 1)))
+    axis = data.draw(mt.axes(x.ndim))
+    keepdims = data.draw(st.booleans())
+    check(lambda t: fn(t, axis=axis, keepdims=keepdims), [x], lambda a: ref(a, axis=axis, keepdims=keepdims))
+
+
+def test_prod_gradient_with_zeros():
+    x = leaf([[2.0, 0.0, 3.0], [0.0, 0.0, 5.0]])
+    mg.prod(x, axis=1).sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [[0.0, 6.0, 0.0], [0.0, 0.0, 0.0]])
+    x = np.array([[2.0, 0.0, 3.0, 1.5]])
+    check(lambda t: mg.prod(t, axis=1), [x])
+
+
+def test_max_splits_gradient_between_ties():
+    x = leaf([[1.0, 3.0, 3.0], [2.0, 0.0, 1.0]])
+    mg.max(x, axis=1).sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [[0, 0.5, 0.5], [1, 0, 0]])
+
+
+@given(data=st.data())
+def test_cumsum(data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3)))
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    check(lambda t: mg.cumsum(t, axis), [x], lambda a: np.cumsum(a, axis))
+
+
+def test_logsumexp_is_stable():
+    x = mg.tensor([[1e4, 1e4 - 1.0], [-1e4, -np.inf]], requires_grad=True)
+    y = mg.logsumexp(x, axis=1)
+    assert np.isfinite(y.numpy()).all()
+    np.testing.assert_allclose(y.numpy(), [1e4 + np.log1p(np.exp(-1.0)), -1e4], rtol=1e-6)
+    y.sum().backward()
+    assert np.isfinite(x.grad.numpy()).all()
+
+
+def test_unknown_axis_is_a_clear_error():
+    with pytest.raises(ValueError, match="axis 2 is out of bounds for a tensor of 2 dimension"):
+        mg.sum(mg.ones(2, 3), axis=2)
+
+
+# --- shape operations -------------------------------------------------------------------------------------
+
+
+@given(data=st.data())
+def test_reshape_transpose_swapaxes_moveaxis(data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=4)))
+    perm = tuple(data.draw(st.permutations(range(x.ndim))))
+    check(lambda t: mg.transpose(t, perm), [x], lambda a: np.transpose(a, perm))
+    check(lambda t: mg.reshape(t, (-1,)), [x], lambda a: a.reshape(-1))
+    check(lambda t: t.T, [x], lambda a: a.T)
+    a1, a2 = data.draw(st.integers(0, x.ndim - 1)), data.draw(st.integers(0, x.ndim - 1))
+    check(lambda t: mg.swapaxes(t, a1, a2), [x], lambda a: np.swapaxes(a, a1, a2))
+    check(lambda t: mg.moveaxis(t, a1, a2), [x], lambda a: np.moveaxis(a, a1, a2))
+
+
+@given(data=st.data())
+def test_squeeze_expand_dims_broadcast_to(data):
+    shape = data.draw(mt.shapes(max_dims=3, min_side=1, max_side=3))
+    x = data.draw(mt.arrays(shape))
+    axis = data.draw(st.integers(-x.ndim - 1, x.ndim))
+    check(lambda t: mg.expand_dims(t, axis), [x], lambda a: np.expand_dims(a, axis))
+    check(lambda t: mg.squeeze(t), [x], lambda a: np.squeeze(a))
+    target = data.draw(st.sampled_from([(2,) + shape, (3, 1) + shape]))
+    check(lambda t: mg.broadcast_to(t, target), [x], lambda a: np.broadcast_to(a, target))
+
+
+@given(data=st.data())
+def test_concatenate_stack_split(data):
+    shape = data.draw(mt.shapes(min_dims=1, max_dims=3, min_side=2))
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    parts = [data.draw(mt.arrays(shape)) for _ in range(data.draw(st.integers(1, 3)))]
+    check(lambda *ts: mg.concatenate(ts, axis), parts, lambda *a: np.concatenate(a, axis))
+    check(lambda *ts: mg.stack(ts, axis), parts, lambda *a: np.stack(a, axis))
+    x = np.concatenate(parts, axis)
+    cut = data.draw(st.integers(0, x.shape[axis]))
+    check(lambda t: mg.split(t, [cut], axis), [x])
+    check(lambda t: mg.split(t, [cut], axis)[0] * 2, [x])          # a piece unused: zeros in its place
+    np.testing.assert_array_equal(mg.split(mg.tensor(x), [cut], axis)[1].numpy(), np.split(x, [cut], axis)[1])
+
+
+@given(data=st.data())
+def test_flip_pad_repeat_tile(data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3)))
+    axis = data.draw(mt.axes(x.ndim))
+    check(lambda t: mg.flip(t, axis), [x], lambda a: np.flip(a, axis))
+    width = data.draw(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=x.ndim, max_size=x.ndim))
+    check(lambda t: mg.pad(t, width, value=1.5), [x], lambda a: np.pad(a, width, constant_values=1.5))
+    reps = data.draw(st.integers(1, 3))
+    rep_axis = data.draw(st.one_of(st.none(), st.integers(-x.ndim, x.ndim - 1)))
+    check(lambda t: mg.repeat(t, reps, rep_axis), [x], lambda a: np.repeat(a, reps, rep_axis))
+    tiles = tuple(data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=x.ndim + 1)))
+    check(lambda t: mg.tile(t, tiles), [x], lambda a: np.tile(a, tiles))
+
+
+INDICES = [
+    (1,), (slice(None, None, 2),), (Ellipsis, 0), (None, slice(1, None)), (slice(None), None, 0),
+    (np.array([0, 2, 0, 1]),), (np.array([[1, 1], [0, 2]]), slice(None)), (slice(None), np.array([2, 0, 2])),
+    (np.array([0, 1]), np.array([2, 2])), (-1, slice(None, None, -1)),
+]
+
+
+@pytest.mark.parametrize("index", INDICES, ids=str)
+def test_getitem(index):
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    check(lambda t: t[index], [x], lambda a: a[index])
+
+
+@given(data=st.data())
+def test_getitem_boolean_mask(data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3)))
+    mask = data.draw(mt.arrays(x.shape)) > 0
+    check(lambda t: t[mask], [x], lambda a: a[mask])
+    check(lambda t: t[mg.tensor(mask)], [x], lambda a: a[mask])
+
+
+@given(data=st.data())
+def test_take_along_axis(data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3)))
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    k = data.draw(st.integers(1, 4))
+    shape = list(x.shape)
+    shape[axis] = k
+    idx = np.random.default_rng(data.draw(st.integers(0, 99))).integers(0, x.shape[axis], size=shape)
+    check(lambda t: mg.take_along_axis(t, idx, axis), [x], lambda a: np.take_along_axis(a, idx, axis))
+
+
+def test_one_hot():
+    y = F.one_hot(mg.tensor([0, 2, 1]), 3)
+    np.testing.assert_array_equal(y.numpy(), np.eye(3, dtype=np.int64)[[0, 2, 1]])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        F.one_hot(mg.tensor([3]), 3)
+
+
+# --- linear algebra ---------------------------------------------------------------------------------------
+
+MATMUL_SHAPES = [((3,), (3,)), ((3,), (3, 2)), ((2, 3), (3,)), ((2, 3), (3, 4)), ((5, 2, 3), (3, 4)),
+                 ((2, 3), (5, 3, 4)), ((2, 1, 2, 3), (4, 3, 2)), ((4,), (2, 4, 3)), ((2, 2, 4), (4,))]
+
+
+@pytest.mark.parametrize("shapes", MATMUL_SHAPES, ids=str)
+def test_matmul(shapes):
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal(s) for s in shapes)
+    check(lambda s, t: s @ t, [a, b], np.matmul)
+
+
+def test_matmul_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4, 5\)"):
+        mg.ones(2, 3) @ mg.ones(4, 5)
+
+
+EINSUMS = {"ij,jk->ik": [(2, 3), (3, 4)], "bij,bjk->bik": [(2, 2, 3), (2, 3, 2)], "i,i->": [(3,), (3,)],
+           "ij->j": [(2, 3)], "ij,j->i": [(2, 3), (3,)], "i,j->ij": [(2,), (3,)], "ijk,ik->ij": [(2, 3, 4), (2, 4)],
+           "ij,jk,kl->il": [(2, 3), (3, 2), (2, 2)], "ij->ji": [(2, 3)]}
+
+
+@pytest.mark.parametrize("spec", sorted(EINSUMS))
+def test_einsum(spec):
+    rng = np.random.default_rng(2)
+    arrays = [rng.standard_normal(s) for s in EINSUMS[spec]]
+    check(lambda *ts: mg.einsum(spec, *ts), arrays, lambda *a: np.einsum(spec, *a))
+
+
+@given(data=st.data())
+def test_inv_solve_slogdet(data):
+    n = data.draw(st.integers(1, 4))
+    batch = data.draw(st.sampled_from([(), (2,), (2, 3)]))
+    a = data.draw(mt.matrices(n, batch_shape=batch))
+    b = data.draw(mt.arrays(batch + (n, 2)))
+    check(mg.inv, [a], np.linalg.inv)
+    check(mg.solve, [a, b], np.linalg.solve)
+    check(lambda t: mg.slogdet(t)[1], [a], lambda m: np.linalg.slogdet(m)[1])
+    check(mg.det, [a], np.linalg.det)
+    check(mg.trace, [a], lambda m: np.trace(m, axis1=-2, axis2=-1))
+    v = data.draw(mt.arrays((n,)))
+    check(lambda t, u: mg.solve(t, u), [a[(0,) * len(batch)], v], np.linalg.solve)
+
+
+@given(data=st.data())
+def test_logdet_and_sign(data):
+    a = data.draw(mt.matrices(st.integers(1, 4), batch_shape=(2,), negative_det=False))
+    check(mg.logdet, [a], lambda m: np.log(np.linalg.det(m)))
+    neg = data.draw(mt.matrices(3, negative_det=True))
+    assert np.isnan(mg.logdet(mg.tensor(neg)).item())
+    sign, _ = mg.slogdet(mg.tensor(neg))
+    assert sign.item() == -1 and not sign.requires_grad
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_solve_triangular(lower):
+    rng = np.random.default_rng(3)
+    for batch in [(), (2,)]:
+        a = rng.standard_normal(batch + (3, 3)) + 3 * np.eye(3)
+        b = rng.standard_normal(batch + (3, 2))
+        tri = np.tril(a) if lower else np.triu(a)
+        check(lambda t, u: mg.solve_triangular(t, u, lower=lower), [a, b], lambda m, u: np.linalg.solve(tri, u))
+
+
+def test_logdet_gradient_on_badly_conditioned_matrix():
+    rng = np.random.default_rng(4)
+    u, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    a = (u * np.array([1e-4, 1e-2, 1.0, 1e2])) @ u.T
+    x = leaf(a)
+    mg.slogdet(x)[1].backward()
+    np.testing.assert_allclose(x.grad.data, np.linalg.inv(a).T, rtol=1e-8)
+
+
+# --- neural-network operations and losses ----------------------------------------------------------------
+
+
+@given(data=st.data())
+def test_softmax_log_softmax(data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3)))
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    check(lambda t: mg.softmax(t, axis), [x], lambda a: scipy.special.softmax(a, axis))
+    check(lambda t: mg.log_softmax(t, axis), [x], lambda a: scipy.special.log_softmax(a, axis))
+    np.testing.assert_allclose(mg.softmax(mg.tensor(x), axis).numpy().sum(axis), 1.0)
+
+
+@pytest.mark.parametrize("fn", [mg.softmax, mg.log_softmax])
+def test_softmax_finite_for_huge_logits_float32(fn):
+    x = mg.tensor(np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], dtype=np.float32), requires_grad=True)
+    y = fn(x, axis=1)
+    assert np.isfinite(y.numpy()).all()
+    (y * mg.tensor([[1.0, 2.0, 3.0], [1.0, -1.0, 0.5]])).sum().backward()
+    assert np.isfinite(x.grad.numpy()).all()
+
+
+def test_dropout():
+    def fn(t):
+        mg.manual_seed(7)           # the same mask at every evaluation
+        return F.dropout(t, p=0.3)
+    check(fn, [np.random.default_rng(0).standard_normal((4, 5))])
+    y = F.dropout(mg.ones(100_000), p=0.25)
+    assert abs(y.numpy().mean() - 1.0) < 0.02
+    assert set(np.unique(y.numpy())) == {0.0, np.float32(1 / 0.75)}
+    x = mg.ones(3)
+    assert F.dropout(x, 0.5, training=False) is x
+
+
+@given(data=st.data())
+def test_linear(data):
+    n, d_in, d_out = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    x, w, b = (data.draw(mt.arrays(s)) for s in [(n, d_in), (d_out, d_in), (d_out,)])
+    check(F.linear, [x, w, b], lambda x, w, b: x @ w.T + b)
+
+
+LOSSES = {   # name: (loss(input, target, reduction), (low, high) of input, (low, high) of target)
+    "mse": (F.mse_loss, (-3, 3), (-3, 3)),
+    "bce": (F.binary_cross_entropy, (0.05, 0.95), (0, 1)),
+    "bce_logits": (F.binary_cross_entropy_with_logits, (-5, 5), (0, 1)),
+    "bce_logits_pos_weight": (lambda x, t, reduction: F.binary_cross_entropy_with_logits(
+        x, t, reduction=reduction, pos_weight=3.0), (-5, 5), (0, 1)),
+    "gaussian_nll": (lambda x, t, reduction: F.gaussian_nll_loss(
+        x, t, mg.exp(t * 0.3), full=True, reduction=reduction), (-3, 3), (-3, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@given(data=st.data())
+def test_losses(name, reduction, data):
+    fn, (lx, hx), (lt, ht) = LOSSES[name]
+    shape = data.draw(mt.shapes(min_dims=1, max_dims=3))
+    x, t = data.draw(mt.arrays(shape, low=lx, high=hx)), data.draw(mt.arrays(shape, low=lt, high=ht))
+    check(lambda a, b: fn(a, b, reduction=reduction), [x, t])
+
+
+@given(data=st.data())
+def test_kl_normal(data):
+    shape_a, shape_b = data.draw(mt.broadcastable_shapes(2, max_dims=3))
+    mu, log_var = data.draw(mt.arrays(shape_a)), data.draw(mt.arrays(shape_b, low=-2, high=2))
+    check(lambda m, lv: F.kl_normal(m, lv, 0.5, -0.3), [mu, log_var],
+          lambda m, lv: 0.5 * (-0.3 - lv + (np.exp(lv) + (m - 0.5) ** 2) / np.exp(-0.3) - 1))
+
+
+def test_loss_values_against_formulas():
+    rng = np.random.default_rng(5)
+    x, t = rng.standard_normal((4, 3)), rng.uniform(size=(4, 3))
+    p = scipy.special.expit(x)
+    bce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    np.testing.assert_allclose(F.binary_cross_entropy_with_logits(leaf(x), t, reduction="none").numpy(), bce)
+    np.testing.assert_allclose(F.binary_cross_entropy(leaf(p), t, reduction="none").numpy(), bce)
+    mu, lv = rng.standard_normal(5), rng.standard_normal(5)
+    kl = 0.5 * (np.exp(lv) + mu ** 2 - 1 - lv)
+    np.testing.assert_allclose(F.kl_normal(leaf(mu), leaf(lv)).numpy(), kl)
+    var = np.exp(rng.standard_normal((4, 3)))
+    nll = 0.5 * (np.log(var) + (x - t) ** 2 / var + np.log(2 * np.pi))
+    np.testing.assert_allclose(F.gaussian_nll_loss(leaf(x), t, var, full=True).item(), nll.mean())
+
+
+@given(data=st.data())
+def test_cross_entropy(data):
+    n, c = data.draw(st.integers(1, 5)), data.draw(st.integers(2, 5))
+    spatial = data.draw(st.sampled_from([(), (3,), (2, 2)]))
+    x = data.draw(mt.arrays((n, c) + spatial))
+    labels = np.random.default_rng(data.draw(st.integers(0, 99))).integers(0, c, size=(n,) + spatial)
+    log_p = scipy.special.log_softmax(x, axis=1)
+    expected = -np.take_along_axis(log_p, labels[:, None], axis=1).mean()
+    check(lambda t: F.cross_entropy(t, labels), [x], lambda a: expected)
+    probs = scipy.special.softmax(data.draw(mt.arrays((n, c) + spatial)), axis=1)
+    check(lambda t: F.cross_entropy(t, probs, reduction="sum"), [x], lambda a: -(probs * log_p).sum())
+
+
+@pytest.mark.parametrize("loss", ["bce_logits", "cross_entropy", "bce"])
+def test_losses_finite_for_huge_logits_float32(loss):
+    x = mg.tensor(np.array([[1e4, -1e4], [-1e4, 1e4]], dtype=np.float32), requires_grad=True)
+    if loss == "bce_logits":
+        y = F.binary_cross_entropy_with_logits(x, mg.tensor([[0.0, 1.0], [1.0, 0.0]]))
+        assert y.item() == pytest.approx(1e4)
+    elif loss == "cross_entropy":
+        y = F.cross_entropy(x, mg.tensor([1, 1]))
+        assert y.item() == pytest.approx(1e4)
+    else:
+        y = F.binary_cross_entropy(mg.sigmoid(x), mg.tensor([[0.0, 1.0], [1.0, 0.0]]))
+        assert y.item() == pytest.approx(100.0)     # log clamped at -100, as PyTorch
+    y.backward()
+    assert np.isfinite(y.item()) and np.isfinite(x.grad.numpy()).all()
+
+
+def test_cross_entropy_label_errors():
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        F.cross_entropy(mg.ones(2, 3), mg.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"must have shape \(2,\)"):
+        F.cross_entropy(mg.ones(2, 3), mg.tensor([0, 1, 2]))
