@@ -125,9 +125,9 @@ def _check_full(fn, inputs, checked, outputs, eps, atol, rtol, raise_exception):
             err = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))
             if err.size and err.max() > 0:
                 worst = np.unravel_index(np.argmax(err), err.shape)
-                o_idx, x_idx = worst[:out.ndim], worst[out.ndim:]
-                return _fail(f"gradcheck (full): d output{k}{list(o_idx)} / d input{i}{list(x_idx)} is "
-                             f"{analytic[worst]!r} analytically but {numeric[worst]!r} by finite differences "
+                o_idx, x_idx = [int(j) for j in worst[:out.ndim]], [int(j) for j in worst[out.ndim:]]
+                return _fail(f"gradcheck (full): d output{k}{o_idx} / d input{i}{x_idx} is "
+                             f"{float(analytic[worst])!r} analytically but {float(numeric[worst])!r} by finite differences "
                              f"({int((err > 0).sum())} of {err.size} Jacobian entries disagree)",
                              raise_exception)
     return True

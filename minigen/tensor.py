@@ -17,6 +17,7 @@ so tensor -> function -> tensor chains point one way and free as soon as the las
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import weakref
 from typing import Sequence
@@ -33,6 +34,7 @@ from . import backend
 class _Mode:
     grad_enabled = True
     detect_anomaly = False
+    in_backward_of = None     # under detect_anomaly: the Function whose backward is running
 
 
 class _GradMode(contextlib.ContextDecorator):
@@ -214,24 +216,28 @@ class Function:
         multi = isinstance(ys, tuple)
         if _Mode.detect_anomaly:
             self._check_finite([x.data for x in inputs], ys if multi else (ys,), "forward")
-        record = _Mode.grad_enabled and any(x.requires_grad for x in inputs)
+        if not (_Mode.grad_enabled and any(x.requires_grad for x in inputs)):
+            return tuple(map(_wrap, ys)) if multi else _wrap(ys)
+        node = self if self.inputs is None else copy.copy(self)   # an instance called twice: two nodes
+        return node._record(inputs, ys, multi)
+
+    def _record(self, inputs, ys, multi):
+        """Link the outputs `ys` to this function and it to its inputs."""
         if not multi:
             out = _wrap(ys)
-            if record:
-                out.requires_grad = True
-                out.creator = self
-                self.inputs = inputs
-                self.outputs = (weakref.ref(out),)
+            out.requires_grad = True
+            out.creator = self
+            self.inputs = inputs
+            self.outputs = (weakref.ref(out),)
             return out
         outs = tuple(_wrap(y) for y in ys)
-        if record:
-            for i, out in enumerate(outs):
-                out.requires_grad = out.dtype.kind in "fc"
-                out.creator = self
-                out.index = i
-            self.inputs = inputs
-            self.outputs = tuple(weakref.ref(o) for o in outs)
-            self.output_meta = [(y.shape, y.dtype) for y in ys]
+        for i, out in enumerate(outs):
+            out.requires_grad = out.dtype.kind in "fc"
+            out.creator = self
+            out.index = i
+        self.inputs = inputs
+        self.outputs = tuple(weakref.ref(o) for o in outs)
+        self.output_meta = [(y.shape, y.dtype) for y in ys]
         return outs
 
     def forward(self, *xs):
@@ -251,9 +257,12 @@ class Function:
 
     def _check_finite(self, inputs, outputs, phase):
         if _all_finite(inputs) and not _all_finite(outputs):
-            raise FloatingPointError(
-                f"detect_anomaly: {type(self).__name__} produced NaN or inf in its {phase} "
-                f"from finite {'inputs' if phase == 'forward' else 'output gradients'}")
+            culprit = _Mode.in_backward_of
+            where = (f"{type(culprit).__name__} produced NaN or inf in its backward (at its "
+                     f"{type(self).__name__} step)" if culprit is not None and culprit is not self else
+                     f"{type(self).__name__} produced NaN or inf in its {phase}")
+            raise FloatingPointError(f"detect_anomaly: {where}, from finite "
+                                     f"{'inputs' if phase == 'forward' else 'output gradients'}")
 
     def __repr__(self):
         return f"<{type(self).__name__}>"
@@ -349,12 +358,12 @@ def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, all
                         found[id(out)] = gys[i]
                 if f not in needed:
                     continue
-            gxs = f.backward(*_fill_missing(f, gys))
+            if _Mode.detect_anomaly:
+                gxs = _checked_backward(f, gys)
+            else:
+                gxs = f.backward(*_fill_missing(f, gys))
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
-            if _Mode.detect_anomaly:
-                f._check_finite([g.data for g in gys if g is not None],
-                                [g.data for g in gxs if g is not None], "backward")
             for x, gx in zip(f.inputs, gxs):
                 if gx is None or not x.requires_grad:
                     continue
@@ -383,6 +392,18 @@ def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, all
                                "graph; pass allow_unused=True if this is what you want")
         grads.append(g)
     return grads
+
+
+def _checked_backward(f: Function, gys: list):
+    """f.backward under detect_anomaly: any NaN or inf it makes from finite gradients is blamed on f."""
+    _Mode.in_backward_of = f
+    try:
+        gxs = f.backward(*_fill_missing(f, gys))
+    finally:
+        _Mode.in_backward_of = None
+    outs = gxs if isinstance(gxs, tuple) else (gxs,)
+    f._check_finite([g.data for g in gys if g is not None], [g.data for g in outs if g is not None], "backward")
+    return gxs
 
 
 def _own_copy(g: Tensor, given: set) -> Tensor:
