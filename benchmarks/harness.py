@@ -1,0 +1,119 @@
+"""A small timing harness: median-of-repeats timings, machine metadata, JSON + markdown results."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+from importlib import metadata as _pkg
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _summary(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    median = statistics.median(times)
+    return {"seconds": median, "spread": (q[2] - q[0]) / median, "min": min(times)}
+
+
+def measure_interleaved(fns: dict, repeat: int = 20, warmup: int = 2, syncs: dict | None = None) -> dict:
+    """Time several implementations of the same thing in rounds: each round calls every fn once.
+
+    On a machine shared with other jobs the load then hits every implementation alike, which keeps
+    their ratios honest where back-to-back blocks would not. `syncs[name]` (e.g. a GPU synchronize)
+    runs after each call, inside the timed region. Returns {name: summary} with summary =
+    {"seconds": median, "spread": (q75 - q25) / median, "min": fastest}."""
+    syncs = syncs or {}
+    times = {name: [] for name in fns}
+    for round_ in range(warmup + repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if syncs.get(name):
+                syncs[name]()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: _summary(t) for name, t in times.items()}
+
+
+def measure(fn, repeat: int = 20, warmup: int = 2, sync=None) -> dict:
+    """Median (and spread, min) seconds of fn() over `repeat` calls after `warmup` calls."""
+    return measure_interleaved({"fn": fn}, repeat, warmup, {"fn": sync})["fn"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return _pkg.version(package)
+    except _pkg.PackageNotFoundError:
+        return None
+
+
+def metadata() -> dict:
+    """Machine and library versions for a results file."""
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "load average (1 min, at start)": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        **{p: _version(p) for p in ("numpy", "numba", "scipy", "torch", "cupy-cuda12x")},
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g}"
+
+
+def markdown_table(rows: list[dict], peers=("torch",)) -> str:
+    """One line per (case, variant): each implementation's median in ms, then impl/peer ratios."""
+    groups = defaultdict(dict)
+    for r in rows:
+        groups[r["case"], r["variant"]][r["impl"]] = r["seconds"]
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    peers = [p for p in peers if p in impls]
+    ratio_cols = [(i, p) for p in peers for i in impls if i != p]
+    head = ["case", "variant", *(f"{i} ms" for i in impls), *(f"{i} / {p}" for i, p in ratio_cols)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (case, variant), t in groups.items():
+        cells = [case, variant, *(_ms(t[i]) if i in t else "" for i in impls)]
+        cells += [f"{t[i] / t[p]:.2f}" if i in t and p in t else "" for i, p in ratio_cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plain_table(rows: list[dict]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[k]) for k in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, rows: list[dict], meta: dict, extra_tables: dict | None = None,
+                  peers=("torch",)) -> tuple[str, str]:
+    """Write benchmarks/results/<name>.json and <name>.md; return their paths."""
+    os.makedirs(RESULTS, exist_ok=True)
+    extra_tables = extra_tables or {}
+    json_path, md_path = (os.path.join(RESULTS, f"{name}.{ext}") for ext in ("json", "md"))
+    with open(json_path, "w") as f:
+        json.dump({"meta": meta, "rows": rows, "extra": extra_tables}, f, indent=1)
+    parts = [f"# {name}", "", ", ".join(f"{k}: {v}" for k, v in meta.items() if v is not None), "",
+             "Median of repeats in ms; ratio < 1 means faster than the peer.", "", markdown_table(rows, peers)]
+    for title, table in extra_tables.items():
+        parts += ["", f"## {title}", "", _plain_table(table)]
+    with open(md_path, "w") as f:
+        f.write("\n".join(parts) + "\n")
+    return json_path, md_path

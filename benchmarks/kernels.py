@@ -1,0 +1,165 @@
+"""Kernel benchmark: every available backend of `kernels` side by side with PyTorch CPU.
+
+Implementations are timed in interleaved rounds (harness.measure_interleaved), so that load from
+other jobs on a shared machine hits them alike. Shapes: the DCGAN-on-MNIST layers (batch 64), a U-Net block (batch 32), softmax rows, batched slogdet.
+'forward' times the op; 'forward+backward' adds what its backward needs: for conv2d the input gradient
+(conv_transpose2d) and the weight gradient (conv2d_weight), for conv_transpose2d conv2d and
+conv2d_weight, for softmax softmax_backward, for slogdet the gradient inv(A)^T (numpy.linalg.inv; the
+kernel API has no inverse). PyTorch runs the same through autograd.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+import kernels
+
+from .harness import measure_interleaved
+
+# (name, transposed, N, C_in, H, C_out, k, stride, padding)
+CONVS = [
+    ("dcgan D conv 1->64 28x28 k4s2p1", False, 64, 1, 28, 64, 4, 2, 1),
+    ("dcgan D conv 64->128 14x14 k4s2p1", False, 64, 64, 14, 128, 4, 2, 1),
+    ("dcgan G convT 128->64 7x7 k4s2p1", True, 64, 128, 7, 64, 4, 2, 1),
+    ("dcgan G convT 64->1 14x14 k4s2p1", True, 64, 64, 14, 1, 4, 2, 1),
+    ("unet conv 64->64 32x32 k3p1", False, 32, 64, 32, 64, 3, 1, 1),
+]
+SOFTMAX = [(4096, 1024), (64, 10)]
+SLOGDET = [(1024, 8, 8), (64, 32, 32), (512, 512)]
+
+
+def _conv_arrays(transposed, n, c, h, o, k, s, p, rng):
+    x = rng.standard_normal((n, c, h, h), dtype=np.float32)
+    w = rng.standard_normal((c, o, k, k) if transposed else (o, c, k, k), dtype=np.float32) * 0.1
+    return x, w
+
+
+def _conv_fns(mod, transposed, x, w, gy, k, s, p):
+    """(forward, forward+backward) closures of one backend module for one layer."""
+    if transposed:
+        fwd = lambda: mod.conv_transpose2d(x, w, None, s, p)
+        both = lambda: (fwd(), mod.conv2d(gy, w, None, s, p), mod.conv2d_weight(gy, x, k, s, p))
+    else:
+        h_in, h_out = x.shape[2], gy.shape[2]
+        op = h_in - ((h_out - 1) * s - 2 * p + k)
+        fwd = lambda: mod.conv2d(x, w, None, s, p)
+        both = lambda: (fwd(), mod.conv_transpose2d(gy, w, None, s, p, op), mod.conv2d_weight(x, gy, k, s, p))
+    return fwd, both
+
+
+def _torch_fns(torch, op, args, grad_out_of):
+    """(forward, forward+backward) for a PyTorch op with autograd."""
+    leaves = [torch.from_numpy(a).requires_grad_() for a in args]
+
+    def fwd():
+        with torch.no_grad():
+            return op(*leaves)
+
+    def both():
+        for t in leaves:
+            t.grad = None
+        out = op(*leaves)
+        out, g = grad_out_of(out)
+        out.backward(g)
+    return fwd, both
+
+
+def _backends():
+    """(impl name, backend module, array converter, sync) for every backend that runs here."""
+    out = [(name, kernels.backend_module(name), lambda a: a, None) for name in kernels.CPU_BACKENDS]
+    for name in kernels.GPU_BACKENDS:
+        if name in kernels.available_backends():
+            import cupy
+            out.append((name, kernels.backend_module(name), cupy.asarray, cupy.cuda.Device().synchronize))
+    return out
+
+
+def _cases(rng):
+    """(case name, {impl: (forward, forward+backward, sync)}) for every benchmarked shape."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    F = torch and torch.nn.functional
+    for name, transposed, n, c, h, o, k, s, p in CONVS:
+        x, w = _conv_arrays(transposed, n, c, h, o, k, s, p, rng)
+        gy = rng.standard_normal(kernels.reference.conv_transpose2d(x, w, None, s, p).shape if transposed
+                                 else kernels.reference.conv2d(x, w, None, s, p).shape, dtype=np.float32)
+        impls = {i: (*_conv_fns(m, transposed, *map(conv, (x, w, gy)), k, s, p), sync)
+                 for i, m, conv, sync in _backends()}
+        if torch:
+            op = (lambda a, b: F.conv_transpose2d(a, b, None, s, p)) if transposed else (lambda a, b: F.conv2d(a, b, None, s, p))
+            impls["torch"] = (*_torch_fns(torch, op, (x, w), lambda y: (y, torch.from_numpy(gy))), None)
+        yield name, impls
+    for shape in SOFTMAX:
+        x, gy = (rng.standard_normal(shape, dtype=np.float32) * 3 for _ in range(2))
+        impls = {}
+        for i, m, conv, sync in _backends():
+            xa, ga = conv(x), conv(gy)
+            impls[i] = (lambda m=m, xa=xa: m.softmax(xa),
+                        lambda m=m, xa=xa, ga=ga: m.softmax_backward(m.softmax(xa), ga), sync)
+        if torch:
+            impls["torch"] = (*_torch_fns(torch, lambda a: torch.softmax(a, -1), (x,),
+                                          lambda y: (y, torch.from_numpy(gy))), None)
+        yield f"softmax {shape[0]}x{shape[1]}", impls
+    for shape in SLOGDET:
+        a = (rng.standard_normal(shape) + 3 * np.eye(shape[-1])).astype(np.float32)
+        impls = {}
+        for i, m, conv, sync in _backends():
+            aa = conv(a)
+            xp = sys.modules[type(aa).__module__.split(".")[0]]
+            impls[i] = (lambda m=m, aa=aa: m.slogdet(aa),
+                        lambda m=m, aa=aa, xp=xp: (m.slogdet(aa), xp.linalg.inv(aa).swapaxes(-1, -2)), sync)
+        if torch:
+            impls["torch"] = (*_torch_fns(torch, lambda t: torch.linalg.slogdet(t)[1].sum(), (a,),
+                                          lambda l: (l, None)), None)
+        yield "slogdet " + "x".join(map(str, shape)), impls
+
+
+_COMPILE_PROBE = """
+import json, time, numpy as np
+import kernels.cpu as cpu
+calls = {
+    "_softmax_backward_rows (softmax_backward, float32)":
+        lambda: cpu.softmax_backward(np.ones((4, 8), np.float32) / 8, np.ones((4, 8), np.float32)),
+    "_slogdet_batch (slogdet, float32)": lambda: cpu.slogdet(np.eye(3, dtype=np.float32)[None]),
+}
+out = {}
+for name, f in calls.items():
+    t0 = time.perf_counter(); f(); t1 = time.perf_counter(); f(); t2 = time.perf_counter()
+    out[name] = max(0.0, (t1 - t0) - (t2 - t1))
+print(json.dumps(out))
+"""
+
+
+def compile_costs() -> list[dict]:
+    """First-call cost of each Numba kernel: cold (empty cache, a fresh process) and from the on-disk cache."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def probe(env):
+        out = subprocess.run([sys.executable, "-c", _COMPILE_PROBE], cwd=root, env={**os.environ, **env},
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+    with tempfile.TemporaryDirectory() as cache:
+        cold = probe({"NUMBA_CACHE_DIR": cache})
+        warm = probe({"NUMBA_CACHE_DIR": cache})
+    return [{"kernel": k, "cold compile s": f"{cold[k]:.2f}", "cached load s": f"{warm[k]:.3f}"} for k in cold]
+
+
+def run(quick: bool = False):
+    rng = np.random.default_rng(0)
+    repeat = 3 if quick else 15
+    rows = []
+    for case, impls in _cases(rng):
+        syncs = {impl: sync for impl, (_, _, sync) in impls.items()}
+        for k, variant in enumerate(("forward", "forward+backward")):
+            timings = measure_interleaved({impl: fns[k] for impl, fns in impls.items()}, repeat, 2, syncs)
+            for impl, summary in timings.items():
+                rows.append({"case": case, "variant": variant, "impl": impl, **summary})
+                print(f"{case:40s} {variant:17s} {impl:10s} {summary['seconds'] * 1e3:9.3f} ms", file=sys.stderr)
+    return rows, {"Numba first-call cost (compile, then load from cache)": compile_costs()}
