@@ -212,14 +212,17 @@ class Function:
     outputs: tuple = ()
 
     def __call__(self, *inputs: Tensor):
+        # the hot path of every operation: kept to plain loops and attribute reads
         ys = self.forward(*[x.data for x in inputs])
-        multi = isinstance(ys, tuple)
+        multi = type(ys) is tuple
         if _Mode.detect_anomaly:
             self._check_finite([x.data for x in inputs], ys if multi else (ys,), "forward")
-        if not (_Mode.grad_enabled and any(x.requires_grad for x in inputs)):
-            return tuple(map(_wrap, ys)) if multi else _wrap(ys)
-        node = self if self.inputs is None else copy.copy(self)   # an instance called twice: two nodes
-        return node._record(inputs, ys, multi)
+        if _Mode.grad_enabled:
+            for x in inputs:
+                if x.requires_grad:
+                    node = self if self.inputs is None else copy.copy(self)   # called twice: two nodes
+                    return node._record(inputs, ys, multi)
+        return tuple(map(_wrap, ys)) if multi else _wrap(ys)
 
     def _record(self, inputs, ys, multi):
         """Link the outputs `ys` to this function and it to its inputs."""
@@ -334,11 +337,7 @@ def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, all
     for out, g in zip(outputs, grad_outputs):
         g = _initial_grad(out, g)
         given.add(id(g.data))
-        if out.creator is None:
-            leaf_grads[out] = leaf_grads[out] + g if out in leaf_grads else g
-        else:
-            slot = pending.setdefault(out.creator, [None] * len(out.creator.outputs))
-            slot[out.index] = g if slot[out.index] is None else slot[out.index] + g
+        _accumulate(pending, leaf_grads, out, g)
 
     targets = None if inputs is None else {id(x): x for x in inputs}
     order = _topological_order([out.creator for out in outputs if out.creator is not None])
@@ -352,28 +351,19 @@ def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, all
             if gys is None:
                 continue
             if targets is not None:
-                for i, ref in enumerate(f.outputs):
-                    out = ref()
-                    if out is not None and id(out) in targets and gys[i] is not None:
-                        found[id(out)] = gys[i]
+                _collect_targets(f, gys, targets, found)
                 if f not in needed:
                     continue
-            if _Mode.detect_anomaly:
-                gxs = _checked_backward(f, gys)
-            else:
-                gxs = f.backward(*_fill_missing(f, gys))
-            if not isinstance(gxs, tuple):
+            if len(gys) > 1:
+                gys = _fill_missing(f, gys)
+            gxs = _checked_backward(f, gys) if _Mode.detect_anomaly else f.backward(*gys)
+            if type(gxs) is not tuple:
                 gxs = (gxs,)
             for x, gx in zip(f.inputs, gxs):
-                if gx is None or not x.requires_grad:
-                    continue
-                if gx.shape != x.shape:
-                    gx = _sum_to(gx, x.shape)
-                if x.creator is None:
-                    leaf_grads[x] = leaf_grads[x] + gx if x in leaf_grads else gx
-                else:
-                    slot = pending.setdefault(x.creator, [None] * len(x.creator.outputs))
-                    slot[x.index] = gx if slot[x.index] is None else slot[x.index] + gx
+                if gx is not None and x.requires_grad:
+                    if gx.data.shape != x.data.shape:
+                        gx = _sum_to(gx, x.data.shape)
+                    _accumulate(pending, leaf_grads, x, gx)
             done.append(f)
     if not retain_graph:    # freed only now: a backward may need an output that only a consumer held
         for f in done:
@@ -394,11 +384,33 @@ def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, all
     return grads
 
 
+def _accumulate(pending: dict, leaf_grads: dict, x: Tensor, g: Tensor) -> None:
+    """Add g to the gradient gathered so far for x: in leaf_grads for a leaf, else in its creator's slot."""
+    f = x.creator
+    if f is None:
+        old = leaf_grads.get(x)
+        leaf_grads[x] = g if old is None else old + g
+        return
+    slot = pending.get(f)
+    if slot is None:
+        slot = pending[f] = [None] * len(f.outputs)
+    old = slot[x.index]
+    slot[x.index] = g if old is None else old + g
+
+
+def _collect_targets(f: Function, gys: list, targets: dict, found: dict) -> None:
+    """grad() asked for some outputs of f: their gradients are complete now that f is reached."""
+    for ref, g in zip(f.outputs, gys):
+        out = ref()
+        if out is not None and id(out) in targets and g is not None:
+            found[id(out)] = g
+
+
 def _checked_backward(f: Function, gys: list):
     """f.backward under detect_anomaly: any NaN or inf it makes from finite gradients is blamed on f."""
     _Mode.in_backward_of = f
     try:
-        gxs = f.backward(*_fill_missing(f, gys))
+        gxs = f.backward(*gys)
     finally:
         _Mode.in_backward_of = None
     outs = gxs if isinstance(gxs, tuple) else (gxs,)
@@ -491,10 +503,16 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if like is not None and isinstance(x, (int, float, bool)):
-        return _wrap(np.result_type(like.dtype, x).type(x))
+        return _wrap(_scalar_dtype(like.data.dtype, type(x)).type(x))
     if like is not None:
         return _wrap(backend.get_array_module(like.data).asarray(x))
     return tensor(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar_dtype(dtype: np.dtype, kind: type) -> np.dtype:
+    """The dtype NumPy 2 gives `array(dtype) op python_scalar`: it depends on the scalar's type only."""
+    return np.result_type(dtype, kind(0))
 
 
 def _creation(fill):

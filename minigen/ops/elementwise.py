@@ -22,9 +22,18 @@ def _pair(a, b) -> tuple[Tensor, Tensor]:
     return a, as_tensor(b, like=a)
 
 
-def _const(t: Tensor, array) -> Tensor:
-    """A constant tensor (no gradient) of `t`'s dtype, e.g. a mask that multiplies a gradient."""
-    return Tensor(array.astype(t.dtype, copy=False))
+class Scale(Function):
+    """y = x * c for a constant array c (a mask, a sign, a share between tied inputs);  gx = g * c.
+    The backward of every piecewise-linear op (relu, abs, clip, max, dropout) is one Scale node."""
+
+    def __init__(self, c):
+        self.c = c
+
+    def forward(self, x):
+        return x * (self.c if self.c.dtype == bool else self.c.astype(x.dtype, copy=False))
+
+    def backward(self, g):
+        return Scale(self.c)(g)
 
 
 # --- arithmetic ------------------------------------------------------------------------------------------
@@ -203,8 +212,7 @@ class Abs(Function):
         return np.abs(x)
 
     def backward(self, g):
-        x = self.inputs[0]
-        return g * _const(x, np.sign(x.data))
+        return Scale(np.sign(self.inputs[0].data))(g)
 
 
 class Sin(Function):
@@ -234,8 +242,20 @@ class Tanh(Function):
         return np.tanh(x)
 
     def backward(self, g):
-        y = self.output()
+        return TanhGrad()(self.output(), g)
+
+
+class TanhGrad(Function):
+    """The backward of tanh as one node: z = g (1 - y^2) from y = tanh(x);
+    gy = gz * g * (-2 y),  gg = gz (1 - y^2) (a TanhGrad again)."""
+
+    def forward(self, y, g):
         return g * (1 - y * y)
+
+    def backward(self, gz):
+        y, g = self.inputs
+        return (gz * g * (-2 * y) if y.requires_grad else None,
+                TanhGrad()(y, gz) if g.requires_grad else None)
 
 
 class Sigmoid(Function):
@@ -245,8 +265,20 @@ class Sigmoid(Function):
         return np.exp(-np.logaddexp(0, -x))
 
     def backward(self, g):
-        y = self.output()
-        return g * (y * (1 - y))
+        return SigmoidGrad()(self.output(), g)
+
+
+class SigmoidGrad(Function):
+    """The backward of sigmoid as one node: z = g y (1 - y) from y = sigmoid(x);
+    gy = gz * g * (1 - 2 y),  gg = gz y (1 - y) (a SigmoidGrad again)."""
+
+    def forward(self, y, g):
+        return g * y * (1 - y)
+
+    def backward(self, gz):
+        y, g = self.inputs
+        return (gz * g * (1 - 2 * y) if y.requires_grad else None,
+                SigmoidGrad()(y, gz) if g.requires_grad else None)
 
 
 class ReLU(Function):
@@ -256,8 +288,7 @@ class ReLU(Function):
         return np.maximum(x, 0)
 
     def backward(self, g):
-        x = self.inputs[0]
-        return g * _const(x, x.data > 0)
+        return Scale(self.inputs[0].data > 0)(g)
 
 
 class Erf(Function):
@@ -300,8 +331,8 @@ class Softplus(Function):
     def backward(self, g):
         x = self.inputs[0]
         bx = x * self.beta if self.beta != 1 else x
-        linear = _const(x, bx.data > self.threshold)
-        return g * (sigmoid(bx) * (1 - linear) + linear)
+        linear = bx.data > self.threshold
+        return g * where(linear, 1.0, sigmoid(bx))
 
 
 class Clip(Function):
@@ -320,7 +351,7 @@ class Clip(Function):
             inside &= x >= self.lo
         if self.hi is not None:
             inside &= x <= self.hi
-        return g * _const(self.inputs[0], inside)
+        return Scale(inside)(g)
 
 
 class Maximum(Function):
@@ -332,8 +363,8 @@ class Maximum(Function):
     def backward(self, g):
         a, b = self.inputs
         share_a = (a.data > b.data) + 0.5 * (a.data == b.data)
-        return (g * _const(a, share_a) if a.requires_grad else None,
-                g * _const(b, 1 - share_a) if b.requires_grad else None)
+        return (Scale(share_a)(g) if a.requires_grad else None,
+                Scale(1 - share_a)(g) if b.requires_grad else None)
 
 
 class Where(Function):

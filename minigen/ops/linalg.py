@@ -165,7 +165,7 @@ class SlogDet(Function):
     """(sign, l) with l = log|det A| (batched; sign carries no gradient);  gA = g A^-T (from a solve)."""
 
     def forward(self, a):
-        return np.linalg.slogdet(a)
+        return tuple(np.linalg.slogdet(a))
 
     def backward(self, g_sign, g_logabsdet):
         a = self.inputs[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import backend
 from ..tensor import Function, Tensor
-from .elementwise import exp
+from .elementwise import Scale, exp
 from .linalg import matmul
 from .reduce import normalize_axes
 from .reduce import sum as _sum
@@ -60,8 +60,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     if not training or p == 0:
         return x
     keep = backend.generator(x.device).random(x.shape) >= p
-    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
-    return x * Tensor((keep * scale).astype(x.dtype))
+    return Scale(keep * (0.0 if p == 1 else 1.0 / (1.0 - p)))(x)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

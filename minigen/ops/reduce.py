@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Function, Tensor
-from .elementwise import _const, exp, sqrt, where
+from .elementwise import Scale, exp, sqrt, where
 from .shape import broadcast_to, flip, moveaxis, reshape
 
 
@@ -72,7 +72,7 @@ class Extremum(Function):
         y = self.output().data
         attained = x.data == (y if self.keepdims else y.reshape(_kept_shape(x.shape, self.axes)))
         share = attained / attained.sum(axis=self.axes, keepdims=True)
-        return _expand(g, x.shape, self.axes, self.keepdims) * _const(x, share)
+        return Scale(share)(_expand(g, x.shape, self.axes, self.keepdims))
 
 
 class LogSumExp(Function):
