@@ -99,7 +99,8 @@ class CudaKernels:
         if first.size:
             rows, n = first.size // first.shape[-1], first.shape[-1]
             grid, block = softmax_launch(rows, n)
-            self.launch("softmax", name, first.dtype, grid, block, (*[a.ravel() for a in rows_major], out.ravel(), *_int32(rows, n)))
+            args = (*[a.ravel() for a in rows_major], out.ravel(), *_int32(rows, n))
+            self.launch("softmax", name, first.dtype, grid, block, args)
         return xp.moveaxis(out, -1, axis)
 
     def softmax(self, x, axis=-1):

@@ -26,6 +26,7 @@ from .cupy_backend import CudaKernels, GEMM_THREADS, GEMM_TILE, SLOGDET_LARGE_TH
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 FULL_MASK = 0xFFFFFFFF
 TILE_K, MICRO = 16, 4  # GEMM: K step, and each thread's MICRO x MICRO outputs (conv.cu)
+A_TILE_LD = GEMM_TILE + 1  # row length of the A tile in shared memory, padded as in conv.cu
 
 if SIMULATOR:
     @cuda.jit(device=True)
@@ -91,7 +92,8 @@ def _row_allreduce(merge, identity, dtype):
     def row_allreduce(a, b):
         offset = 16
         while offset > 0:
-            a, b = merge(a, b, *shfl_xor(a, b, offset))
+            other_a, other_b = shfl_xor(a, b, offset)
+            a, b = merge(a, b, other_a, other_b)
             offset //= 2
         if cuda.blockDim.x == 32:
             return a, b
@@ -106,7 +108,8 @@ def _row_allreduce(merge, identity, dtype):
             a, b = ty(identity), ty(0)
         offset = 16
         while offset > 0:
-            a, b = merge(a, b, *shfl_xor(a, b, offset))
+            other_a, other_b = shfl_xor(a, b, offset)
+            a, b = merge(a, b, other_a, other_b)
             offset //= 2
         return a, b
 
@@ -286,7 +289,7 @@ def _gemm_kernel(op, algorithm, dtype):
                     acc += ty(load_a(p, q, g, group, m, k)) * ty(load_b(p, q, g, group, k, col))
                 store(out, bias, g, group, split, m, col, acc)
             return
-        a_tile = cuda.shared.array((TILE_K, GEMM_TILE + 1), ty)
+        a_tile = cuda.shared.array((TILE_K, A_TILE_LD), ty)
         b_tile = cuda.shared.array((TILE_K, GEMM_TILE), ty)
         acc = cuda.local.array((MICRO, MICRO), ty)
         a, b = cuda.local.array(MICRO, ty), cuda.local.array(MICRO, ty)
@@ -360,10 +363,11 @@ def _slogdet_small_kernel(dtype):
                 a[base + k * ld + lane], a[base + p * ld + lane] = a[base + p * ld + lane], a[base + k * ld + lane]
             warp_sync()
             u = a[base + k * ld + k]
+            inv_u = 1 / u
             s, la = _pivot(s, la, u, p != k)
             if k < lane < n:
                 for i in range(k + 1, n):
-                    a[base + i * ld + lane] -= a[base + i * ld + k] / u * a[base + k * ld + lane]
+                    a[base + i * ld + lane] -= a[base + i * ld + k] * inv_u * a[base + k * ld + lane]
             warp_sync()
         if lane == 0:
             sign[mat], logabs[mat] = s, la
@@ -405,9 +409,10 @@ def _slogdet_large_kernel(dtype):
                     a[base + k * n + j], a[base + p * n + j] = a[base + p * n + j], a[base + k * n + j]
             cuda.syncthreads()
             u = a[base + k * n + k]
+            inv_u = 1 / u
             s, la = _pivot(s, la, u, p != k)
             for i in range(k + 1 + warp, n, warps):
-                l_ik = a[base + i * n + k] / u
+                l_ik = a[base + i * n + k] * inv_u
                 for j in range(k + 1 + lane, n, 32):
                     a[base + i * n + j] -= l_ik * a[base + k * n + j]
             cuda.syncthreads()

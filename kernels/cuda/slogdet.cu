@@ -6,7 +6,8 @@
 //   matrix into shared memory (row stride n|1, odd, so a column read hits 32 banks) and lane j owns column j.
 //   For each pivot column k: lane i proposes |a[i][k]| for i >= k and a shuffle argmax picks the pivot row p;
 //   each lane swaps rows k and p in its column; then lane j > k updates its column of the trailing matrix,
-//   a[i][j] -= (a[i][k] / a[k][k]) * a[k][j] for i > k. Only __syncwarp is needed.
+//   a[i][j] -= a[i][k] * (1 / a[k][k]) * a[k][j] for i > k (one division per pivot, as LAPACK's
+//   getf2; a division per element calls a slow-path subroutine in double). Only __syncwarp is needed.
 // slogdet_large (any n): one block of 256 threads per matrix, factorising a scratch copy in global memory
 //   (right-looking LU). Per column k: block argmax (warp shuffles, then across warps in shared memory) picks
 //   the pivot; threads swap rows k and p in parallel over columns; then warp w updates rows k+1+w, +8, ...
@@ -51,10 +52,10 @@ template <typename T> __device__ void slogdet_small(const T* A, T* sign, T* loga
             const T t = a[k * ld + lane]; a[k * ld + lane] = a[p * ld + lane]; a[p * ld + lane] = t;
         }
         __syncwarp();
-        const T u = a[k * ld + k];
+        const T u = a[k * ld + k], inv_u = T(1) / u;
         det.pivot(u, p != k);
         if (lane > k && lane < n)
-            for (int i = k + 1; i < n; ++i) a[i * ld + lane] -= a[i * ld + k] / u * a[k * ld + lane];
+            for (int i = k + 1; i < n; ++i) a[i * ld + lane] -= a[i * ld + k] * inv_u * a[k * ld + lane];
         __syncwarp();
     }
     if (lane == 0) { sign[mat] = det.sign; logabs[mat] = det.logabs(); }
@@ -96,10 +97,10 @@ template <typename T> __device__ void slogdet_large(T* work, T* sign, T* logabs,
                 a[(long long)p * n + j] = t;
             }
         __syncthreads();
-        const T u = a[(long long)k * n + k];
+        const T u = a[(long long)k * n + k], inv_u = T(1) / u;
         det.pivot(u, p != k);
         for (int i = k + 1 + warp; i < n; i += LARGE_THREADS / 32) {
-            const T l = a[(long long)i * n + k] / u;
+            const T l = a[(long long)i * n + k] * inv_u;
             for (int j = k + 1 + lane; j < n; j += 32) a[(long long)i * n + j] -= l * a[(long long)k * n + j];
         }
         __syncthreads();
