@@ -1,4 +1,5 @@
 """The neural-network operations under PyTorch's names: `import minigen.nn.functional as F`."""
+from ..ops.conv import avg_pool2d, conv2d, conv_transpose2d, max_pool2d, upsample_nearest2d  # noqa: F401
 from ..ops.elementwise import (elu, gelu, leaky_relu, logsigmoid, relu, sigmoid, silu, softplus,  # noqa: F401
                                tanh)
 from ..ops.losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,  # noqa: F401

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..tensor import Tensor
-from . import elementwise, linalg, losses, nn, reduce, shape
+from . import conv, elementwise, linalg, losses, nn, reduce, shape
+from .conv import *  # noqa: F401,F403
 from .elementwise import *  # noqa: F401,F403
 from .linalg import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
@@ -10,7 +11,7 @@ from .nn import *  # noqa: F401,F403
 from .reduce import cumsum, logsumexp, max, mean, min, prod, std, sum, var  # noqa: A004
 from .shape import *  # noqa: F401,F403
 
-__all__ = (elementwise.__all__ + linalg.__all__ + losses.__all__ + nn.__all__ + shape.__all__
+__all__ = (conv.__all__ + elementwise.__all__ + linalg.__all__ + losses.__all__ + nn.__all__ + shape.__all__
            + ["cumsum", "logsumexp", "max", "mean", "min", "prod", "std", "sum", "var"])
 
 

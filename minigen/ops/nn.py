@@ -3,6 +3,8 @@ linear. (conv2d, conv_transpose2d and pooling come with the kernels.)
 """
 from __future__ import annotations
 
+import kernels
+
 from .. import backend
 from ..tensor import Function, Tensor
 from .elementwise import Scale, exp
@@ -13,33 +15,69 @@ from .shape import swapaxes
 
 
 class Softmax(Function):
-    """y = exp(x - max) / sum exp(x - max) along `axis`;  gx = y * (g - sum(g * y))."""
+    """y = exp(x - max) / sum exp(x - max) along `axis` (the softmax kernel);  gx = SoftmaxGrad(y, g)."""
 
     def __init__(self, axis):
         self.axis = axis
 
     def forward(self, x):
-        e = backend.get_array_module(x).exp(x - x.max(axis=self.axis, keepdims=True))
-        return e / e.sum(axis=self.axis, keepdims=True)
+        return kernels.softmax(x, self.axis)
 
     def backward(self, g):
-        y = self.output()
-        return y * (g - _sum(g * y, self.axis, keepdims=True))
+        return SoftmaxGrad(self.axis)(self.output(), g)
+
+
+class SoftmaxGrad(Function):
+    """z = y * (g - sum(g * y)), softmax's backward as one node (the fused kernel). Its Jacobian in g,
+    diag(y) - y y^T, is symmetric, so gg = SoftmaxGrad(y, gz); in y: gy = gz (g - s) - g sum(gz y),
+    with s = sum(g y)."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, y, g):
+        return kernels.softmax_backward(y, g, self.axis)
+
+    def backward(self, gz):
+        y, g = self.inputs
+        gy = gg = None
+        if y.requires_grad:
+            s = _sum(g * y, self.axis, keepdims=True)
+            gy = gz * (g - s) - g * _sum(gz * y, self.axis, keepdims=True)
+        if g.requires_grad:
+            gg = SoftmaxGrad(self.axis)(y, gz)
+        return gy, gg
 
 
 class LogSoftmax(Function):
-    """y = x - logsumexp(x) along `axis`;  gx = g - exp(y) * sum(g)."""
+    """y = x - logsumexp(x) along `axis` (the log_softmax kernel);  gx = LogSoftmaxGrad(y, g)."""
 
     def __init__(self, axis):
         self.axis = axis
 
     def forward(self, x):
-        xp = backend.get_array_module(x)
-        shifted = x - x.max(axis=self.axis, keepdims=True)
-        return shifted - xp.log(xp.exp(shifted).sum(axis=self.axis, keepdims=True))
+        return kernels.log_softmax(x, self.axis)
 
     def backward(self, g):
-        return g - exp(self.output()) * _sum(g, self.axis, keepdims=True)
+        return LogSoftmaxGrad(self.axis)(self.output(), g)
+
+
+class LogSoftmaxGrad(Function):
+    """z = g - exp(y) sum(g), log_softmax's backward as one node (the fused kernel).
+    In g: gg = gz - sum(gz exp(y)) (the transposed Jacobian I - 1 exp(y)^T); in y: gy = -gz exp(y) sum(g)."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, y, g):
+        return kernels.log_softmax_backward(y, g, self.axis)
+
+    def backward(self, gz):
+        y, g = self.inputs
+        p = exp(y)
+        gy = -gz * p * _sum(g, self.axis, keepdims=True) if y.requires_grad else None
+        gg = gz - _sum(gz * p, self.axis, keepdims=True) if g.requires_grad else None
+        return gy, gg
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:

@@ -71,6 +71,9 @@ class SumTo(Function):
         lead = x.ndim - len(self.shape)
         axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(self.shape) if n == 1 and x.shape[lead + i] != 1)
         y = x.sum(axis=axes, keepdims=True) if axes else x
+        if y.shape[lead:] != self.shape:
+            raise ValueError(f"a gradient of shape {x.shape} cannot be summed to its input's shape {self.shape}: "
+                             "the backward of the op that produced it returned a wrong shape")
         return y.reshape(self.shape) if lead else y
 
     def backward(self, g):
