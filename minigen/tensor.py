@@ -500,15 +500,13 @@ def tensor(data, dtype=None, requires_grad: bool = False, device: str | None = N
 def as_tensor(x, like: Tensor | None = None) -> Tensor:
     """`x` itself when it is a tensor; a constant tensor otherwise (Python scalars take `like`'s dtype
     following NumPy's rules for Python scalars: int * float32 stays float32, float * int64 is float64)."""
-    if type(x) is Tensor:
+    if isinstance(x, Tensor):
         return x
     if like is not None and type(x) in (float, int, bool):
         data = like.data
         dtype = data.dtype if data.dtype.kind == "f" else _scalar_dtype(data.dtype, type(x))
         # a 0-d array: NumPy's ufuncs take it faster than a NumPy or Python scalar
         return _wrap(np.array(x, dtype) if type(data) is np.ndarray else dtype.type(x))
-    if isinstance(x, Tensor):
-        return x
     if like is not None:
         return _wrap(backend.get_array_module(like.data).asarray(x))
     return tensor(x)

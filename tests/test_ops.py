@@ -473,3 +473,11 @@ def test_cross_entropy_label_errors():
         F.cross_entropy(mg.ones(2, 3), mg.tensor([0, 3]))
     with pytest.raises(ValueError, match=r"must have shape \(2,\)"):
         F.cross_entropy(mg.ones(2, 3), mg.tensor([0, 1, 2]))
+
+
+def test_subclasses_of_tensor_take_python_scalars_like_tensors():
+    class Sub(mg.Tensor):
+        __slots__ = ()
+
+    p = Sub(np.ones(2, dtype=np.float32), requires_grad=True)
+    assert (p * 2).dtype == np.float32 and (2 * p).dtype == np.float32 and (p + 1.5).dtype == np.float32

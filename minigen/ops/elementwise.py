@@ -16,8 +16,8 @@ from ..tensor import Function, Tensor, as_tensor
 
 def _pair(a, b) -> tuple[Tensor, Tensor]:
     """Two operands as tensors; a Python number takes the other operand's dtype (NumPy's rules)."""
-    if type(a) is Tensor:
-        return a, (b if type(b) is Tensor else as_tensor(b, like=a))
+    if isinstance(a, Tensor):
+        return a, (b if isinstance(b, Tensor) else as_tensor(b, like=a))
     b = as_tensor(b)
     return as_tensor(a, like=b), b
 
