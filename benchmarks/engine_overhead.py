@@ -1,0 +1,303 @@
+"""Engine overhead: minigen against PyTorch CPU and the pure-Python engines DeZero, HIPS autograd and MyGrad.
+
+Two cases, each forward + backward written by hand with every engine's own tensors:
+
+- chain: 50 steps of ``y = tanh(y * 1.01 + 0.1)`` on a float32 array of shape (16,) and on a 0-d one,
+  then ``y.sum().backward()``: 151 tiny operations, so the time is the per-operation cost of the engine
+  (wrapping, recording the graph, walking it back), not arithmetic. Also reported in microseconds per op.
+- mlp: one training step of an MLP 784-512-512-10 (ReLU), batch 128, float32: forward, cross-entropy
+  with integer labels, backward, and the SGD update (lr 0.01) written by hand in place.
+
+Before timing, every engine's results are checked against the reference (PyTorch when present, else
+minigen): the chain's input gradient, and the MLP loss of two consecutive steps from the same initial
+weights and batch (the second loss depends on the first step's gradients). A peer that cannot be imported
+is listed as absent. Timings are interleaved (harness.measure_interleaved: every engine once per round)
+so that load from other processes on a shared machine falls on all engines alike; medians are reported.
+
+    python -m benchmarks engine_overhead [--quick]
+    python benchmarks/engine_overhead.py [--quick]
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+if not __package__:   # run as a script: make `benchmarks` and `minigen` importable from the checkout
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import minigen as mg  # noqa: E402
+from benchmarks.harness import measure_interleaved  # noqa: E402
+
+STEPS = 50                       # chain length; each step is 3 ops (mul, add, tanh), plus the final sum
+CHAIN_OPS = 3 * STEPS + 1
+CHAIN_SHAPES = [(16,), ()]
+SIZES = (784, 512, 512, 10)
+BATCH = 128
+LR = 0.01
+ENGINES = ("minigen", "torch", "dezero", "autograd", "mygrad")
+
+
+def _problem(seed: int = 0):
+    """Initial MLP weights (W as (in, out), PyTorch's default uniform bound), a batch and its labels."""
+    rng = np.random.default_rng(seed)
+    params = []
+    for fan_in, fan_out in zip(SIZES[:-1], SIZES[1:]):
+        bound = 1.0 / np.sqrt(fan_in)
+        params.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32))
+        params.append(rng.uniform(-bound, bound, (fan_out,)).astype(np.float32))
+    x = rng.random((BATCH, SIZES[0]), dtype=np.float32)
+    labels = rng.integers(0, SIZES[-1], BATCH)
+    return params, x, labels
+
+
+# --- one builder per engine: chain(x0) -> fn returning the input gradient; mlp(params, x, labels) -> step
+# --- returning the loss. Each builder copies its arrays, so every engine starts from the same numbers.
+
+
+def _minigen():
+    def chain(x0):
+        def fn():
+            x = mg.tensor(x0, requires_grad=True)
+            y = x
+            for _ in range(STEPS):
+                y = mg.tanh(y * 1.01 + 0.1)
+            y.sum().backward()
+            return x.grad.data
+        return fn
+
+    def mlp(params, x, labels):
+        ps = [mg.tensor(p, requires_grad=True) for p in params]
+        x, labels = mg.Tensor(x), mg.Tensor(labels)
+
+        def step():
+            h = x
+            for w, b in zip(ps[0:-2:2], ps[1:-2:2]):
+                h = mg.relu(h @ w + b)
+            loss = mg.nn.functional.cross_entropy(h @ ps[-2] + ps[-1], labels)
+            loss.backward()
+            for p in ps:
+                p.data -= LR * p.grad.data
+                p.grad = None
+            return loss.item()
+        return step
+    return chain, mlp, mg.__version__, ""
+
+
+def _torch():
+    import torch
+    import torch.nn.functional as F
+
+    def chain(x0):
+        def fn():
+            x = torch.tensor(x0, requires_grad=True)
+            y = x
+            for _ in range(STEPS):
+                y = torch.tanh(y * 1.01 + 0.1)
+            y.sum().backward()
+            return x.grad.numpy()
+        return fn
+
+    def mlp(params, x, labels):
+        ps = [torch.tensor(p, requires_grad=True) for p in params]
+        x, labels = torch.from_numpy(x.copy()), torch.from_numpy(labels.copy())
+
+        def step():
+            h = x
+            for w, b in zip(ps[0:-2:2], ps[1:-2:2]):
+                h = torch.relu(h @ w + b)
+            loss = F.cross_entropy(h @ ps[-2] + ps[-1], labels)
+            loss.backward()
+            with torch.no_grad():
+                for p in ps:
+                    p -= LR * p.grad
+                    p.grad = None
+            return loss.item()
+        return step
+    return chain, mlp, torch.__version__, f"torch.get_num_threads() = {torch.get_num_threads()} (default)"
+
+
+def _dezero():
+    np.int = int   # DeZero 0.0.13 still uses np.int, removed in NumPy 2; restore the alias before importing it
+    import dezero
+    import dezero.functions as F
+    from dezero import Variable
+
+    a, c = np.float32(1.01), np.float32(0.1)   # DeZero lifts Python floats to float64 0-d arrays
+
+    def chain(x0):
+        def fn():
+            x = Variable(x0.copy())
+            y = x
+            for _ in range(STEPS):
+                y = F.tanh(y * a + c)
+            F.sum(y).backward()
+            return x.grad.data
+        return fn
+
+    def mlp(params, x, labels):
+        ps = [Variable(p.copy()) for p in params]
+        x = x.copy()
+
+        def step():
+            h = x
+            for w, b in zip(ps[0:-2:2], ps[1:-2:2]):
+                h = F.relu(F.matmul(h, w) + b)
+            loss = F.softmax_cross_entropy(F.matmul(h, ps[-2]) + ps[-1], labels)
+            loss.backward()
+            for p in ps:
+                p.data -= LR * p.grad.data
+                p.cleargrad()
+            return float(loss.data)
+        return step
+    return chain, mlp, getattr(dezero, "__version__", "0.0.13"), ("np.int = int set for NumPy 2; its gradients come out float64 (backward lifts Python "
+                                              "ints to int64 arrays, which promote float32 under NumPy 2)")
+
+
+def _autograd():
+    import autograd
+    import autograd.numpy as anp
+    from autograd.scipy.special import logsumexp
+
+    def chain_loss(x):
+        y = x
+        for _ in range(STEPS):
+            y = anp.tanh(y * 1.01 + 0.1)
+        return anp.sum(y)
+    chain_grad = autograd.grad(chain_loss)
+
+    def chain(x0):
+        return lambda: chain_grad(x0)
+
+    def mlp_loss(ps, x, labels):
+        h = x
+        for w, b in zip(ps[0:-2:2], ps[1:-2:2]):
+            h = anp.maximum(h @ w + b, 0.0)
+        logits = h @ ps[-2] + ps[-1]
+        log_p = logits - logsumexp(logits, axis=1, keepdims=True)
+        return -anp.mean(log_p[anp.arange(len(labels)), labels])
+    mlp_value_and_grad = autograd.value_and_grad(mlp_loss)
+
+    def mlp(params, x, labels):
+        ps = [p.copy() for p in params]
+
+        def step():
+            loss, grads = mlp_value_and_grad(ps, x, labels)
+            for p, g in zip(ps, grads):
+                p -= LR * g
+            return float(loss)
+        return step
+    return chain, mlp, _version("autograd"), "functional: grad / value_and_grad built once"
+
+
+def _mygrad():
+    import mygrad
+    from mygrad.nnet.activations import relu
+    from mygrad.nnet.losses import softmax_crossentropy
+
+    def chain(x0):
+        def fn():
+            x = mygrad.tensor(x0)
+            y = x
+            for _ in range(STEPS):
+                y = mygrad.tanh(y * 1.01 + 0.1)
+            y.sum().backward()
+            return x.grad
+        return fn
+
+    def mlp(params, x, labels):
+        ps = [mygrad.tensor(p) for p in params]
+
+        def step():
+            h = x
+            for w, b in zip(ps[0:-2:2], ps[1:-2:2]):
+                h = relu(h @ w + b)
+            loss = softmax_crossentropy(h @ ps[-2] + ps[-1], labels)
+            loss.backward()
+            for p in ps:
+                p.data -= LR * p.grad
+            return loss.item()
+        return step
+    return chain, mlp, mygrad.__version__, "memory guarding left on (its default)"
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+    return metadata.version(package)
+
+
+_BUILDERS = {"minigen": _minigen, "torch": _torch, "dezero": _dezero, "autograd": _autograd,
+             "mygrad": _mygrad}
+
+
+def _git_state() -> str:
+    """The commit the minigen under test comes from, '+dirty' when minigen/ has uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(mg.__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "minigen"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def run(quick: bool = False):
+    engines, status = {}, []
+    for name in ENGINES:
+        try:
+            chain, mlp, version, note = _BUILDERS[name]()
+        except ImportError as e:
+            status.append({"engine": name, "version": "", "status": f"absent ({e})", "notes": ""})
+            continue
+        engines[name] = (chain, mlp)
+        status.append({"engine": name, "version": version, "status": "ok", "notes": note})
+    status[0]["notes"] = f"git {_git_state()}"
+    load_before = os.getloadavg()[0]
+    reference = "torch" if "torch" in engines else "minigen"
+
+    chain_repeat, mlp_repeat = (20, 3) if quick else (300, 40)
+    rows, per_op = [], []
+    rng = np.random.default_rng(1)
+    for shape in CHAIN_SHAPES:
+        x0 = rng.standard_normal(shape).astype(np.float32)
+        fns = {name: chain(x0) for name, (chain, _) in engines.items()}
+        want = np.asarray(fns[reference]())
+        for name, fn in fns.items():
+            got = np.asarray(fn())
+            assert np.allclose(got, want, rtol=1e-3, atol=0), \
+                f"chain {shape}: {name} gives gradient {got}, {reference} {want}"
+        case = f"tanh chain x{STEPS}, shape {shape}"
+        timings = measure_interleaved(fns, repeat=chain_repeat, warmup=10)
+        for name, t in timings.items():
+            rows.append({"case": case, "variant": "forward+backward", "impl": name, **t})
+        per_op.append({"case": case, **{f"{name} us/op": f"{t['seconds'] / CHAIN_OPS * 1e6:.2f}"
+                                        for name, t in timings.items()}})
+
+    params, x, labels = _problem()
+    steps = {name: mlp(params, x, labels) for name, (_, mlp) in engines.items()}
+    losses = {name: (step(), step()) for name, step in steps.items()}
+    for name, pair in losses.items():
+        assert np.allclose(pair, losses[reference], rtol=1e-4), \
+            f"mlp: {name} gives losses {pair} in its first two steps, {reference} {losses[reference]}"
+    timings = measure_interleaved(steps, repeat=mlp_repeat, warmup=3)
+    case = f"MLP {'-'.join(map(str, SIZES))} batch {BATCH} float32"
+    for name, t in timings.items():
+        rows.append({"case": case, "variant": "fwd+CE+bwd+SGD step", "impl": name, **t})
+    for s in status:
+        if s["engine"] in losses:
+            s["notes"] += ("; " if s["notes"] else "") + "MLP losses of steps 1, 2: %.6f, %.6f" % losses[s["engine"]]
+
+    # On a shared machine other processes steal cores; PyTorch's and BLAS's worker threads suffer most.
+    conditions = [{"1-minute load average at start": f"{load_before:.1f}",
+                   "at end": f"{os.getloadavg()[0]:.1f}", "cores": os.cpu_count()}]
+    return rows, {"Chain: microseconds per op (151 ops: 50 x (mul, add, tanh) + sum)": per_op,
+                  "Engines": status, "Run conditions": conditions}
+
+
+if __name__ == "__main__":
+    from benchmarks.__main__ import main
+    main(["engine_overhead", *sys.argv[1:]])
