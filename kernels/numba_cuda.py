@@ -325,8 +325,8 @@ def _gemm_kernel(op, algorithm, dtype):
 
 
 # ------------------------------------------------------------------------------------------------ slogdet
-# As slogdet.cu, except that log|det| is a plain sum of logs (the mantissa/exponent form there avoids a
-# per-pivot call that spills registers in CUDA C; Numba's code is not checked for spills).
+# As slogdet.cu, except that log|det| is summed pivot by pivot inside the loop (slogdet.cu sums over U's
+# diagonal after it, to keep slow-path calls out of the hot loop; Numba's code is not checked for spills).
 
 @cuda.jit(device=True)
 def _pivot(sign, logabs, u, swapped):
