@@ -17,6 +17,7 @@ import numba
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import reference
 from ._geometry import check_channels, conv_out_size, conv_transpose_out_size, geometry
 
 
@@ -104,6 +105,12 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
 
 _njit = numba.njit(parallel=True, cache=True)
 
+# Below this many elements a parallel Numba region costs more than it saves: the start-up of its threads
+# (~15 us) and their spinning afterwards, which starves BLAS's threads in the matrix products that follow
+# (measured: a 128x10 softmax backward inside an MLP step cost 5-15 ms, NumPy's formula 7 us). Small
+# calls take the NumPy formulas of reference.py.
+_PARALLEL_MIN_SIZE = 1 << 15
+
 
 def softmax(x, axis=-1):
     """exp(x - max) / sum(exp(x - max)) along `axis`; a row of all -inf gives NaN, as in PyTorch."""
@@ -143,11 +150,15 @@ def _rowwise(kernel, axis, log, *arrays):
 
 def softmax_backward(y, gy, axis=-1):
     """Vector-Jacobian product of y = softmax(x): y * (gy - sum(gy * y))."""
+    if y.size < _PARALLEL_MIN_SIZE:
+        return reference.softmax_backward(y, gy, axis)
     return _rowwise(_softmax_backward_rows, axis, False, y, np.asarray(gy, dtype=y.dtype))
 
 
 def log_softmax_backward(y, gy, axis=-1):
     """Vector-Jacobian product of y = log_softmax(x): gy - exp(y) * sum(gy)."""
+    if y.size < _PARALLEL_MIN_SIZE:
+        return reference.log_softmax_backward(y, gy, axis)
     return _rowwise(_softmax_backward_rows, axis, True, y, np.asarray(gy, dtype=y.dtype))
 
 
@@ -195,8 +206,8 @@ def _slogdet_batch(a, sign, logabs):
 def slogdet(a):
     """(sign, log|det a|) of a batch (..., n, n), like numpy.linalg.slogdet; singular: (0, -inf)."""
     n = a.shape[-1]
-    if n > _LU_MAX_N or a.ndim < 2 or a.shape[-2] != n:
-        return np.linalg.slogdet(a)
+    if n > _LU_MAX_N or a.ndim < 2 or a.shape[-2] != n or a.size < _PARALLEL_MIN_SIZE // 8:
+        return tuple(np.linalg.slogdet(a))
     batch = np.ascontiguousarray(a).reshape(-1, n, n)
     sign = np.empty(batch.shape[0], dtype=a.dtype)
     logabs = np.empty(batch.shape[0], dtype=a.dtype)

@@ -94,4 +94,4 @@ def log_softmax_backward(y, gy, axis=-1):
 
 def slogdet(a):
     """(sign, log|det a|) of a batch (..., n, n), LAPACK's LU with partial pivoting; singular: (0, -inf)."""
-    return np.linalg.slogdet(a)
+    return tuple(np.linalg.slogdet(a))
