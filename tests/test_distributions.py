@@ -274,3 +274,24 @@ def test_extreme_logits_stay_finite_in_float32():
     sum(t.sum() for t in terms).backward()
     assert np.all(np.isfinite(big.grad.numpy()))
     assert np.all(np.isfinite(D.Bernoulli(probs=mg.tensor([0.0, 1.0])).log_prob(mg.tensor([1.0, 0.0])).numpy()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CuPy arrays
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not mg.cuda_available(), reason="no CUDA GPU")
+def test_on_gpu():
+    loc = np.array([0.5, -1.0])
+    for family in (D.Normal, D.Laplace, D.Logistic, D.Uniform):
+        on_gpu, on_cpu = (family(mg.tensor(loc, device=dev), 2.0) for dev in ("cuda", "cpu"))
+        x = on_gpu.rsample((1000,))
+        assert x.device == "cuda" and x.shape == (1000, 2)
+        np.testing.assert_allclose(on_gpu.log_prob(x).numpy(), on_cpu.log_prob(x.numpy()).numpy(), rtol=1e-12)
+    l = np.array([[1e4, -1e4, 0.0]], dtype=np.float32)
+    c, b = D.Categorical(mg.tensor(l, device="cuda")), D.Bernoulli(logits=mg.tensor(l, device="cuda"))
+    assert c.sample((5,)).device == "cuda" and b.sample((5,)).device == "cuda"
+    assert np.all(np.isfinite(c.log_prob(np.array([1])).numpy()))
+    assert np.all(np.isfinite(D.kl_divergence(b, D.Bernoulli(logits=mg.tensor(-l, device="cuda"))).numpy()))

@@ -472,3 +472,30 @@ def test_ema_restores_parameters_after_an_exception():
     with pytest.raises(RuntimeError), ema.average_parameters():
         raise RuntimeError
     np.testing.assert_array_equal(p.numpy(), THETA0 + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CuPy arrays
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not mg.cuda_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("name,kw", CONFIGS)
+def test_on_gpu_as_on_cpu(name, kw):
+    def steps(device):
+        p = mg.tensor(THETA0, requires_grad=True, device=device)
+        opt = getattr(optim, name)([p], **kw)
+        ema = optim.EMA([p], decay=0.5)
+        for g in GRADS:
+            p.grad = mg.tensor(g, device=device)
+            total = optim.clip_grad_norm_([p], 1.0)
+            opt.step()
+            ema.update()
+        optim.clip_weights_([p], 0.5)
+        state = opt.state_dict()["state"][0]
+        assert all(isinstance(v, (int, np.ndarray)) for v in state.values())
+        return p.numpy(), ema.state_dict()["shadow"][0], total
+
+    for a, b in zip(steps("cuda"), steps("cpu")):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
