@@ -26,14 +26,16 @@ def to_symmetric(x: np.ndarray) -> np.ndarray:
 
 
 def dequantize(x: np.ndarray, rng: np.random.Generator, levels: int = 256) -> np.ndarray:
-    """Uniform dequantization: y = (x (L - 1) + u) / L, u ~ U[0, 1), for pixels x in [0, 1] on L levels.
+    """Uniform dequantization: y = (k + u) / L, u ~ U[0, 1), for the grey level k = x (L - 1) of pixels x in
+    [0, 1] on L levels (uint8 pixels: k = x).
 
-    With L = 256: y = (255 x + u) / 256, the k-th grey level spread over [k/256, (k+1)/256). A continuous
-    density p(y) then bounds the discrete likelihood: log P(k) >= E_u[log p(y)] - D log 256 for D pixels
-    (Theis et al. 2016), which is how bits/dim are reported.
+    With L = 256: y = (255 x + u) / 256, the k-th grey level spread over [k/256, (k+1)/256) (computed in
+    float64; the float32 result can round up to the bin's upper edge). A continuous density p(y) then bounds
+    the discrete likelihood: log P(k) >= E_u[log p(y)] - D log 256 for D pixels (Theis et al. 2016), which
+    is how bits/dim are reported.
     """
-    x = to_unit(x)
-    return ((x * (levels - 1) + rng.random(x.shape, dtype=np.float32)) / levels).astype(np.float32)
+    k = x if x.dtype == np.uint8 else np.rint(to_unit(x) * (levels - 1))
+    return ((k + rng.random(x.shape)) / levels).astype(np.float32)
 
 
 def binarize(x: np.ndarray, threshold: float = 0.5) -> np.ndarray:
