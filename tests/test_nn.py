@@ -277,6 +277,10 @@ LAYERS = {
     "conv_transpose2d": (lambda: nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1),
                          lambda: torch.nn.ConvTranspose2d(4, 2, 3, 2, 1, 1), [(2, 4, 3, 3)]),
     "layer_norm": (lambda: nn.LayerNorm((3, 4)), lambda: torch.nn.LayerNorm((3, 4)), [(2, 5, 3, 4)]),
+    "layer_norm_plain": (lambda: nn.LayerNorm(4, elementwise_affine=False),
+                         lambda: torch.nn.LayerNorm(4, elementwise_affine=False), [(3, 4)]),
+    "batch_norm_plain": (lambda: nn.BatchNorm1d(3, affine=False, track_running_stats=False),
+                         lambda: torch.nn.BatchNorm1d(3, affine=False, track_running_stats=False), [(4, 3)]),
     "group_norm": (lambda: nn.GroupNorm(2, 4), lambda: torch.nn.GroupNorm(2, 4), [(3, 4, 2, 3)]),
     "upsample": (lambda: nn.Upsample(scale_factor=2), lambda: torch.nn.Upsample(scale_factor=2), [(1, 2, 2, 3)]),
     "upsample_size": (lambda: nn.Upsample(size=(4, 6)), lambda: torch.nn.Upsample(size=(4, 6)), [(1, 2, 2, 3)]),
@@ -375,6 +379,10 @@ def test_linear_and_norms_closed_forms():
         nn.BatchNorm1d(3)(mg.randn(1, 3))
     with pytest.raises(ValueError, match="expects input of 4 dimensions"):
         nn.BatchNorm2d(3)(mg.randn(2, 3))
+    with pytest.raises(NotImplementedError, match="whole-number"):
+        nn.Upsample(scale_factor=1.5)
+    with pytest.raises(ValueError, match="whole multiple"):
+        nn.Upsample(size=5)(mg.randn(1, 1, 2, 2))
 
 
 def test_dropout():

@@ -329,6 +329,8 @@ class Upsample(Module):
             raise NotImplementedError(f"Upsample supports mode='nearest' only, got {mode!r}")
         if (size is None) == (scale_factor is None):
             raise ValueError("Upsample: give exactly one of size and scale_factor")
+        if scale_factor is not None and any(f != int(f) for f in _pair(scale_factor)):
+            raise NotImplementedError(f"Upsample supports whole-number scale factors only, got {scale_factor}")
         self.size, self.scale_factor, self.mode = size, scale_factor, mode
 
     def forward(self, x: Tensor) -> Tensor:

@@ -71,26 +71,26 @@ class Module:
 
     # -- registration -------------------------------------------------------------------------------------
     def __setattr__(self, name: str, value) -> None:
-        registries = self.__dict__.get("_parameters"), self.__dict__.get("_buffers"), self.__dict__.get("_modules")
-        if registries[0] is None and isinstance(value, (Parameter, Module)):
-            raise AttributeError(f"cannot assign {type(value).__name__} {name!r} before Module.__init__() "
-                                 f"is called: call super().__init__() first in {type(self).__name__}.__init__")
-        params, buffers, modules = registries
-        if isinstance(value, Parameter):
-            self._register(params, name, value)
+        if "_parameters" not in self.__dict__:            # before Module.__init__ ran
+            if isinstance(value, (Parameter, Module)):
+                raise AttributeError(f"cannot assign {type(value).__name__} {name!r} before Module.__init__(): "
+                                     f"call super().__init__() first in {type(self).__name__}.__init__")
+            object.__setattr__(self, name, value)
+        elif isinstance(value, Parameter):
+            self._register(self._parameters, name, value)
         elif isinstance(value, Module):
-            self._register(modules, name, value)
-        elif params is not None and name in params:
+            self._register(self._modules, name, value)
+        elif name in self._parameters or name in self._modules:
+            registry = self._parameters if name in self._parameters else self._modules
             if value is not None:
-                raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} of "
-                                f"{type(self).__name__} (a Parameter or None expected)")
-            params[name] = None
-        elif buffers is not None and name in buffers:
+                kind = "parameter" if registry is self._parameters else "module"
+                raise TypeError(f"cannot assign {type(value).__name__} to {kind} {name!r} of {type(self).__name__} "
+                                f"(a {kind.capitalize()} or None expected)")
+            registry[name] = None
+        elif name in self._buffers:
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"cannot assign {type(value).__name__} to buffer {name!r} (a Tensor or None expected)")
-            buffers[name] = value
-        elif modules is not None and name in modules and value is None:
-            modules[name] = None
+            self._buffers[name] = value
         else:
             object.__setattr__(self, name, value)
 
