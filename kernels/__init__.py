@@ -18,9 +18,9 @@ a CUDA driver. This package never imports minigen.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
-import sys
 
 from . import cpu, reference
 
@@ -40,6 +40,7 @@ def _validate(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=None)
 def _gpu_missing(name: str) -> str | None:
     """Why GPU backend `name` cannot run here, or None when it can."""
     try:
@@ -61,7 +62,7 @@ def backend_module(name: str):
     that cannot run on this machine."""
     if _validate(name) == "auto":
         raise ValueError("'auto' is a dispatch rule, not a module; name a backend")
-    if name in GPU_BACKENDS and f"{__name__}.{_MODULES[name]}" not in sys.modules:
+    if name in GPU_BACKENDS:
         reason = _gpu_missing(name)
         if reason:
             raise RuntimeError(reason)

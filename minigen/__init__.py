@@ -13,6 +13,6 @@ from .ops import *  # noqa: F401,F403
 from .tensor import (Function, Tensor, arange, as_tensor, detect_anomaly, empty, enable_grad, eye, full,
                      full_like, grad, is_grad_enabled, linspace, no_grad, ones, ones_like, rand, rand_like,
                      randint, randn, randn_like, tensor, zeros, zeros_like)
-from . import nn  # noqa: E402  (after ops: nn.functional re-exports them)
+from . import data, distributions, nn, optim  # noqa: E402  (after ops, which they use)
 
 __version__ = "0.1.0"

@@ -521,11 +521,11 @@ def _scalar_dtype(dtype: np.dtype, kind: type) -> np.dtype:
 def _creation(fill):
     """Make a public constructor (zeros, ones, ...) from an array-module function."""
     @functools.wraps(fill)
-    def make(*shape, dtype=None, requires_grad: bool = False, device: str | None = None, **kw):
+    def make(*shape, dtype=None, requires_grad: bool = False, device: str | None = None):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         xp = backend.array_module(device or "cpu")
-        data = fill(xp, shape, np.dtype(dtype or backend.get_default_dtype()), **kw)
+        data = fill(xp, shape, np.dtype(dtype or backend.get_default_dtype()))
         return Tensor(data, requires_grad=requires_grad)
     return make
 
@@ -533,7 +533,6 @@ def _creation(fill):
 zeros = _creation(lambda xp, shape, dtype: xp.zeros(shape, dtype))
 ones = _creation(lambda xp, shape, dtype: xp.ones(shape, dtype))
 empty = _creation(lambda xp, shape, dtype: xp.empty(shape, dtype))
-full = _creation(lambda xp, shape, dtype, fill_value: xp.full(shape, fill_value, dtype))
 randn = _creation(lambda xp, shape, dtype: backend.generator(_dev(xp)).standard_normal(shape).astype(dtype))
 rand = _creation(lambda xp, shape, dtype: backend.generator(_dev(xp)).random(shape).astype(dtype))
 
@@ -553,9 +552,15 @@ def _like(maker):
 zeros_like, ones_like, randn_like, rand_like = _like(zeros), _like(ones), _like(randn), _like(rand)
 
 
+def full(shape, fill_value, dtype=None, requires_grad: bool = False, device: str | None = None) -> Tensor:
+    """A tensor of `shape` filled with `fill_value` (the default float dtype unless `dtype`)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    data = backend.array_module(device or "cpu").full(shape, fill_value, np.dtype(dtype or backend.get_default_dtype()))
+    return Tensor(data, requires_grad=requires_grad)
+
+
 def full_like(t: Tensor, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
-    return full(t.shape, fill_value=fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad,
-                device=t.device)
+    return full(t.shape, fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad, device=t.device)
 
 
 def randint(low: int, high: int, shape: Sequence[int], device: str | None = None) -> Tensor:

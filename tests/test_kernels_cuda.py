@@ -95,7 +95,7 @@ def _compiler():
         reason = "NVRTC through cuda-bindings unavailable"
     if shutil.which("nvcc"):
         return _nvcc_compile
-    pytest.skip(f"{reason}, and no nvcc on PATH: pip install -r requirements-cuda-check.txt")
+    pytest.skip(f"{reason}, and no nvcc on PATH: pip install -e \".[test]\"")
 
 
 def ptxas_usage(log: str) -> dict[str, dict[str, int]]:
@@ -139,7 +139,7 @@ def compile_ptx(monkeypatch):
         pytest.skip("compile_ptx needs the real numba.cuda target, not the simulator")
     if importlib.util.find_spec("numba_cuda") is None:
         pytest.skip("needs numba-cuda (the built-in numba.cuda target is deprecated and fails on device "
-                    "functions here): pip install -r requirements-cuda-check.txt")
+                    "functions here): pip install -e \".[test]\"")
     import numba.cuda.dispatcher
     from numba import cuda
 

@@ -167,6 +167,9 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
 def upsample_nearest2d(x: Tensor, scale_factor: int = 2) -> Tensor:
     """Each pixel repeated scale_factor times along H and W (nearest-neighbour upsampling)."""
     _check_4d("upsample_nearest2d", x)
+    factors = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
+    if any(int(f) != f or f < 1 for f in factors):
+        raise ValueError(f"upsample_nearest2d: scale_factor must be positive integers, got {scale_factor!r}")
     sh, sw = pair(scale_factor)
     return repeat(repeat(x, sh, axis=2), sw, axis=3)
 

@@ -83,6 +83,33 @@ class Div(Function):
         return ga, gb
 
 
+class AddScalar(Function):
+    """y = x + c for a Python number c (kept as Python's, so NumPy's rules for Python scalars set the
+    dtype: float32 + 0.1 stays float32);  gx = g."""
+
+    def __init__(self, c):
+        self.c = c
+
+    def forward(self, x):
+        return x + self.c
+
+    def backward(self, g):
+        return g
+
+
+class MulScalar(Function):
+    """y = x * c for a Python number c;  gx = g * c."""
+
+    def __init__(self, c):
+        self.c = c
+
+    def forward(self, x):
+        return x * self.c
+
+    def backward(self, g):
+        return MulScalar(self.c)(g)
+
+
 class Neg(Function):
     """y = -x;  gx = -g."""
 
@@ -125,16 +152,34 @@ class Pow(Function):
         return ga, gb
 
 
+_NUMBER = (int, float)   # exact types: a NumPy scalar (a float subclass) keeps NumPy's typed promotion
+
+
 def add(a, b) -> Tensor:
-    return Add()(*_pair(a, b))
+    if type(b) in _NUMBER:
+        return AddScalar(b)(a)
+    if type(a) in _NUMBER:
+        return AddScalar(a)(b)
+    a, b = _pair(a, b)
+    return Add()(a, b)
 
 
 def sub(a, b) -> Tensor:
-    return Sub()(*_pair(a, b))
+    if type(b) in _NUMBER:
+        return AddScalar(-b)(a)
+    if type(a) in _NUMBER:
+        return AddScalar(a)(Neg()(b))
+    a, b = _pair(a, b)
+    return Sub()(a, b)
 
 
 def mul(a, b) -> Tensor:
-    return Mul()(*_pair(a, b))
+    if type(b) in _NUMBER:
+        return MulScalar(b)(a)
+    if type(a) in _NUMBER:
+        return MulScalar(a)(b)
+    a, b = _pair(a, b)
+    return Mul()(a, b)
 
 
 def div(a, b) -> Tensor:
