@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
+import operator
 import weakref
 from typing import Sequence
 
@@ -213,7 +215,7 @@ class Function:
 
     def __call__(self, *inputs: Tensor):
         # the hot path of every operation: kept to plain loops and attribute reads
-        ys = self.forward(*[x.data for x in inputs])
+        ys = self.forward(inputs[0].data) if len(inputs) == 1 else self.forward(*[x.data for x in inputs])
         multi = type(ys) is tuple
         if _Mode.detect_anomaly:
             self._check_finite([x.data for x in inputs], ys if multi else (ys,), "forward")
@@ -226,6 +228,7 @@ class Function:
 
     def _record(self, inputs, ys, multi):
         """Link the outputs `ys` to this function and it to its inputs."""
+        self.number = next(_counter)
         if not multi:
             out = _wrap(ys)
             out.requires_grad = True
@@ -279,32 +282,27 @@ class Function:
 def _topological_order(roots: list[Function]) -> list[Function]:
     """Functions reachable from `roots`, each after every function that consumes its outputs.
 
-    An iterative depth-first search (no recursion limit) collecting functions in post-order; reversed,
-    the post-order puts consumers before producers.
+    A function is always created after the functions that made its inputs, so sorting by creation number,
+    newest first, is a topological order: no depth-first search, no recursion limit.
     """
-    order, done, expanded = [], set(), set()
-    stack = list(roots)
+    seen, stack = set(roots), list(roots)
     while stack:
-        f = stack[-1]
-        if f in done:
-            stack.pop()
-        elif f not in expanded:
-            expanded.add(f)
-            if f.inputs is None:
-                raise RuntimeError(
-                    f"trying to backward through the graph a second time (at {type(f).__name__}): its "
-                    "saved tensors were freed by the first backward. Pass retain_graph=True to the first "
-                    "backward() or grad() if you need to go through it again.")
-            for x in f.inputs:
-                c = x.creator
-                if c is not None and c not in done:
-                    stack.append(c)
-        else:
-            stack.pop()
-            done.add(f)
-            order.append(f)
-    order.reverse()
-    return order
+        f = stack.pop()
+        if f.inputs is None:
+            raise RuntimeError(
+                f"trying to backward through the graph a second time (at {type(f).__name__}): its saved "
+                "tensors were freed by the first backward. Pass retain_graph=True to the first backward() "
+                "or grad() if you need to go through it again.")
+        for x in f.inputs:
+            c = x.creator
+            if c is not None and c not in seen:
+                seen.add(c)
+                stack.append(c)
+    return sorted(seen, key=_creation_number, reverse=True)
+
+
+_creation_number = operator.attrgetter("number")
+_counter = itertools.count()
 
 
 def _sum_to(g: Tensor, shape: tuple) -> Tensor:
