@@ -18,5 +18,5 @@ setup(
         "plot": ["matplotlib>=3.6"],
         "sklearn": ["scikit-learn>=1.3"],   # the 8x8 digits (no download)
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["minigen = minigen.cli:main"]},
 )

@@ -6,6 +6,8 @@ imported on first use of the 'cuda' device only.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 _cupy = None          # the cupy module once imported, False when it cannot be
@@ -106,6 +108,21 @@ def generator(device: str = "cpu"):
         gen = np.random.default_rng(seed) if device == "cpu" else require_cupy().random.default_rng(seed)
         _generators[device] = gen
     return gen
+
+
+@contextlib.contextmanager
+def fork_rng(seed: int):
+    """Inside, minigen's generators are fresh ones seeded with `seed`; afterwards the previous ones are back,
+    untouched. Evaluation and sampling run in one, so they never shift the training run's random stream
+    (and samples at different steps share their noise)."""
+    saved = dict(_generators)
+    _generators.clear()
+    _generators["seed"] = seed
+    try:
+        yield
+    finally:
+        _generators.clear()
+        _generators.update(saved)
 
 
 def get_rng_state() -> dict:

@@ -149,6 +149,8 @@ def save_samples(samples: np.ndarray, path: Path, reference: np.ndarray | None =
     """A PNG of samples: an image grid for (n, [C,] H, W) arrays, a scatter plot for (n, 2) points."""
     samples = np.asarray(samples)
     picture = scatter_plot(samples, reference=reference) if samples.ndim == 2 else image_grid(samples)
+    zoom = max(1, 256 // picture.shape[1])            # small images (8x8 digits) drawn bigger
+    picture = picture.repeat(zoom, axis=0).repeat(zoom, axis=1)
     if picture.shape[-1] == 1:
         picture = picture[..., 0]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +167,8 @@ class Recipe:
     for images, (n, 2) for points)."""
 
     name = "recipe"
+    default_dataset = "digits"      # what `minigen train FAMILY` uses without --dataset
+    default_epochs = 1.0            # ... and without --steps / --epochs
 
     def modules(self) -> dict:
         raise NotImplementedError
@@ -254,13 +258,14 @@ def fit(recipe, loader, steps: int, run_dir: Path, eval_loader=None, eval_every:
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]})
             done = step == steps
-            if step % eval_every == 0 or done:
-                evaluated = recipe.evaluate(eval_loader) if eval_loader is not None else {}
-                last_eval = {"step": step, **{f"train_{k}": v for k, v in metrics.items()}, **evaluated}
-                log.write(json.dumps(last_eval) + "\n")
-                log.flush()
-            if step % sample_every == 0 or done:
-                save_samples(recipe.sample(n_samples), run_dir / "samples" / f"step-{step:08d}.png", reference)
+            with backend.fork_rng(seed=0):      # evaluation and samples leave the training stream alone
+                if step % eval_every == 0 or done:
+                    evaluated = recipe.evaluate(eval_loader) if eval_loader is not None else {}
+                    last_eval = {"step": step, **{f"train_{k}": v for k, v in metrics.items()}, **evaluated}
+                    log.write(json.dumps(last_eval) + "\n")
+                    log.flush()
+                if step % sample_every == 0 or done:
+                    save_samples(recipe.sample(n_samples), run_dir / "samples" / f"step-{step:08d}.png", reference)
             if step % checkpoint_every == 0 or done:
                 save_checkpoint(run_dir, training_state(recipe, loader, step))
     return last_eval

@@ -1,0 +1,98 @@
+"""The Gaussian image model: every example flattened to a vector x in R^D and modelled as x ~ N(mu, Sigma).
+
+Maximum likelihood is closed form: mu is the sample mean and Sigma the sample covariance, whose
+eigen-decomposition Sigma = E Lambda E^T (columns of E the principal directions) gives samples
+x = mu + E Lambda^(1/2) z with z ~ N(0, I). Keeping only the top k directions is probabilistic PCA
+(Tipping & Bishop 1999): Sigma = E_k (Lambda_k - sigma^2 I) E_k^T + sigma^2 I, where the maximum-likelihood
+sigma^2 is the mean of the D - k discarded eigenvalues, so
+    log p(x) = -1/2 [ D log 2 pi + sum_{i<=k} log lambda_i + (D - k) log sigma^2
+                      + sum_{i<=k} y_i^2 / lambda_i + sum_{i>k} y_i^2 / sigma^2 ],   y = E^T (x - mu).
+Training is one pass accumulating the sufficient statistics (count, sum x, sum x x^T) in float64.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend, nn
+from ..tensor import Tensor
+from ..train import Recipe
+
+
+class Gaussian(nn.Module):
+    """N(mu, Sigma) on D-dimensional vectors, with Sigma restricted to k principal directions plus isotropic
+    noise (k = D: the full covariance)."""
+
+    def __init__(self, dim: int, components: int | None = None, min_variance: float = 1e-6):
+        super().__init__()
+        self.dim, self.components = dim, components or dim
+        if not 1 <= self.components <= dim:
+            raise ValueError(f"components must be in [1, {dim}], got {components}")
+        self.min_variance = min_variance
+        self.register_buffer("count", Tensor(np.zeros((), np.float64)))
+        self.register_buffer("sum_x", Tensor(np.zeros(dim, np.float64)))
+        self.register_buffer("sum_xx", Tensor(np.zeros((dim, dim), np.float64)))
+
+    def accumulate(self, x: np.ndarray) -> None:
+        """Add a batch (n, D) to the sufficient statistics."""
+        x = np.asarray(x, dtype=np.float64)
+        self.count.data = self.count.data + len(x)
+        self.sum_x.data = self.sum_x.data + x.sum(axis=0)
+        self.sum_xx.data = self.sum_xx.data + x.T @ x
+
+    def fit(self):
+        """mu, the eigenvalues (descending, top k then sigma^2 for the rest) and eigenvectors E (D, D)."""
+        n = float(self.count.data)
+        if n < 2:
+            raise RuntimeError("the Gaussian model has seen fewer than 2 examples: train it first")
+        mu = self.sum_x.data / n
+        cov = self.sum_xx.data / n - np.outer(mu, mu)
+        lam, e = np.linalg.eigh(cov)
+        lam, e = np.maximum(lam[::-1], 0), e[:, ::-1]
+        k = self.components
+        if k < self.dim:
+            lam = np.concatenate([lam[:k], np.full(self.dim - k, lam[k:].mean())])
+        return mu, np.maximum(lam, self.min_variance), e
+
+    def log_prob(self, x: np.ndarray) -> np.ndarray:
+        """log N(x; mu, Sigma) per example, in nats."""
+        mu, lam, e = self.fit()
+        y = (np.asarray(x, dtype=np.float64) - mu) @ e
+        return -0.5 * (self.dim * math.log(2 * math.pi) + np.log(lam).sum() + (y * y / lam).sum(axis=1))
+
+    def sample(self, n: int) -> np.ndarray:
+        """x = mu + E Lambda^(1/2) z, z ~ N(0, I) from minigen's generator."""
+        mu, lam, e = self.fit()
+        z = backend.generator("cpu").standard_normal((n, self.dim))
+        return mu + (z * np.sqrt(lam)) @ e.T
+
+
+def _flat(x: Tensor) -> np.ndarray:
+    return backend.to_device(x.data, "cpu").reshape(len(x.data), -1)
+
+
+class GaussianRecipe(Recipe):
+    """`minigen train gaussian`: one pass over the data fits the model; evaluation reports the average
+    log-likelihood (nats per example) and bits per dimension on the held-out set. Options: components=k."""
+
+    name = "gaussian"
+
+    def __init__(self, data_shape: tuple, components: int | None = None, **_):
+        self.data_shape = tuple(data_shape)
+        self.model = Gaussian(math.prod(self.data_shape), components)
+
+    def modules(self) -> dict:
+        return {"model": self.model}
+
+    def step(self, batch) -> dict:
+        self.model.accumulate(_flat(batch[0]))
+        return {"examples": float(self.model.count.data)}
+
+    def evaluate(self, loader) -> dict:
+        log_p = np.concatenate([self.model.log_prob(_flat(b[0])) for b in loader])
+        return {"log_likelihood": float(log_p.mean()),
+                "bits_per_dim": float(-log_p.mean() / (self.model.dim * math.log(2)))}
+
+    def sample(self, n: int) -> np.ndarray:
+        return self.model.sample(n).reshape((n,) + self.data_shape).astype(np.float32)
