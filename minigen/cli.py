@@ -26,22 +26,25 @@ from .train import fit, load_checkpoint, restore_training_state, save_samples
 IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist", "binarized-mnist")
 
 
-def load_dataset(name: str, seed: int, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) float32 arrays: images (n, 1, H, W) in [0, 1], or 2-D points (n, 2)."""
+def load_dataset(name: str, seed: int, data_dir: str | None = None):
+    """(train_x, train_y, test_x, test_y): images float32 (n, 1, H, W) in [0, 1] with int64 labels, or 2-D
+    points (n, 2); labels are None where a dataset has none."""
     if name == "digits":
-        x, _ = data.load_digits()
+        x, y = data.load_digits()
         order = np.random.default_rng(0).permutation(len(x))     # a fixed split: 1497 train, 300 test
-        x = x[order][:, None]
-        return x[300:], x[:300]
+        x, y = x[order][:, None], y[order]
+        return x[300:], y[300:], x[:300], y[:300]
     if name in ("mnist", "fashion-mnist"):
         load = data.load_mnist if name == "mnist" else data.load_fashion_mnist
-        return tuple((load(split, data_dir=data_dir)[0][:, None] / np.float32(255)) for split in ("train", "test"))
+        (train_x, train_y), (test_x, test_y) = (load(split, data_dir=data_dir) for split in ("train", "test"))
+        return train_x[:, None] / np.float32(255), train_y, test_x[:, None] / np.float32(255), test_y
     if name == "binarized-mnist":
-        return tuple(data.load_binarized_mnist(split, data_dir=data_dir)[:, None].astype(np.float32)
-                     for split in ("train", "test"))
+        train_x, test_x = (data.load_binarized_mnist(split, data_dir=data_dir)[:, None].astype(np.float32)
+                           for split in ("train", "test"))
+        return train_x, None, test_x, None
     if name in data.TOY_DATASETS:
         rng = np.random.default_rng(seed)
-        return data.sample_toy(name, 20000, rng), data.sample_toy(name, 5000, rng)
+        return data.sample_toy(name, 20000, rng), None, data.sample_toy(name, 5000, rng), None
     raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
 
 
@@ -66,13 +69,18 @@ def _parse_options(pairs: list[str]) -> dict:
 def build(config: dict):
     """The recipe and the train / test loaders a config describes (seeded, so a rerun is the same run)."""
     backend.manual_seed(config["seed"])
-    train_x, test_x = load_dataset(config["dataset"], config["seed"], config.get("data_dir"))
+    train_x, train_y, test_x, test_y = load_dataset(config["dataset"], config["seed"], config.get("data_dir"))
+    cls = recipe_class(config["family"])
+    if cls.needs_labels and train_y is None:
+        raise ValueError(f"family {config['family']!r} needs labels, which dataset {config['dataset']!r} has not")
     options = dict(config["options"])
     if config.get("lr") is not None:
         options["lr"] = config["lr"]
-    recipe = recipe_class(config["family"])(train_x.shape[1:], **options)
-    loader = data.DataLoader(train_x, batch_size=config["batch_size"], seed=config["seed"], device=config["device"])
-    test_loader = data.DataLoader(test_x, batch_size=500, shuffle=False, device=config["device"])
+    recipe = cls(train_x.shape[1:], **options)
+    train_arrays, test_arrays = ((train_x, train_y), (test_x, test_y)) if cls.needs_labels else ((train_x,), (test_x,))
+    loader = data.DataLoader(*train_arrays, batch_size=config["batch_size"], seed=config["seed"],
+                             device=config["device"])
+    test_loader = data.DataLoader(*test_arrays, batch_size=500, shuffle=False, device=config["device"])
     return recipe, loader, test_loader, train_x
 
 

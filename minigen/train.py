@@ -169,6 +169,7 @@ class Recipe:
     name = "recipe"
     default_dataset = "digits"      # what `minigen train FAMILY` uses without --dataset
     default_epochs = 1.0            # ... and without --steps / --epochs
+    needs_labels = False            # True: batches are (x, labels) (class-conditional models)
 
     def modules(self) -> dict:
         raise NotImplementedError
