@@ -12,6 +12,10 @@ FAMILIES = {
     "gaussian": ("minigen.models.gaussian", "GaussianRecipe",
                  "Gaussian / probabilistic PCA in closed form (mean, covariance, eigen-decomposition)"),
     "ae": ("minigen.models.ae", "AERecipe", "MLP autoencoder trained on reconstruction error"),
+    "gan": ("minigen.models.gan", "GANRecipe", "GAN, non-saturating or minimax generator loss (MLPs on 2-D data)"),
+    "dcgan": ("minigen.models.gan", "DCGANRecipe", "DCGAN: transposed-conv generator, strided-conv discriminator"),
+    "wgan": ("minigen.models.gan", "WGANRecipe", "Wasserstein GAN: critic with weight clipping, RMSprop"),
+    "wgan-gp": ("minigen.models.gan", "WGANGPRecipe", "WGAN-GP: critic with gradient penalty, Adam(0, 0.9)"),
 }
 
 
