@@ -1,7 +1,7 @@
 """Hand-written kernels for the four operations that dominate generative models, on NumPy or CuPy arrays.
 
     conv2d, conv_transpose2d, conv2d_weight, softmax, log_softmax, softmax_backward,
-    log_softmax_backward, slogdet
+    log_softmax_backward, slogdet, inv
 
 Every backend module (reference, cpu, cupy_backend, numba_cuda) exposes these same functions with the
 same signatures; this package dispatches each call to one of them:
@@ -140,6 +140,11 @@ def log_softmax_backward(y, gy, axis=-1):
 def slogdet(a):
     """(sign, log|det a|) of a batch (..., n, n); singular matrices give (0, -inf)."""
     return _module_for(a).slogdet(a)
+
+
+def inv(a):
+    """a^-1 of a batch (..., n, n) (slogdet's gradient is inv(a)^T); LinAlgError when singular."""
+    return _module_for(a).inv(a)
 
 
 if os.environ.get("MINIGEN_KERNELS"):

@@ -162,10 +162,10 @@ def log_softmax_backward(y, gy, axis=-1):
     return _rowwise(_softmax_backward_rows, axis, True, y, np.asarray(gy, dtype=y.dtype))
 
 
-# ------------------------------------------------------------------------------------------------- slogdet
+# ------------------------------------------------------------------------------------------- slogdet, inv
 # Batched small matrices: a Numba LU per matrix, parallel over the batch, measured ~3x faster than
-# numpy.linalg.slogdet (whose per-matrix LAPACK call overhead dominates at n = 8). For n > _LU_MAX_N
-# LAPACK's blocked LU wins and is used.
+# numpy.linalg.slogdet (whose per-matrix LAPACK call overhead dominates at n = 8); the inverse that
+# slogdet's gradient needs likewise by Gauss-Jordan. For n > _LU_MAX_N LAPACK's blocked LU wins and is used.
 
 _LU_MAX_N = 48
 
@@ -201,6 +201,53 @@ def _slogdet_batch(a, sign, logabs):
                     lu[r, c] -= f * lu[k, c]
         sign[b] = s
         logabs[b] = la
+
+
+@_njit
+def _inv_batch(a, out, singular):
+    """Gauss-Jordan elimination with partial pivoting on [a | I], one matrix per thread: row operations
+    that turn a into I turn I into a^-1. A zero pivot column marks the matrix singular."""
+    n = a.shape[1]
+    for b in numba.prange(a.shape[0]):
+        m = a[b].copy()
+        inv = np.eye(n, dtype=a.dtype)
+        for k in range(n):
+            p = k
+            for r in range(k + 1, n):
+                if abs(m[r, k]) > abs(m[p, k]):
+                    p = r
+            if m[p, k] == 0:
+                singular[b] = True
+                break
+            for c in range(n):
+                m[k, c], m[p, c] = m[p, c], m[k, c]
+                inv[k, c], inv[p, c] = inv[p, c], inv[k, c]
+            scale = 1.0 / m[k, k]
+            for c in range(n):
+                m[k, c] *= scale
+                inv[k, c] *= scale
+            for r in range(n):
+                f = m[r, k]
+                if r != k and f != 0:
+                    for c in range(n):
+                        m[r, c] -= f * m[k, c]
+                        inv[r, c] -= f * inv[k, c]
+        out[b] = inv
+
+
+def inv(a):
+    """a^-1 of a batch (..., n, n), like numpy.linalg.inv (LinAlgError for a singular matrix). Batches of
+    small matrices run in Numba, parallel over matrices (LAPACK's per-call overhead dominates there)."""
+    n = a.shape[-1]
+    if n > _LU_MAX_N or a.ndim < 2 or a.shape[-2] != n or a.size < _PARALLEL_MIN_SIZE // 8:
+        return np.linalg.inv(a)
+    batch = np.ascontiguousarray(a).reshape(-1, n, n)
+    out = np.empty_like(batch)
+    singular = np.zeros(batch.shape[0], dtype=np.bool_)
+    _inv_batch(batch, out, singular)
+    if singular.any():
+        raise np.linalg.LinAlgError(f"singular matrix (batch index {int(np.argmax(singular))})")
+    return out.reshape(a.shape)
 
 
 def slogdet(a):

@@ -173,6 +173,10 @@ class CudaKernels:
             partial[...] = 0
         return partial.sum(axis=0).reshape(o, cg, *g.kernel)
 
+    def inv(self, a):
+        """The inverse slogdet's gradient needs: the array library's batched LU solve (cuSOLVER on a GPU)."""
+        return self.xp(a).linalg.inv(a)
+
     # batched slogdet
     def slogdet(self, a):
         (a,) = self._float(a)
@@ -227,3 +231,4 @@ log_softmax = _kernels.log_softmax
 softmax_backward = _kernels.softmax_backward
 log_softmax_backward = _kernels.log_softmax_backward
 slogdet = _kernels.slogdet
+inv = _kernels.inv

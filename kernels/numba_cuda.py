@@ -460,3 +460,4 @@ log_softmax = _kernels.log_softmax
 softmax_backward = _kernels.softmax_backward
 log_softmax_backward = _kernels.log_softmax_backward
 slogdet = _kernels.slogdet
+inv = _kernels.inv

@@ -95,3 +95,8 @@ def log_softmax_backward(y, gy, axis=-1):
 def slogdet(a):
     """(sign, log|det a|) of a batch (..., n, n), LAPACK's LU with partial pivoting; singular: (0, -inf)."""
     return tuple(np.linalg.slogdet(a))
+
+
+def inv(a):
+    """a^-1 of a batch (..., n, n) (LAPACK's LU); LinAlgError for a singular matrix."""
+    return np.linalg.inv(a)

@@ -216,6 +216,37 @@ def test_slogdet_matches_numpy(n, dtype):
         assert sign.shape == logabs.shape == (3, 2) and sign.dtype == logabs.dtype == dtype
         np.testing.assert_array_equal(sign, want_sign)
         np.testing.assert_allclose(logabs, want_log, **tol)
+    # a batch large enough for the parallel Numba path (small batches take LAPACK)
+    big = np.tile(a.reshape(-1, n, n), (_batch_over_threshold(n) // 6 + 1, 1, 1))
+    sign, logabs = kernels.cpu.slogdet(big)
+    np.testing.assert_array_equal(sign, np.tile(want_sign.ravel(), len(big) // 6))
+    np.testing.assert_allclose(logabs, np.tile(want_log.ravel(), len(big) // 6), **tol)
+
+
+def _batch_over_threshold(n):
+    return kernels.cpu._PARALLEL_MIN_SIZE // (8 * n * n) + 1
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 32, 64])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inv_matches_numpy(n, dtype):
+    rng = np.random.default_rng(n)
+    a = np.stack([_with_singular_values(rng, rng.uniform(0.3, 3, n), i % 2 == 1)
+                  for i in range(_batch_over_threshold(n))]).astype(dtype)
+    tol = dict(rtol=1e-3, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    for mod in CPU:
+        for batch in (a[:2], a):          # LAPACK for small batches, Numba's Gauss-Jordan for large ones
+            out = mod.inv(batch)
+            assert out.dtype == dtype
+            np.testing.assert_allclose(out, np.linalg.inv(batch.astype(np.float64)), **tol)
+
+
+@pytest.mark.parametrize("mod", CPU)
+def test_inv_of_a_singular_matrix_raises(mod):
+    a = np.tile(np.eye(4), (_batch_over_threshold(4), 1, 1))
+    a[3] = 0.0
+    with pytest.raises(np.linalg.LinAlgError, match="[Ss]ingular matrix"):
+        mod.inv(a)
 
 
 @pytest.mark.parametrize("mod", CPU)
