@@ -115,6 +115,7 @@ def test_detach_cuts_the_graph():
     np.testing.assert_allclose(x.grad.data, [2.0])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:divide by zero:RuntimeWarning")
 def test_detect_anomaly_names_the_op_forward_and_backward():
     with mg.detect_anomaly():
         with pytest.raises(FloatingPointError, match="Log produced NaN or inf in its forward"):
