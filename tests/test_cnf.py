@@ -1,0 +1,162 @@
+"""Continuous flows (minigen/models/cnf.py) against ground truths: the matrix exponential for the solvers,
+the exact trace for Hutchinson's estimator, autodiff for OT-Flow's closed forms, finite differences through
+the solver, and the entropy of the generating distribution for trained FFJORD models."""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+from threadpoolctl import threadpool_limits
+
+import minigen as mg
+from minigen.models import cnf, recipe_class
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """The matrices here are small: a multi-threaded BLAS only fights the other processes for the cores."""
+    with threadpool_limits(1):
+        yield
+
+
+# --- solvers ---------------------------------------------------------------------------------------------
+
+A = np.array([[-0.3, 2.0, 0.0], [-2.0, -0.3, 0.5], [0.0, -0.5, -0.1]])
+
+
+def _linear(t, y):
+    return (y[0] @ mg.tensor(A.T),)
+
+
+def _solve_linear(y0, t1, **solver):
+    (y,), counts = cnf.odeint(_linear, (mg.tensor(y0),), 0.0, t1, **solver)
+    return y.numpy(), counts
+
+
+def test_rk4_matches_the_matrix_exponential_with_fourth_order_convergence():
+    y0 = np.random.default_rng(0).standard_normal((4, 3))
+    exact = y0 @ scipy.linalg.expm(2.0 * A).T
+    errors = [np.abs(_solve_linear(y0, 2.0, method="rk4", steps=n)[0] - exact).max() for n in (20, 40, 80)]
+    assert errors[-1] < 1e-6
+    for coarse, fine in zip(errors, errors[1:]):
+        assert 12 < coarse / fine < 20          # halving h divides the error by ~2^4
+    back, counts = cnf.odeint(_linear, (mg.tensor(exact),), 2.0, 0.0, method="rk4", steps=80)
+    np.testing.assert_allclose(back[0].numpy(), y0, atol=1e-5)
+    assert counts == {"steps": 80, "rejected": 0, "nfe": 320}
+
+
+def test_dopri5_meets_its_tolerance_and_takes_fewer_steps_when_looser():
+    y0 = np.random.default_rng(1).standard_normal((4, 3))
+    exact = y0 @ scipy.linalg.expm(5.0 * A).T
+    steps = []
+    for tol in (1e-9, 1e-6, 1e-3):
+        y, counts = _solve_linear(y0, 5.0, method="dopri5", rtol=tol, atol=tol)
+        assert np.abs(y - exact).max() < 10 * tol * max(1.0, np.abs(exact).max())
+        assert counts["nfe"] == 6 * (counts["steps"] + counts["rejected"]) + 1     # first same as last
+        steps.append(counts["steps"])
+    assert steps[0] > steps[1] > steps[2]
+
+
+def test_dopri5_rejects_steps_that_are_too_long():
+    """y' = -50 y + cos t, y(0) = 1: y = (50 cos t + sin t) / 2501 + (1 - 50/2501) exp(-50 t). Steps that
+    grow past the stability limit are rejected and the answer is still right."""
+    (y,), counts = cnf.odeint(lambda t, y: (y[0] * -50.0 + math.cos(t),), (mg.tensor(np.ones(1)),), 0.0, 1.0,
+                              method="dopri5", rtol=1e-6, atol=1e-6)
+    exact = (50 * math.cos(1) + math.sin(1)) / 2501 + (1 - 50 / 2501) * math.exp(-50)
+    assert abs(y.item() - exact) < 1e-5
+    assert counts["rejected"] > 0
+
+
+# --- the trace of the Jacobian ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_hutchinson_estimate_is_unbiased(kind):
+    """Per point, the means of eps^T J eps and |eps^T J|^2 over many probes are within 3 standard errors of
+    tr J and |J|_F^2 (J = df/dz)."""
+    net = cnf.ODENet(3, hidden=16, layers=3).to(np.float64)
+    z = mg.tensor(np.random.default_rng(2).standard_normal((4, 3)), requires_grad=True)
+    exact = cnf.exact_trace(net(z, 0.4), z, create_graph=False)
+    probes = 4000
+    zs = mg.tensor(np.repeat(z.numpy(), probes, axis=0), requires_grad=True)
+    eps = cnf.probe(zs.shape, kind, np.float64)
+    estimates = cnf.hutchinson_trace(eps)(net(zs, 0.4), zs, create_graph=False)
+    for truth, estimate in zip(exact, estimates):
+        estimate = estimate.numpy().reshape(4, probes)
+        standard_error = estimate.std(axis=1, ddof=1) / math.sqrt(probes)
+        assert (np.abs(estimate.mean(axis=1) - truth.numpy()) < 3 * standard_error).all()
+        assert (standard_error > 0).all()
+
+
+def test_exact_trace_and_frobenius_norm_of_the_autodiff_jacobian():
+    net = cnf.ODENet(3, hidden=16, layers=3).to(np.float64)
+    z = mg.tensor(np.random.default_rng(3).standard_normal((2, 3)), requires_grad=True)
+    f = net(z, 0.7)
+    jacobian = np.stack([mg.grad(f[:, i].sum(), z, retain_graph=True)[0].numpy() for i in range(3)], 1)
+    trace, frobenius = cnf.exact_trace(f, z, create_graph=False)
+    np.testing.assert_allclose(trace.numpy(), np.trace(jacobian, axis1=1, axis2=2), rtol=1e-12)
+    np.testing.assert_allclose(frobenius.numpy(), (jacobian ** 2).sum(axis=(1, 2)), rtol=1e-12)
+
+
+# --- OT-Flow -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_otflow_closed_forms_equal_autodiff(layers):
+    """grad_s Phi and tr grad_x^2 Phi in closed form against grad and grad-of-grad of Phi itself."""
+    phi = cnf.Potential(3, width=8, layers=layers).to(np.float64)
+    x = mg.tensor(np.random.default_rng(4).standard_normal((5, 3)), requires_grad=True)
+    gradient, laplacian = phi.gradient_and_laplacian(x, 0.3)
+    (grad_x,) = mg.grad(phi(x, 0.3).sum(), x, create_graph=True)
+    hessian_diagonal = [mg.grad(grad_x[:, i].sum(), x, retain_graph=True)[0].numpy()[:, i] for i in range(3)]
+    np.testing.assert_allclose(gradient.numpy()[:, :3], grad_x.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(laplacian.numpy(), np.sum(hessian_diagonal, axis=0), rtol=1e-10, atol=1e-12)
+    h = 1e-6
+    dphi_dt = (phi(x, 0.3 + h).numpy() - phi(x, 0.3 - h).numpy()) / (2 * h)
+    np.testing.assert_allclose(gradient.numpy()[:, 3], dphi_dt, rtol=1e-6, atol=1e-8)
+
+
+def test_otflow_loss_has_its_regularizers_and_decreases():
+    mg.manual_seed(0)
+    recipe = recipe_class("otflow")((2,), width=16)
+    x = mg.tensor(mg.data.eight_gaussians(256, 0))
+    first = recipe.step((x,))
+    for _ in range(30):
+        last = recipe.step((x,))
+    assert first["transport"] >= 0 and first["hjb"] >= 0
+    assert last["loss"] < first["loss"] - 0.5
+
+
+# --- gradients through the solver ------------------------------------------------------------------------
+
+
+def _swap_parameters(module, names, tensors):
+    """Put `tensors` in place of the named parameters (gradcheck hands in shifted copies); returns the old."""
+    old = []
+    for name, t in zip(names, tensors):
+        *path, leaf = name.split(".")
+        owner = module
+        for part in path:
+            owner = owner._modules[part]
+        old.append(owner._parameters[leaf])
+        owner._parameters[leaf] = t
+    return old
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_gradcheck_log_density_through_rk4(trace):
+    """d log p(x) / d parameters through a 3-step RK4 solve (discretize-then-optimize), float64; the
+    Hutchinson probe is redrawn from the same seed at every evaluation so that the function is fixed."""
+    model = cnf.FFJORD(2, hidden=6, layers=3, trace=trace).to(np.float64)
+    names, params = zip(*model.named_parameters())
+    x = mg.tensor(np.random.default_rng(5).standard_normal((3, 2)))
+
+    def log_p(*tensors):
+        old = _swap_parameters(model, names, tensors)
+        try:
+            mg.manual_seed(7)
+            return model.log_prob(x, method="rk4", steps=3)[0]
+        finally:
+            _swap_parameters(model, names, old)
+
+    assert mg.gradcheck(log_p, list(params), n_directions=5)
