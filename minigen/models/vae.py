@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import backend, nn, optim
 from ..nn import functional as F
-from ..ops import broadcast_to, concatenate, exp, logsumexp, one_hot, sigmoid, split
+from ..ops import broadcast_to, concatenate, exp, logsumexp, one_hot, sigmoid, split, stack
 from ..tensor import Tensor, no_grad, randn_like, zeros
 from ..train import Recipe, save_samples
 
@@ -131,11 +131,12 @@ class VAE(nn.Module):
         return one_hot(y, self.classes, dtype=self.decoder[0].weight.dtype) if self.classes else None
 
     def top_down(self, n: int, h: Tensor | None = None, y: Tensor | None = None, draw: bool = True):
-        """z = (z_1, .., z_L) for n rows, with log p(z) - log q(z|x) and the closed-form KL (both (n,)).
+        """z = (z_1, .., z_L) for n rows, with log p(z) - log q(z|x) (n,) and the closed-form KL of each layer
+        (L, n) (Vahdat & Kautz 2020, eq. 2).
         Given encoder features h, z comes from the posterior; without, from the prior (the ratio and the KL
         are then zero). draw=False takes each layer's mean instead of a sample."""
         like = self.posteriors[0].weight
-        zs, log_ratio, kl = [], 0.0, 0.0
+        zs, log_ratio, kls = [], 0.0, []
         for l, posterior in enumerate(self.posteriors):
             if l == 0:
                 mu_p = log_var_p = zeros(n, self.latent, dtype=like.dtype, device=like.device)
@@ -147,12 +148,12 @@ class VAE(nn.Module):
                 d_mu, d_log_var = split(posterior(concatenate([h] + ([y] if y is not None else []) + zs, axis=1)),
                                         2, axis=1)
                 mu, log_var = mu_p + d_mu, log_var_p + d_log_var
-                kl = kl + residual_normal_kl(d_mu, d_log_var, log_var_p)
+                kls.append(residual_normal_kl(d_mu, d_log_var, log_var_p))
             z = reparameterize(mu, log_var) if draw else mu
             if h is not None:
                 log_ratio = log_ratio + log_normal(z, mu_p, log_var_p) - log_normal(z, mu, log_var)
             zs.append(z)
-        return concatenate(zs, axis=1), log_ratio, kl
+        return concatenate(zs, axis=1), log_ratio, stack(kls) if kls else None
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """The decoder's output (logits or Gaussian mean), shaped like the data."""
@@ -169,7 +170,8 @@ class VAE(nn.Module):
         return log_normal(x, out, self.x_log_var)
 
     def log_weights(self, x: Tensor, y=None, k: int = 1) -> tuple[Tensor, Tensor, Tensor]:
-        """For K = k samples z ~ q(z|x) per example: log p(x|z), log p(z) - log q(z|x) and the KL, each (K, B)."""
+        """For K = k samples z ~ q(z|x) per example: log p(x|z) and log p(z) - log q(z|x), each (K, B), and
+        the KL of each layer (L, K, B)."""
         b = len(x.data)
         h = self.encoder(x)
         h = broadcast_to(h, (k,) + h.shape).reshape(k * b, -1)
@@ -177,13 +179,13 @@ class VAE(nn.Module):
         y = broadcast_to(y, (k,) + y.shape).reshape(k * b, -1) if y is not None else None
         z, log_ratio, kl = self.top_down(k * b, h, y)
         out = self.decode(z, y).reshape(k, b, -1)
-        return self.log_px(x.reshape(b, -1), out), log_ratio.reshape(k, b), kl.reshape(k, b)
+        return self.log_px(x.reshape(b, -1), out), log_ratio.reshape(k, b), kl.reshape(-1, k, b)
 
     def elbo(self, x: Tensor, y=None, samples: int = 1, beta: float = 1.0) -> Tensor:
         """Per example: 1/L sum_l log p(x|z_l) - beta KL(q(z|x) || p(z))  (Kingma & Welling 2014, eq. 10;
         beta < 1 during KL warm-up, beta != 1 for the beta-VAE)."""
         log_px, _, kl = self.log_weights(x, y, samples)
-        return (log_px - beta * kl).mean(axis=0)
+        return (log_px - beta * kl.sum(axis=0)).mean(axis=0)
 
     def iwae(self, x: Tensor, y=None, k: int = 1) -> Tensor:
         """Per example: log 1/k sum_i p(x, z_i) / q(z_i|x)  (Burda et al. 2016, eq. 8)."""
@@ -233,9 +235,10 @@ class VAERecipe(Recipe):
     weight beta reached linearly over `warmup` steps), or on the IWAE bound with k = samples when iwae=True.
     `pixels` says how images are binarized ("dynamic": resampled every time a batch is drawn; "threshold";
     the fixed binarized-MNIST dataset is already binary: "as-is") or dequantized (levels grey levels);
-    the test set is binarized / dequantized once with a fixed seed. Evaluation: ELBO, IWAE_{eval_k} and the
-    NLL -IWAE in nats per example, and bits/dim for dequantized data. Options: latent, layers, arch ("mlp",
-    "conv"), hidden, likelihood, x_log_var, samples, iwae, beta, warmup, pixels, levels, eval_k, lr."""
+    the test set is binarized / dequantized once with a fixed seed. Evaluation: ELBO, the KL of each layer
+    (kl_1 the top), IWAE_{eval_k} and the NLL -IWAE in nats per example, and bits/dim for dequantized data.
+    Options: latent, layers, arch ("mlp", "conv"), hidden, likelihood, x_log_var, samples, iwae, beta, warmup,
+    pixels, levels, eval_k, lr."""
 
     name = "vae"
     default_epochs = 100
@@ -282,15 +285,17 @@ class VAERecipe(Recipe):
     def evaluate(self, loader) -> dict:
         self.model.eval()
         rng = np.random.default_rng(0)          # one fixed binarization / dequantization of the test set
-        elbo, log_p = [], []
+        terms, log_p = [], []
         for batch in loader:
             x, y = self._split(batch)
             x = prepare_pixels(x, self.pixels, rng, self.levels)
             with no_grad():
-                elbo.append(backend.to_device(self.model.elbo(x, y).data, "cpu"))
+                log_px, _, kl = self.model.log_weights(x, y)      # one sample: log p(x|z) and each layer's KL
+                terms.append(backend.to_device(concatenate([log_px, kl[:, 0]]).data, "cpu"))
             log_p.append(self.model.log_likelihood(x, y, self.eval_k))
-        elbo, nll = float(np.concatenate(elbo).mean()), float(-np.concatenate(log_p).mean())
-        metrics = {"elbo": elbo, f"iwae_{self.eval_k}": -nll, "nll": nll}
+        terms, nll = np.concatenate(terms, axis=1).mean(axis=1), float(-np.concatenate(log_p).mean())
+        metrics = {"elbo": float(terms[0] - terms[1:].sum()), f"iwae_{self.eval_k}": -nll, "nll": nll}
+        metrics.update({f"kl_{l + 1}": float(kl) for l, kl in enumerate(terms[1:])})
         if self.pixels == "dequantize":          # log P(grey levels) >= E_u log p(y) - D log levels
             d = math.prod(self.model.data_shape)
             metrics["bits_per_dim"] = (nll + d * math.log(self.levels)) / (d * math.log(2))
