@@ -27,7 +27,7 @@ import numpy as np
 from .. import backend, nn, optim
 from ..nn import functional as F
 from ..ops import broadcast_to, concatenate, exp, logsumexp, one_hot, sigmoid, split, stack
-from ..tensor import Tensor, no_grad, randn_like, zeros
+from ..tensor import Tensor, no_grad, randn_like, tensor, zeros
 from ..train import Recipe, save_samples
 
 LOG_2PI = math.log(2 * math.pi)
@@ -353,7 +353,8 @@ def save_manifold(model: VAE, path, n: int = 20, y=None) -> None:
     q = np.array([NormalDist().inv_cdf(p) for p in (np.arange(n) + 0.5) / n])
     z = np.stack(np.meshgrid(q, q[::-1]), axis=-1).reshape(-1, 2).astype(backend.get_default_dtype())
     with no_grad():
-        x = model.mean(model.decode(Tensor(z), model.label(None if y is None else np.full(n * n, y))))
+        z = tensor(z, device=model.decoder[0].weight.device)
+        x = model.mean(model.decode(z, model.label(None if y is None else np.full(n * n, y))))
     save_samples(x.numpy(), path)
 
 
@@ -364,7 +365,7 @@ def save_interpolations(model: VAE, x_a: Tensor, x_b: Tensor, path) -> None:
     t = np.linspace(0, 1, n, dtype=backend.get_default_dtype())[None, :, None]
     with no_grad():
         z_a, z_b = encode_mean(model, x_a).numpy()[:, None], encode_mean(model, x_b).numpy()[:, None]
-        z = Tensor(((1 - t) * z_a + t * z_b).reshape(n * n, -1))
+        z = tensor(((1 - t) * z_a + t * z_b).reshape(n * n, -1), device=x_a.device)
         save_samples(model.mean(model.decode(z)).numpy(), path)
 
 
