@@ -83,7 +83,8 @@ def conv_nets(data_shape: tuple, hidden: tuple) -> tuple[nn.Module, nn.Module, i
     c, height, width = data_shape
     scale = 2 ** len(hidden)
     if height % scale or width % scale:
-        raise ValueError(f"conv nets with {len(hidden)} stride-2 layers need H, W divisible by {scale}, got {data_shape}")
+        raise ValueError(f"conv nets with {len(hidden)} stride-2 layers need H, W divisible by {scale}, "
+                         f"got {data_shape}")
     channels = [c, *hidden]
     encoder, decoder = [], []
     for a, b in zip(channels, channels[1:]):
