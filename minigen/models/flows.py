@@ -775,17 +775,19 @@ def energy_flow(kind: str, target: str, length: int = 32, hidden: int = 32) -> F
 
 class EnergyRecipe(Recipe):
     """Reverse KL to p = exp(-U) / Z (Rezende & Mohamed 2015, sec. 6.1): loss = E_q[log q(x) + U(x)] over
-    samples of the flow, = KL(q || p) - log Z >= -log Z. `evaluate` reports the loss on 10^4 samples and
-    its floor -log Z (quadrature, `minigen.data.energy_log_partition`). The data batches are not used.
-    Options: target (u1..u4), length (K), lr."""
+    samples of the flow, = KL(q || p) - log Z >= -log Z. The energy is annealed, beta_t U with
+    beta_t = min(1, 0.1 + t / anneal_steps) (the paper's schedule, started at 0.1), so that q spreads over all modes before it
+    tightens. `evaluate` reports the loss at beta = 1 on 10^4 samples and its floor -log Z (quadrature,
+    `minigen.data.energy_log_partition`). The data batches are not used.
+    Options: target (u1..u4), length (K), lr, batch, anneal_steps."""
 
     default_dataset = "moons"
     default_epochs = 20
     kind = "planar"
 
     def __init__(self, data_shape: tuple, target: str = "u1", length: int = 32, lr: float = 1e-3,
-                 batch: int = 256, **_):
-        self.target, self.batch = target, batch
+                 batch: int = 256, anneal_steps: int = 2000, **_):
+        self.target, self.batch, self.anneal_steps, self.t = target, batch, anneal_steps, 0
         self.energy = ENERGIES[target]
         self.flow = energy_flow(self.kind, target, length)
         self.optimizer = optim.Adam(self.flow.parameters(), lr=lr)
@@ -796,16 +798,24 @@ class EnergyRecipe(Recipe):
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer}
 
-    def loss(self, n: int) -> Tensor:
+    def extra_state(self) -> dict:
+        return {"t": self.t}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.t = int(state.get("t", 0))
+
+    def loss(self, n: int, beta: float = 1.0) -> Tensor:
         x, log_q = self.flow.sample_with_log_prob(n)
-        return (log_q + self.energy(x)).mean()
+        return (log_q + beta * self.energy(x)).mean()
 
     def step(self, batch) -> dict:
-        loss = self.loss(self.batch)
+        beta = min(1.0, 0.1 + self.t / self.anneal_steps)
+        loss = self.loss(self.batch, beta)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item()}
+        self.t += 1
+        return {"loss": loss.item(), "beta": beta}
 
     def evaluate(self, loader) -> dict:
         with no_grad():
