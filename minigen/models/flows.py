@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.linalg
 
 from .. import backend, nn, optim
 from ..data import ENERGIES, dequantize, energy_log_partition, logit_inverse, logit_transform
@@ -289,7 +290,6 @@ class Invertible1x1Conv(Bijector):
         if not lu:
             self.weight = nn.Parameter(Tensor(w.astype(dtype)))
             return
-        import scipy.linalg
         p, lower, upper = scipy.linalg.lu(w)
         s = np.diag(upper)
         self.register_buffer("p", Tensor(p.astype(dtype)))
@@ -719,10 +719,6 @@ class FlowRecipe(Recipe):
         return np.clip(x, 0, 1) if self.is_image else x
 
 
-def _vector_dim(data_shape: tuple) -> int:
-    return math.prod(data_shape)
-
-
 class RealNVPRecipe(FlowRecipe):
     """`minigen train realnvp`: couplings with alternating masks on points, the multiscale model on images."""
     name = "realnvp"
@@ -756,7 +752,7 @@ class MAFRecipe(FlowRecipe):
     name = "maf"
 
     def build(self, data_shape, hidden: int = 64, layers: int = 5):
-        flow = maf(_vector_dim(data_shape), hidden, layers)
+        flow = maf(math.prod(data_shape), hidden, layers)
         if self.is_image:
             return Flow([LogitTransform(), Flatten(data_shape)] + list(flow.bijectors), flow.base)
         return flow
