@@ -240,10 +240,11 @@ def test_otflow_on_eight_gaussians_reaches_the_entropy(tmp_path):
     assert metrics["nll"] < entropy + 0.15, (metrics, entropy)
 
 
-@pytest.mark.parametrize("family", ["ffjord", "otflow"])
-def test_the_command_trains_evaluates_and_samples(family, tmp_path, capsys):
+@pytest.mark.parametrize("family, options", [("ffjord", []), ("ffjord", ["--opt", "trace=hutchinson"]),
+                                             ("otflow", [])])
+def test_the_command_trains_evaluates_and_samples(family, options, tmp_path, capsys):
     out = tmp_path / family
-    assert main(["train", family, "--dataset", "8gaussians", "--steps", "3", "--out", str(out)]) == 0
+    assert main(["train", family, "--dataset", "8gaussians", "--steps", "3", "--out", str(out), *options]) == 0
     assert main(["eval", str(out)]) == 0
     evaluated = capsys.readouterr().out.strip().splitlines()[-1]
     assert '"nll"' in evaluated and '"nfe"' in evaluated
