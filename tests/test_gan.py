@@ -71,7 +71,9 @@ def test_non_saturating_gan_covers_the_eight_gaussians():
     assert stats["modes"] == 8 and stats["high_quality"] > 0.8, stats
 
 
+@pytest.mark.slow
 def test_wgan_gp_covers_the_eight_gaussians():
+    # slow: ~20 s of CPU with OMP_NUM_THREADS=1, several minutes when BLAS threads contend on 2 busy cores.
     # lambda = 0.1, as Gulrajani et al.'s code uses for its toy sets (gan_toy.py); 1000 critic steps = 200 of G
     recipe = WGANGPRecipe((2,), lr=1e-3, beta1=0.5, penalty=0.1, hidden=128)
     stats = _train_on_eight_gaussians(recipe, 1000)
