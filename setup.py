@@ -10,7 +10,7 @@ setup(
     install_requires=["numpy>=2.0", "scipy>=1.11", "numba>=0.60", "tqdm>=4.60", "Pillow>=9.0"],
     extras_require={
         # the CUDA compile checks (NVRTC, NVVM for numba.cuda) run without a GPU, so the tests install them
-        "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3", "numba-cuda>=0.30", "cuda-bindings>=13.0,<14",
+        "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3", "threadpoolctl>=3", "numba-cuda>=0.30", "cuda-bindings>=13.0,<14",
                  "nvidia-cuda-nvrtc>=13.0,<14", "nvidia-nvvm>=13.0,<14"],
         "cuda": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13"],

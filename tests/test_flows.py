@@ -2,7 +2,6 @@
 bijector, test NLL of density estimators against the entropy of the generating distribution, reverse-KL
 fits against -log Z, an affine flow against the sample mean and covariance, and the recipes end to end.
 
-Training runs use one BLAS thread (small matrices: threads only add contention on the shared 2 cores).
 Cases marked `slow` need more steps than the file's budget; the numbers they reach are in their comments.
 """
 import functools
@@ -11,17 +10,10 @@ import math
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import minigen as mg
 from minigen import cli, data, optim
 from minigen.models import flows as F
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    with threadpool_limits(1):
-        yield
 
 
 # --- every bijector: inverse and log-determinant ------------------------------------------------------------
