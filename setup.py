@@ -6,7 +6,7 @@ setup(
     description="A small reverse-mode autodiff engine with hand-written kernels and classic deep generative models",
     python_requires=">=3.10",
     packages=find_packages(include=["minigen", "minigen.*", "kernels", "kernels.*"]),
-    package_data={"kernels": ["cuda/*.cu"]},
+    package_data={"kernels": ["cuda/*.cu"], "minigen": ["assets/*.npz"]},
     install_requires=["numpy>=2.0", "scipy>=1.11", "numba>=0.60", "tqdm>=4.60", "Pillow>=9.0"],
     extras_require={
         # the CUDA compile checks (NVRTC, NVVM for numba.cuda) run without a GPU, so the tests install them
