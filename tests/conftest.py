@@ -15,11 +15,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _one_blas_thread():
-    """One BLAS thread for the whole suite: the test matrices are small, and on 2 cores BLAS's threads and
-    Numba's parallel regions only oversubscribe each other (a 512x64 @ 64x64 product measured 7 ms with
-    threads against well under 1 ms without). Timing never decides a test; this only keeps the suite short."""
-    with threadpool_limits(1, user_api="blas"):
+def _one_thread():
+    """One thread for BLAS, OpenMP and Numba's parallel loops in the whole suite: the test arrays are small,
+    and on 2 cores their thread pools only oversubscribe each other (a 512x64 @ 64x64 product measured 7 ms
+    with threads against well under 1 ms without). Timing never decides a test; this keeps the suite short."""
+    import numba
+    numba.set_num_threads(1)
+    with threadpool_limits(1):
         yield
 
 
