@@ -279,12 +279,16 @@ class Function:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _topological_order(roots: list[Function]) -> list[Function]:
+def _topological_order(roots: list[Function], floor: int = -1) -> list[Function]:
     """Functions reachable from `roots`, each after every function that consumes its outputs.
 
     A function is always created after the functions that made its inputs, so sorting by creation number,
-    newest first, is a topological order: no depth-first search, no recursion limit.
+    newest first, is a topological order: no depth-first search, no recursion limit. Functions numbered
+    below `floor` are not walked: grad() sets it to the oldest target's creator, since nothing made
+    before a target can lie between it and the outputs (a CNF's vector-Jacobian product at one solver
+    step never walks the solve before it).
     """
+    roots = [f for f in roots if f.number >= floor]
     seen, stack = set(roots), list(roots)
     while stack:
         f = stack.pop()
@@ -295,7 +299,7 @@ def _topological_order(roots: list[Function]) -> list[Function]:
                 "or grad() if you need to go through it again.")
         for x in f.inputs:
             c = x.creator
-            if c is not None and c not in seen:
+            if c is not None and c not in seen and c.number >= floor:
                 seen.add(c)
                 stack.append(c)
     return sorted(seen, key=_creation_number, reverse=True)
@@ -338,7 +342,9 @@ def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, all
         _accumulate(pending, leaf_grads, out, g)
 
     targets = None if inputs is None else {id(x): x for x in inputs}
-    order = _topological_order([out.creator for out in outputs if out.creator is not None])
+    floor = -1 if inputs is None or any(x.creator is None for x in inputs) else \
+        min(x.creator.number for x in inputs)
+    order = _topological_order([out.creator for out in outputs if out.creator is not None], floor)
     needed = _functions_leading_to(order, targets) if targets is not None else None
     found: dict[int, Tensor] = {}           # grad(): gradients of non-leaf targets
     done = []

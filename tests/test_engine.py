@@ -237,3 +237,26 @@ def test_training_memory_stays_flat():
         last = step()
     assert _live_graph_objects() == count
     assert last < first
+
+
+def test_grad_with_respect_to_an_intermediate_never_walks_the_graph_before_it():
+    calls = []
+
+    class Spy(mg.Function):
+        def forward(self, a):
+            return a * 1.0
+
+        def backward(self, g):
+            calls.append(1)
+            return g
+
+    x = f64([1.0, 2.0])
+    h = Spy()(x) * 3                 # made before the target: must not be visited by grad(y, [z])
+    z = h * 2
+    y = (z * z).sum()
+    gz, = mg.grad(y, [z], retain_graph=True)
+    np.testing.assert_allclose(gz.data, 2 * z.data)
+    assert calls == []
+    gx, = mg.grad(y, [x])            # a leaf target: everything is walked
+    np.testing.assert_allclose(gx.data, 72 * x.data)
+    assert calls == [1]
