@@ -11,6 +11,8 @@ Strategies draw NumPy arrays (float64 unless asked); wrap them with `minigen.ten
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -91,3 +93,34 @@ def matrices(draw, n: int | st.SearchStrategy | None = None, batch_shape=(), sin
     flip = np.where((sign < 0) != negative_det, -1.0, 1.0)   # negating one row flips the sign of det
     a[..., 0, :] *= flip[..., None]
     return a.astype(dtype)
+
+
+@contextlib.contextmanager
+def swapped_parameters(module, tensors):
+    """Inside, `module`'s parameters (in `named_parameters()` order) are `tensors`; afterwards the originals
+    are back. For checking a model's gradients in its parameters, since gradcheck calls its function with
+    shifted copies of the inputs:
+
+        params = list(model.parameters())
+        def loss(*ps):
+            with swapped_parameters(model, ps):
+                return model(x).sum()
+        minigen.gradcheck(loss, params)
+    """
+    slots = []
+    for name, _ in module.named_parameters():
+        *path, leaf = name.split(".")
+        owner = module
+        for part in path:
+            owner = owner._modules[part]
+        slots.append((owner, leaf))
+    if len(slots) != len(tensors):
+        raise ValueError(f"the module has {len(slots)} parameters, {len(tensors)} tensors given")
+    originals = [owner._parameters[leaf] for owner, leaf in slots]
+    for (owner, leaf), t in zip(slots, tensors):
+        owner._parameters[leaf] = t
+    try:
+        yield
+    finally:
+        for (owner, leaf), p in zip(slots, originals):
+            owner._parameters[leaf] = p

@@ -6,19 +6,12 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
-from threadpoolctl import threadpool_limits
 
 import minigen as mg
+from minigen.testing import swapped_parameters
 from minigen.cli import main
 from minigen.models import cnf, recipe_class
 from minigen.train import fit
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """The matrices here are small: a multi-threaded BLAS only fights the other processes for the cores."""
-    with threadpool_limits(1):
-        yield
 
 
 # --- solvers ---------------------------------------------------------------------------------------------
@@ -132,36 +125,20 @@ def test_otflow_loss_has_its_regularizers_and_decreases():
 # --- gradients through the solver ------------------------------------------------------------------------
 
 
-def _swap_parameters(module, names, tensors):
-    """Put `tensors` in place of the named parameters (gradcheck hands in shifted copies); returns the old."""
-    old = []
-    for name, t in zip(names, tensors):
-        *path, leaf = name.split(".")
-        owner = module
-        for part in path:
-            owner = owner._modules[part]
-        old.append(owner._parameters[leaf])
-        owner._parameters[leaf] = t
-    return old
-
-
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])
 def test_gradcheck_log_density_through_rk4(trace):
     """d log p(x) / d parameters through a 3-step RK4 solve (discretize-then-optimize), float64; the
     Hutchinson probe is redrawn from the same seed at every evaluation so that the function is fixed."""
     model = cnf.FFJORD(2, hidden=6, layers=3, trace=trace).to(np.float64)
-    names, params = zip(*model.named_parameters())
+    params = list(model.parameters())
     x = mg.tensor(np.random.default_rng(5).standard_normal((3, 2)))
 
     def log_p(*tensors):
-        old = _swap_parameters(model, names, tensors)
-        try:
+        with swapped_parameters(model, tensors):
             mg.manual_seed(7)
             return model.log_prob(x, method="rk4", steps=3)[0]
-        finally:
-            _swap_parameters(model, names, old)
 
-    assert mg.gradcheck(log_p, list(params), n_directions=5)
+    assert mg.gradcheck(log_p, params, n_directions=5)
 
 
 # --- density estimation: test NLL against the entropy of the generating distribution ----------------------

@@ -73,9 +73,8 @@ def test_grad_of_intermediate_tensors_and_allow_unused():
         mg.grad((x * 2).sum(), [x, unused])
 
 
-def test_grad_leaves_dot_grad_alone_and_only_walks_what_it_needs():
-    calls = []
-
+def _spy(calls: list):
+    """An identity Function that records each call of its backward in `calls`."""
     class Spy(mg.Function):
         def forward(self, a):
             return a * 1.0
@@ -83,6 +82,12 @@ def test_grad_leaves_dot_grad_alone_and_only_walks_what_it_needs():
         def backward(self, g):
             calls.append(1)
             return g
+    return Spy
+
+
+def test_grad_leaves_dot_grad_alone_and_only_walks_what_it_needs():
+    calls = []
+    Spy = _spy(calls)
 
     w, x = f64([2.0]), f64([3.0])
     y = (Spy()(w) * x).sum()
@@ -241,14 +246,7 @@ def test_training_memory_stays_flat():
 
 def test_grad_with_respect_to_an_intermediate_never_walks_the_graph_before_it():
     calls = []
-
-    class Spy(mg.Function):
-        def forward(self, a):
-            return a * 1.0
-
-        def backward(self, g):
-            calls.append(1)
-            return g
+    Spy = _spy(calls)
 
     x = f64([1.0, 2.0])
     h = Spy()(x) * 3                 # made before the target: must not be visited by grad(y, [z])

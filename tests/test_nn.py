@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minigen as mg
+from minigen.testing import swapped_parameters
 import minigen.nn as nn
 from minigen.nn import init
 
@@ -401,33 +402,17 @@ def test_dropout():
 # --- gradient checks through every layer ------------------------------------------------------------------------
 
 
-def _swap_parameters(module, names, tensors):
-    """Put `tensors` in place of the named parameters (gradcheck hands in shifted copies); returns the old ones."""
-    old = []
-    for name, t in zip(names, tensors):
-        *path, leaf = name.split(".")
-        owner = module
-        for part in path:
-            owner = owner._modules[part]
-        old.append(owner._parameters[leaf])
-        owner._parameters[leaf] = t
-    return old
-
-
 def check_layer_gradients(layer, *inputs):
     """gradcheck (float64) of the layer's outputs with respect to its floating inputs and all its parameters."""
     layer.to(np.float64)
-    names, params = zip(*layer.named_parameters()) if list(layer.parameters()) else ((), ())
+    params = list(layer.parameters())
     xs = [mg.Tensor(a, requires_grad=a.dtype.kind == "f") for a in inputs]
 
     def fn(*tensors):
-        old = _swap_parameters(layer, names, tensors[len(xs):])
-        try:
+        with swapped_parameters(layer, tensors[len(xs):]):
             return tuple(_flat(layer(*tensors[:len(xs)])))
-        finally:
-            _swap_parameters(layer, names, old)
 
-    assert mg.gradcheck(fn, xs + list(params))
+    assert mg.gradcheck(fn, xs + params)
 
 
 GRADCHECK_LAYERS = {name: (make, shapes) for name, (make, _, shapes) in LAYERS.items()

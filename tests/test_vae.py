@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import minigen as mg
+from minigen.testing import swapped_parameters
 from minigen import data, optim, train
 from minigen.models.gaussian import Gaussian
 from minigen.models.vae import (VAE, CVAERecipe, HVAERecipe, VAERecipe, log_normal, reparameterize,
@@ -155,19 +156,6 @@ def test_linear_gaussian_vae_reaches_probabilistic_pca():
 # --- gradients ------------------------------------------------------------------------------------------------
 
 
-def _swap_parameters(module, names, tensors):
-    """Put `tensors` in place of the named parameters (gradcheck hands in shifted copies); returns the old ones."""
-    old = []
-    for name, t in zip(names, tensors):
-        *path, leaf = name.split(".")
-        owner = module
-        for part in path:
-            owner = owner._modules[part]
-        old.append(owner._parameters[leaf])
-        owner._parameters[leaf] = t
-    return old
-
-
 @pytest.mark.parametrize("arch, likelihood", [("mlp", "gaussian"), ("conv", "bernoulli")])
 def test_gradcheck_bounds_wrt_parameters(arch, likelihood):
     """float64 gradcheck of the ELBO (2 samples) and IWAE_3 of a tiny conditional 2-layer model, the noise
@@ -175,19 +163,16 @@ def test_gradcheck_bounds_wrt_parameters(arch, likelihood):
     mg.manual_seed(0)
     model = VAE((1, 4, 4), latent=2, layers=2, arch=arch, hidden=(3,), likelihood=likelihood, classes=3,
                 prior_hidden=4).to(np.float64)
-    names, params = zip(*model.named_parameters())
+    params = list(model.parameters())
     x = mg.tensor(np.random.default_rng(0).random((2, 1, 4, 4)).round(), dtype=np.float64)
     y = np.array([0, 2])
 
     def bounds(*tensors):
-        old = _swap_parameters(model, names, tensors)
-        try:
+        with swapped_parameters(model, tensors):
             mg.manual_seed(1)
             return model.elbo(x, y, samples=2), model.iwae(x, y, k=3)
-        finally:
-            _swap_parameters(model, names, old)
 
-    assert mg.gradcheck(bounds, list(params))
+    assert mg.gradcheck(bounds, params)
 
 
 # --- recipes, pictures, the command ------------------------------------------------------------------------
