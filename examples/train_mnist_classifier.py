@@ -2,7 +2,7 @@
 Inception-Score analogue, see `minigen.metrics`), on the CPU with minigen, and save its weights to
 `minigen/assets/mnist_classifier.npz` (plain arrays, loaded with allow_pickle=False).
 
-    MINIGEN_DATA=/work/shared/data python examples/train_mnist_classifier.py --epochs 4
+    MINIGEN_DATA=../shared/data python examples/train_mnist_classifier.py      # 8 epochs: 99.05%, 4.5 min
 
 Seeded: Adam (lr 1e-3, cosine-annealed to 0), batch 128, cross-entropy; prints the test accuracy per epoch.
 """
@@ -29,7 +29,7 @@ def accuracy(model: MNISTClassifier, x: np.ndarray, y: np.ndarray, batch_size: i
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
     p.add_argument("--out", default=str(CLASSIFIER_WEIGHTS))

@@ -73,8 +73,8 @@ def _mnist():
 def test_classifier_reaches_its_stated_test_accuracy():
     _, (test_x, test_y) = _mnist()
     _, probs = classifier_outputs(test_x / np.float32(255), load_classifier())
-    # the committed weights (4 epochs on a busy CPU) reach 98.62%; the target of 99% needs more epochs
-    assert (probs.argmax(axis=1) == test_y).mean() >= 0.986
+    # the committed weights (8 epochs, seed 0) reach 99.05%
+    assert (probs.argmax(axis=1) == test_y).mean() >= 0.99
 
 
 def test_fcd_of_the_test_set_against_the_training_set_is_far_below_noise_and_a_repeated_image():
