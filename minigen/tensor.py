@@ -522,23 +522,27 @@ def _scalar_dtype(dtype: np.dtype, kind: type) -> np.dtype:
     return np.result_type(dtype, kind(0))
 
 
-def _creation(fill):
+def _creation(name: str, fill, what: str):
     """Make a public constructor (zeros, ones, ...) from an array-module function."""
-    @functools.wraps(fill)
     def make(*shape, dtype=None, requires_grad: bool = False, device: str | None = None):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         xp = backend.array_module(device or "cpu")
         data = fill(xp, shape, np.dtype(dtype or backend.get_default_dtype()))
         return Tensor(data, requires_grad=requires_grad)
+    make.__name__ = make.__qualname__ = name
+    make.__doc__ = (f"{name}(*shape, dtype=None, requires_grad=False, device=None): a tensor of {what} "
+                    "(the default float dtype unless `dtype`); shape as ints or one tuple.")
     return make
 
 
-zeros = _creation(lambda xp, shape, dtype: xp.zeros(shape, dtype))
-ones = _creation(lambda xp, shape, dtype: xp.ones(shape, dtype))
-empty = _creation(lambda xp, shape, dtype: xp.empty(shape, dtype))
-randn = _creation(lambda xp, shape, dtype: backend.generator(_dev(xp)).standard_normal(shape).astype(dtype))
-rand = _creation(lambda xp, shape, dtype: backend.generator(_dev(xp)).random(shape).astype(dtype))
+zeros = _creation("zeros", lambda xp, shape, dtype: xp.zeros(shape, dtype), "zeros")
+ones = _creation("ones", lambda xp, shape, dtype: xp.ones(shape, dtype), "ones")
+empty = _creation("empty", lambda xp, shape, dtype: xp.empty(shape, dtype), "uninitialized values")
+randn = _creation("randn", lambda xp, shape, dtype: backend.generator(_dev(xp)).standard_normal(shape).astype(dtype),
+                  "standard normal draws from minigen's generator")
+rand = _creation("rand", lambda xp, shape, dtype: backend.generator(_dev(xp)).random(shape).astype(dtype),
+                 "uniform [0, 1) draws from minigen's generator")
 
 
 def _dev(xp) -> str:

@@ -80,7 +80,7 @@ class AERecipe(Recipe):
     def step(self, batch) -> dict:
         x = batch[0].reshape(len(batch[0]), -1)
         self.model.train()
-        loss, x_hat = self.loss(x)
+        loss, _ = self.loss(x)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -107,9 +107,3 @@ class AERecipe(Recipe):
             out = self.model.decoder(z)
             x = sigmoid(out) if self.binary_loss else out
         return x.numpy().reshape((n,) + self.data_shape)
-
-    def reconstruct(self, x: np.ndarray) -> np.ndarray:
-        """x_hat for a batch of examples (same shape as x)."""
-        with no_grad():
-            _, x_hat = self.loss(Tensor(np.asarray(x, np.float32).reshape(len(x), -1)))
-        return x_hat.numpy().reshape(np.shape(x))

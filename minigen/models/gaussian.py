@@ -90,7 +90,7 @@ class GaussianRecipe(Recipe):
         return {"examples": float(self.model.count.data)}
 
     def evaluate(self, loader) -> dict:
-        log_p = np.concatenate([self.model.log_prob(_flat(b[0])) for b in loader])
+        log_p = self.model.log_prob(np.concatenate([_flat(b[0]) for b in loader]))   # one eigh, not one a batch
         return {"log_likelihood": float(log_p.mean()),
                 "bits_per_dim": float(-log_p.mean() / (self.model.dim * math.log(2)))}
 
