@@ -180,6 +180,48 @@ def test_softmax_and_backward_pieces(shape, data, dtype, mod):
     assert {a.dtype for a in (y, ly, gx, lgx)} == {np.dtype(dtype)}
 
 
+@FEW
+@given(st.integers(0, 2), st.sampled_from(DTYPES), st.booleans(), st.integers(0, 2**32 - 1))
+def test_cpu_softmax_kernel_on_arrays_large_enough_for_numba(axis, dtype, log, seed):
+    """Arrays over _PARALLEL_MIN_SIZE run the Numba row kernels (smaller ones take reference's formulas),
+    including rows of +-1e4, -inf, all -inf and NaN."""
+    rng = np.random.default_rng(seed)
+    shape = [4, 5, 6]
+    shape[axis] = kernels.cpu._PARALLEL_MIN_SIZE // 30 + 7
+    x = (rng.standard_normal(shape) * 5).astype(dtype)
+    gy = rng.standard_normal(shape).astype(dtype)
+    rows = np.moveaxis(x, axis, -1)  # a view: writing rows writes x
+    rows[0, 0, ::3], rows[0, 1, :] = -1e4, -np.inf
+    rows[1, 0, 1], rows[1, 1, ::2], rows[1, 2, 0] = 1e4, -np.inf, np.nan
+    forward, backward = ((kernels.cpu.log_softmax, kernels.cpu.log_softmax_backward) if log
+                         else (kernels.cpu.softmax, kernels.cpu.softmax_backward))
+    ref_forward, ref_backward = ((reference.log_softmax, reference.log_softmax_backward) if log
+                                 else (reference.softmax, reference.softmax_backward))
+    with np.errstate(invalid="ignore"):
+        y, want = forward(x, axis), ref_forward(x.astype(np.float64), axis)
+        gx, want_gx = backward(y, gy, axis), ref_backward(want, gy.astype(np.float64), axis)
+    assert y.dtype == gx.dtype == dtype
+    nan_rows = np.isnan(np.moveaxis(want, axis, -1)).all(-1)
+    assert nan_rows[0, 1] and nan_rows[1, 2] and nan_rows.sum() == 2
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_allclose(y, want, **TOL[dtype])
+    np.testing.assert_allclose(gx, want_gx, **TOL[dtype])
+
+
+def test_float32_exp_of_the_softmax_kernel_is_accurate():
+    """cpu._exp, exp written out in float32 arithmetic so that it vectorizes: within 2 ulp of exp on
+    y <= 0, flushed to 0 below 2^-126, exp(-inf) = 0 and NaN stays NaN."""
+    import numba
+    exp = numba.njit(lambda y: np.array([kernels.cpu._exp(v) for v in y], dtype=np.float32))
+    y = np.concatenate([-np.logspace(-8, np.log10(87.3), 200_001), [0, -88, -1e4, -np.inf, np.nan]])
+    got = exp(y.astype(np.float32))
+    want = np.exp(y.astype(np.float32).astype(np.float64))
+    normal = want >= np.finfo(np.float32).tiny
+    ulp = np.spacing(want[normal].astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got[normal] - want[normal]) / ulp) <= 2
+    assert got[-5] == 1 and (got[-4:-1] == 0).all() and np.isnan(got[-1])
+
+
 def test_softmax_backward_is_the_jacobian_product():
     """softmax_backward(y, gy) = J^T gy with J = diag(y) - y y^T, checked by central differences."""
     rng = np.random.default_rng(5)
@@ -268,7 +310,7 @@ def restore_backend():
 def test_dispatch_follows_set_backend(restore_backend, monkeypatch):
     calls = []
     monkeypatch.setattr(reference, "softmax", lambda x, axis=-1: calls.append("reference") or x)
-    x = np.zeros((2, 3))
+    x = np.zeros((64, 1024))  # large enough that the cpu backend runs its own kernel, not reference's
     kernels.set_backend("reference")
     assert kernels.get_backend() == "reference"
     kernels.softmax(x)
