@@ -124,6 +124,7 @@ _COMPILE_PROBE = """
 import json, time, numpy as np
 import kernels.cpu as cpu
 calls = {
+    "_softmax_rows (softmax, float32)": lambda: cpu.softmax(np.ones((256, 128), np.float32)),
     "_softmax_backward_rows (softmax_backward, float32)":
         lambda: cpu.softmax_backward(np.ones((256, 128), np.float32) / 128, np.ones((256, 128), np.float32)),
     "_slogdet_batch (slogdet, float32)": lambda: cpu.slogdet(np.tile(np.eye(8, dtype=np.float32), (64, 1, 1))),
