@@ -117,3 +117,26 @@ def write_results(name: str, rows: list[dict], meta: dict, extra_tables: dict | 
     with open(md_path, "w") as f:
         f.write("\n".join(parts) + "\n")
     return json_path, md_path
+
+
+def train_for(recipe, loader, steps: float, minutes: float) -> tuple[int, dict]:
+    """Run `recipe.step` on batches from `loader` (epoch after epoch) for `steps` updates, or stop after the
+    update that takes this process's CPU time past `minutes`; returns (updates done, last step's metrics)."""
+    start = time.process_time()
+    step, batches = 0, iter(())
+    while True:
+        batch = next(batches, None)
+        if batch is None:
+            batches = iter(loader)
+            continue
+        metrics = recipe.step(batch)
+        step += 1
+        if step >= steps or time.process_time() - start >= 60 * minutes:
+            return step, metrics
+
+
+def timed(f, *args):
+    """(f(*args), process CPU seconds, wall seconds)."""
+    cpu, wall = time.process_time(), time.time()
+    out = f(*args)
+    return out, time.process_time() - cpu, time.time() - wall

@@ -1,0 +1,63 @@
+"""RealNVP, Glow and MAF on MNIST for a budget of CPU minutes, scored by test bits/dim.
+
+    MINIGEN_DATA=/work/shared/data python -m benchmarks.flows_mnist realnvp --minutes 10 --test-images 2000
+
+The models are the `minigen train realnvp|glow|maf --dataset mnist` recipes with their default options:
+pixels dequantized uniformly on 256 levels, then the logit transform, both log-Jacobians counted, so that
+bits/dim = (-log p(y) + D log 256) / (D log 2) bounds the discrete NLL (one dequantization draw per test
+image). Published anchors (full training on GPUs): RealNVP 1.06, Glow 1.05, FFJORD 0.99 bits/dim.
+Appends a row to benchmarks/results/flows_mnist.jsonl and writes sample grids at temperatures 0.7 and 1.0
+to benchmarks/results/flows/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import minigen as mg
+from minigen import data
+from minigen.models import recipe_class
+from minigen.train import save_samples
+
+from .harness import timed, train_for
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.flows_mnist", description=__doc__.split("\n\n")[0])
+    p.add_argument("family", choices=["realnvp", "glow", "maf"])
+    p.add_argument("--minutes", type=float, default=10, help="training budget in process CPU minutes")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--test-images", type=int, default=10000)
+    args = p.parse_args(argv)
+    mg.manual_seed(0)
+    train_x, test_x = (data.load_mnist(split)[0][:, None] / np.float32(255) for split in ("train", "test"))
+    recipe = recipe_class(args.family)(train_x.shape[1:])
+    loader = data.DataLoader(train_x, batch_size=args.batch_size, seed=0)
+    (steps, last), train_cpu, train_wall = timed(train_for, recipe, loader, math.inf, args.minutes)
+    test_loader = data.DataLoader(test_x[:args.test_images], batch_size=250, shuffle=False)
+    metrics, eval_cpu, eval_wall = timed(recipe.evaluate, test_loader)
+    command = "MINIGEN_DATA=/work/shared/data python -m benchmarks.flows_mnist " + " ".join(argv or sys.argv[1:])
+    row = {"command": command, "family": args.family, "epochs": round(steps / len(loader), 2), "steps": steps,
+           "batch_size": args.batch_size, "last_train_nll": last["nll"], "test_images": args.test_images,
+           "test_nll": metrics["nll"], "test_bits_per_dim": metrics["bits_per_dim"],
+           "train_cpu_s": round(train_cpu), "train_wall_s": round(train_wall), "eval_cpu_s": round(eval_cpu),
+           "eval_wall_s": round(eval_wall), "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
+    print(json.dumps(row, indent=1))
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / "flows_mnist.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    for temperature in (0.7, 1.0):
+        recipe.temperature = temperature
+        save_samples(recipe.sample(64), RESULTS / "flows" / f"{args.family}_mnist_T{temperature}.png")
+
+
+if __name__ == "__main__":
+    main()
