@@ -213,8 +213,8 @@ def test_tensor_basics():
 
 
 def _live_graph_objects():
-    gc.collect()
-    return sum(isinstance(o, (mg.Tensor, mg.Function)) for o in gc.get_objects())
+    gc.collect()  # type(o), not isinstance: isinstance on a dead weakref.proxy (Numba leaves some) raises
+    return sum(issubclass(type(o), (mg.Tensor, mg.Function)) for o in gc.get_objects())
 
 
 def test_training_memory_stays_flat():
