@@ -190,12 +190,7 @@ STEPS = {"moons": 1000, "8gaussians": 3000, "checkerboard": 4000}
 
 
 # Targets not reached yet (issue 5 stays open): measured in the long job, `pytest -m slow`, at these budgets.
-MISSED = {("checkerboard", "glow"): "test NLL 3.618 against entropy 3.466 + 0.15 after 4000 steps",
-          ("radial", "u1"): "E_q[log q + U] -1.777 against -log Z -1.878 + 0.1",
-          ("planar", "u4"): "the loss became NaN during training",
-          ("radial", "u2"): "E_q[log q + U] -1.213 against -log Z -2.082 + 0.1",
-          ("radial", "u3"): "E_q[log q + U] -2.328 against -log Z -2.642 + 0.1",
-          ("radial", "u4"): "E_q[log q + U] -2.147 against -log Z -2.711 + 0.1"}
+MISSED = {("checkerboard", "glow"): "test NLL 3.618 against entropy 3.466 + 0.15 after 4000 steps"}
 
 
 def _xfail_if_missed(request, *key):
@@ -217,21 +212,42 @@ def test_density_estimation_reaches_the_entropy(name, model, request):
 # --- reverse KL against -log Z ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind,target,steps", [
-    ("planar", "u1", 1500), pytest.param("planar", "u2", 4000, marks=pytest.mark.slow),
-    pytest.param("radial", "u1", 4000, marks=pytest.mark.slow),
-    pytest.param("planar", "u3", 4000, marks=pytest.mark.slow),
-    pytest.param("planar", "u4", 4000, marks=pytest.mark.slow),
-    pytest.param("radial", "u2", 4000, marks=pytest.mark.slow),
-    pytest.param("radial", "u3", 4000, marks=pytest.mark.slow),
-    pytest.param("radial", "u4", 4000, marks=pytest.mark.slow)])
-def test_reverse_kl_reaches_minus_log_z(kind, target, steps, request):
-    """E_q[log q + U] = KL(q || p) - log Z >= -log Z, log Z by quadrature on the strip |z1| <= 4 (U2-U4;
-    see minigen.data.toy); the flow ends in `StripSquash` for those, so q lives on the same support."""
+def test_minus_log_z_floors():
+    """The floors by quadrature against closed forms: on the strip |z1| <= 4, U2-U4 are Gaussian in z2 about
+    curves, so Z = 8 sqrt(2 pi) (sum of their widths); U1's mass outside the box is below float precision."""
+    closed = {"u2": 8 * 0.4, "u3": 8 * 2 * 0.35, "u4": 8 * (0.4 + 0.35)}
+    for target, width in closed.items():
+        assert abs(data.energy_log_partition(data.ENERGIES[target]) - math.log(math.sqrt(2 * math.pi) * width)) < 1e-6
+    step = 0.02
+    c = np.arange(-8 + step / 2, 8, step)
+    with mg.no_grad():
+        neg_u = -data.u1(mg.tensor(np.stack(np.meshgrid(c, c), -1).reshape(-1, 2))).numpy()
+    log_z_plane = np.log(np.exp(neg_u).sum()) + 2 * math.log(step)          # [-8, 8]^2, the midpoint rule
+    assert abs(data.energy_log_partition(data.u1) - log_z_plane) < 1e-6
+
+
+# Radial layers are local: they need more of them, a wider batch (free here: the cost is per operation) and
+# a larger step size than planar layers.
+ENERGY_BATCH, ENERGY_LR = {"planar": 256, "radial": 1024}, {"planar": 1e-2, "radial": 2e-2}
+
+
+@pytest.mark.parametrize("kind,target,length,steps", [
+    ("planar", "u1", 16, 1500), pytest.param("planar", "u2", 32, 4000, marks=pytest.mark.slow),
+    pytest.param("planar", "u3", 32, 4000, marks=pytest.mark.slow),
+    pytest.param("planar", "u4", 32, 4000, marks=pytest.mark.slow),
+    pytest.param("radial", "u1", 32, 2000, marks=pytest.mark.slow),
+    pytest.param("radial", "u2", 32, 2000, marks=pytest.mark.slow),
+    pytest.param("radial", "u3", 64, 2000, marks=pytest.mark.slow),
+    pytest.param("radial", "u4", 64, 2000, marks=pytest.mark.slow)])
+def test_reverse_kl_reaches_minus_log_z(kind, target, length, steps, request):
+    """E_q[log q + U] = KL(q || p) - log Z >= -log Z. Support: U2-U4 are periodic in z1 and do not decay, so
+    their target is exp(-U) restricted to the strip |z1| <= 4 (z2 free; see minigen.data.toy), and the
+    flow ends in `StripSquash`, so q lives on the same strip; U1 is integrable and q on the plane. log Z is
+    the quadrature over that strip. The loss is evaluated on 10^5 samples (standard error ~ 0.002)."""
     _xfail_if_missed(request, kind, target)
     anneal_steps = 1 if target == "u2" else steps // 2         # U2 is unimodal: no annealing needed
     recipe = {"planar": F.PlanarRecipe, "radial": F.RadialRecipe}[kind](
-        (2,), target=target, length=32 if steps > 2000 else 16, lr=1e-2, anneal_steps=anneal_steps)
+        (2,), target=target, length=length, lr=ENERGY_LR[kind], batch=ENERGY_BATCH[kind], anneal_steps=anneal_steps)
     schedule = optim.CosineAnnealingLR(recipe.optimizer, steps)
     for _ in range(steps):
         recipe.step(None)
