@@ -36,17 +36,20 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, default=10, help="training budget in process CPU minutes")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--test-images", type=int, default=10000)
+    p.add_argument("--hidden", type=int, help="hidden units / channels of the networks (default: the recipe's)")
     args = p.parse_args(argv)
     mg.manual_seed(0)
     train_x, test_x = (data.load_mnist(split)[0][:, None] / np.float32(255) for split in ("train", "test"))
-    recipe = recipe_class(args.family)(train_x.shape[1:])
+    options = {} if args.hidden is None else {"hidden": args.hidden}
+    recipe = recipe_class(args.family)(train_x.shape[1:], **options)
     loader = data.DataLoader(train_x, batch_size=args.batch_size, seed=0)
     (steps, last), train_cpu, train_wall = timed(train_for, recipe, loader, math.inf, args.minutes)
     test_loader = data.DataLoader(test_x[:args.test_images], batch_size=250, shuffle=False)
     metrics, eval_cpu, eval_wall = timed(recipe.evaluate, test_loader)
     command = "MINIGEN_DATA=/work/shared/data python -m benchmarks.flows_mnist " + " ".join(argv or sys.argv[1:])
-    row = {"command": command, "family": args.family, "epochs": round(steps / len(loader), 2), "steps": steps,
-           "batch_size": args.batch_size, "last_train_nll": last["nll"], "test_images": args.test_images,
+    row = {"command": command, "family": args.family, **options, "epochs": round(steps / len(loader), 2),
+           "steps": steps, "batch_size": args.batch_size, "last_train_nll": last["nll"],
+           "test_images": args.test_images,
            "test_nll": metrics["nll"], "test_bits_per_dim": metrics["bits_per_dim"],
            "train_cpu_s": round(train_cpu), "train_wall_s": round(train_wall), "eval_cpu_s": round(eval_cpu),
            "eval_wall_s": round(eval_wall), "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
@@ -56,7 +59,8 @@ def main(argv=None) -> None:
         f.write(json.dumps(row) + "\n")
     for temperature in (0.7, 1.0):
         recipe.temperature = temperature
-        save_samples(recipe.sample(64), RESULTS / "flows" / f"{args.family}_mnist_T{temperature}.png")
+        name = f"{args.family}{args.hidden or ''}_mnist_T{temperature}.png"
+        save_samples(recipe.sample(64), RESULTS / "flows" / name)
 
 
 if __name__ == "__main__":
