@@ -42,8 +42,9 @@ def _perturbed(bijector, rng, scale=0.3):
 
 def _vector_bijectors(d):
     return {
-        "planar": F.Planar(d), "radial": F.Radial(d), "scaling": F.Scaling((d,)), "actnorm": F.ActNorm(d),
-        "linear": F.Invertible1x1Conv(d), "linear_lu": F.Invertible1x1Conv(d, lu=True), "reverse": F.Reverse(),
+        "planar": F.Planar(d), "radial": F.Radial(d), "scaling": F.Scaling((d,)),
+        "scaling_shift": F.Scaling((d,), shift=True), "actnorm": F.ActNorm(d), "linear": F.Invertible1x1Conv(d),
+        "linear_lu": F.Invertible1x1Conv(d, lu=True), "reverse": F.Reverse(),
         "additive": F.AdditiveCoupling(F.checkerboard_mask((d,), 0), F.mlp_net(d, 8)),
         "affine": F.AffineCoupling(F.checkerboard_mask((d,), 1), F.mlp_net(d, 8)),
         "maf": F.MAF(d, 8), "iaf": F.IAF(d, 8), "realnvp_2d": F.realnvp_2d(8, 3), "glow_2d": F.glow_2d(8, 2),
@@ -190,6 +191,9 @@ STEPS = {"moons": 1000, "8gaussians": 3000, "checkerboard": 4000}
 
 
 # Targets not reached yet (issue 5 stays open): measured in the long job, `pytest -m slow`, at these budgets.
+# Glow on checkerboard: 3.618 at lr 2e-3 (the test's); across learning rates 1e-3..1e-2 and seeds the gap
+# spreads from 0.13 to 0.31 (lr 5e-3: 0.129, 0.202, 0.198 for seeds 0-2; 6000 steps or a batch of 1024 no
+# better): affine couplings leave bridges between diagonal squares.
 MISSED = {("checkerboard", "glow"): "test NLL 3.618 against entropy 3.466 + 0.15 after 4000 steps"}
 
 
