@@ -64,9 +64,13 @@ def _join_arrays(obj, arrays):
 
 def _atomic_write(path: Path, write) -> None:
     """Write a file through `write(file_object)` into a temporary file beside `path`, then rename it over
-    `path`: readers see the old file or the new one, never half of one."""
+    `path`: readers see the old file or the new one, never half of one. The file gets the permissions
+    `open` would give it (mkstemp makes it private to its owner)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -66,6 +66,18 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through a private temporary file; the result must not stay private (0600)."""
+    umask = os.umask(0o022)
+    try:
+        train.save_checkpoint(tmp_path, {"step": 1, "w": np.zeros(2)})
+        train.save_samples(np.zeros((4, 1, 8, 8), np.float32), tmp_path / "samples.png")
+    finally:
+        os.umask(umask)
+    for name in ("ckpt-00000001.npz", "latest.json", "samples.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
 class _Exploding(train.Recipe):
     name = "exploding"
 
