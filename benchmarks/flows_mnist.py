@@ -1,8 +1,8 @@
-"""RealNVP, Glow and MAF on MNIST for a budget of CPU minutes, scored by test bits/dim.
+"""RealNVP, Glow, MAF and FFJORD on MNIST for a budget of CPU minutes, scored by test bits/dim.
 
     MINIGEN_DATA=/work/shared/data python -m benchmarks.flows_mnist realnvp --minutes 10 --test-images 2000
 
-The models are the `minigen train realnvp|glow|maf --dataset mnist` recipes with their default options:
+The models are the `minigen train realnvp|glow|maf|ffjord --dataset mnist` recipes with their default options:
 pixels dequantized uniformly on 256 levels, then the logit transform, both log-Jacobians counted, so that
 bits/dim = (-log p(y) + D log 256) / (D log 2) bounds the discrete NLL (one dequantization draw per test
 image). Published anchors (full training on GPUs): RealNVP 1.06, Glow 1.05, FFJORD 0.99 bits/dim.
@@ -32,15 +32,16 @@ RESULTS = Path(__file__).parent / "results"
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.flows_mnist", description=__doc__.split("\n\n")[0])
-    p.add_argument("family", choices=["realnvp", "glow", "maf"])
+    p.add_argument("family", choices=["realnvp", "glow", "maf", "ffjord"])
     p.add_argument("--minutes", type=float, default=10, help="training budget in process CPU minutes")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--test-images", type=int, default=10000)
     p.add_argument("--hidden", type=int, help="hidden units / channels of the networks (default: the recipe's)")
+    p.add_argument("--lr", type=float, help="Adam's learning rate (default: the recipe's)")
     args = p.parse_args(argv)
     mg.manual_seed(0)
     train_x, test_x = (data.load_mnist(split)[0][:, None] / np.float32(255) for split in ("train", "test"))
-    options = {} if args.hidden is None else {"hidden": args.hidden}
+    options = {k: v for k, v in (("hidden", args.hidden), ("lr", args.lr)) if v is not None}
     recipe = recipe_class(args.family)(train_x.shape[1:], **options)
     loader = data.DataLoader(train_x, batch_size=args.batch_size, seed=0)
     (steps, last), train_cpu, train_wall = timed(train_for, recipe, loader, math.inf, args.minutes)
