@@ -312,3 +312,25 @@ def test_command_trains_evaluates_and_samples(tmp_path, family, dataset, options
     if dataset == "digits":
         assert 0 < metrics["bits_per_dim"] < 8
     assert cli.main(["sample", str(out), "-n", "4"]) == 0
+
+
+@pytest.mark.parametrize("dim,hidden", [(6, 64), (784, 64), (10, 3)])
+def test_made_is_autoregressive_and_sees_nearly_all_earlier_inputs(dim, hidden):
+    """Output d depends on nothing at or after input d, and on every input up to d - g, g = ceil((D-1)/H):
+    with H >= D-1 hidden units on all of 1..d-1; with fewer, all but the last g-1 (paths counted through
+    the masks: mask_out @ mask_hidden @ mask_in)."""
+    from minigen.models.flows import MADE
+    masks = [layer.mask.data.astype(np.float64) for layer in MADE(dim, hidden).layers]
+    paths = np.linalg.multi_dot(masks[::-1])
+    d, k = np.indices((dim, dim))           # output d + 1 and input k + 1
+    g = -(-(dim - 1) // hidden)
+    for part in (paths[:dim], paths[dim:]):  # mu, then alpha
+        assert (part[k >= d] == 0).all() and (part[k <= d - g] > 0).all()
+
+
+def test_glow_recipe_keeps_its_scales_apart_from_the_grey_levels():
+    """`levels` is the dequantization's number of grey levels in every image recipe; Glow's L is `scales`."""
+    from minigen.models.flows import GlowRecipe
+    size = lambda recipe: sum(p.data.size for p in recipe.flow.parameters())
+    one, two = GlowRecipe((1, 8, 8), levels=5, scales=1, steps=2), GlowRecipe((1, 8, 8), levels=5, scales=2, steps=2)
+    assert one.levels == two.levels == 5 and size(one) < size(two)

@@ -504,12 +504,13 @@ def conv_net(channels: int, hidden: int) -> nn.Sequential:
 
 class MADE(nn.Module):
     """Masked autoencoder (Germain et al. 2015): outputs (mu, alpha), each (n, D), where output d depends on
-    inputs 1..d-1 only. Degrees: inputs 1..D, hidden units cycling through 1..D-1, and a connection from
-    degree k to a hidden unit of degree m iff m >= k, to an output of degree d iff d > m."""
+    inputs 1..d-1 only. Degrees: inputs 1..D, hidden units spread evenly over 1..D-1 (so that every output
+    can see all of its inputs even with fewer hidden units than D), and a connection from degree k to a
+    hidden unit of degree m iff m >= k, to an output of degree d iff d > m."""
 
     def __init__(self, dim: int, hidden: int, layers: int = 2):
         super().__init__()
-        degrees = [np.arange(1, dim + 1)] + [np.arange(hidden) % max(dim - 1, 1) + 1] * layers
+        degrees = [np.arange(1, dim + 1)] + [np.arange(hidden) * max(dim - 1, 1) // hidden + 1] * layers
         self.layers = nn.ModuleList()
         for d_in, d_out in zip(degrees[:-1], degrees[1:]):
             layer = nn.MaskedLinear(len(d_in), len(d_out))
@@ -644,22 +645,23 @@ def _realnvp_scale(shape: tuple, hidden: int, scales: int) -> Flow:
                 + [FactorOut(_realnvp_scale((2 * c, h // 2, w // 2), 2 * hidden, scales - 1)), Inverse(Squeeze())])
 
 
-def glow_image(shape: tuple, hidden: int = 32, levels: int = 2, steps: int = 4, lu: bool = True) -> Flow:
-    """Glow (Kingma & Dhariwal 2018, fig. 2) after the logit transform: per level squeeze, K steps of
-    (actnorm, invertible 1x1 conv, affine coupling on half the channels), split off half (not at the last
-    level); each level unsqueezes at its end."""
-    return Flow([LogitTransform(), _glow_level(tuple(shape), hidden, levels, steps, lu)], StandardNormal(shape))
+def glow_image(shape: tuple, hidden: int = 32, scales: int = 2, steps: int = 4, lu: bool = True) -> Flow:
+    """Glow (Kingma & Dhariwal 2018, fig. 2; its L levels are `scales` here, as in RealNVP, since `levels`
+    are grey levels) after the logit transform: per level squeeze, K steps of (actnorm, invertible 1x1 conv,
+    affine coupling on half the channels), split off half (not at the last level); each level unsqueezes
+    at its end."""
+    return Flow([LogitTransform(), _glow_level(tuple(shape), hidden, scales, steps, lu)], StandardNormal(shape))
 
 
-def _glow_level(shape: tuple, hidden: int, levels: int, steps: int, lu: bool) -> Flow:
+def _glow_level(shape: tuple, hidden: int, scales: int, steps: int, lu: bool) -> Flow:
     c, h, w = shape
     squeezed = (4 * c, h // 2, w // 2)
     layers: list = [Squeeze()]
     for _ in range(steps):
         layers += [ActNorm(4 * c), Invertible1x1Conv(4 * c, lu),
                    AffineCoupling(channel_mask(squeezed, 0), conv_net(4 * c, hidden))]
-    if levels > 1 and (h // 2) % 2 == 0:
-        layers.append(FactorOut(_glow_level((2 * c, h // 2, w // 2), hidden, levels - 1, steps, lu)))
+    if scales > 1 and (h // 2) % 2 == 0:
+        layers.append(FactorOut(_glow_level((2 * c, h // 2, w // 2), hidden, scales - 1, steps, lu)))
     return Flow(layers + [Inverse(Squeeze())])
 
 
@@ -751,9 +753,9 @@ class GlowRecipe(FlowRecipe):
     """`minigen train glow`: actnorm, invertible 1x1 convolution (LU by default), affine coupling."""
     name = "glow"
 
-    def build(self, data_shape, hidden: int = 64, steps: int = 8, levels: int = 2, lu: bool = True):
+    def build(self, data_shape, hidden: int = 64, steps: int = 8, scales: int = 2, lu: bool = True):
         if self.is_image:
-            return glow_image(data_shape, hidden, levels, steps, lu)
+            return glow_image(data_shape, hidden, scales, steps, lu)
         return glow_2d(hidden, steps, lu)
 
 
