@@ -15,12 +15,10 @@ the budget is the last). Appends a row to benchmarks/results/vae_mnist.jsonl and
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,8 @@ import minigen as mg
 from minigen import data
 from minigen.models.vae import VAERecipe, save_reconstructions
 from minigen.train import save_samples
+
+from .harness import timed, train_for
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN = {"mlp": (200, 200), "conv": (32, 64)}      # units, or channels of the stride-2 convolutions
@@ -40,24 +40,6 @@ def load(dataset: str, binarization: str):
         return (data.load_binarized_mnist(s)[:, None].astype(np.float32) for s in ("train", "test")), "as-is"
     load_split = data.load_mnist if dataset == "mnist" else data.load_fashion_mnist
     return (load_split(s)[0][:, None] / np.float32(255) for s in ("train", "test")), "dynamic"
-
-
-def train(recipe: VAERecipe, loader, steps: float, minutes: float) -> tuple[int, float]:
-    """Run `steps` updates, or stop after the update that takes the process CPU time past `minutes`;
-    returns (updates done, last training loss)."""
-    start = time.process_time()
-    batches = itertools.chain.from_iterable(itertools.repeat(loader))
-    for step in itertools.count(1):
-        loss = recipe.step(next(batches))["loss"]
-        if step >= steps or time.process_time() - start >= 60 * minutes:
-            return step, loss
-
-
-def timed(f, *args):
-    """(f(*args), process CPU seconds, wall seconds)."""
-    cpu, wall = time.process_time(), time.time()
-    out = f(*args)
-    return out, time.process_time() - cpu, time.time() - wall
 
 
 def main(argv=None) -> None:
@@ -80,13 +62,13 @@ def main(argv=None) -> None:
     recipe = VAERecipe(train_x.shape[1:], latent=50, arch=args.arch, hidden=HIDDEN[args.arch], pixels=pixels,
                        samples=args.train_k, iwae=args.train_k > 1, eval_k=args.k, lr=1e-3)
     loader = data.DataLoader(train_x, batch_size=args.batch_size, seed=0)
-    (steps, loss), train_cpu, train_wall = timed(train, recipe, loader, epochs * len(loader), args.minutes)
+    (steps, last), train_cpu, train_wall = timed(train_for, recipe, loader, epochs * len(loader), args.minutes)
     test_loader = data.DataLoader(test_x[:args.test_images], batch_size=100, shuffle=False)
     metrics, eval_cpu, eval_wall = timed(recipe.evaluate, test_loader)
     command = "MINIGEN_DATA=/work/shared/data python -m benchmarks.vae_mnist " + " ".join(argv or sys.argv[1:])
     row = {"command": command, "dataset": args.dataset, "arch": args.arch, "binarization": args.binarization,
            "train_k": args.train_k, "epochs": round(steps / len(loader), 2), "steps": steps,
-           "batch_size": args.batch_size, "last_train_loss": loss, "test_images": len(test_x[:args.test_images]),
+           "batch_size": args.batch_size, "last_train_loss": last["loss"], "test_images": len(test_x[:args.test_images]),
            "eval_k": args.k, "test_elbo": metrics["elbo"], "test_iwae": metrics[f"iwae_{args.k}"],
            "train_cpu_s": round(train_cpu), "train_wall_s": round(train_wall), "eval_cpu_s": round(eval_cpu),
            "eval_wall_s": round(eval_wall), "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
