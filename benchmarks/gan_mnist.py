@@ -23,7 +23,7 @@ import numpy as np
 
 import minigen as mg
 from minigen import data
-from minigen.data import EIGHT_GAUSSIANS
+from minigen.data import EIGHT_GAUSSIANS, TWENTY_FIVE_GAUSSIANS
 from minigen.metrics import image_metrics, load_classifier, mode_statistics
 from minigen.models.gan import (DCGANRecipe, GANRecipe, WGANGPRecipe, WGANRecipe, save_line_plot,
                                 simultaneous_gda)
@@ -57,19 +57,24 @@ def pictures(name: str, recipe, history: list, rows: list, out: Path) -> None:
     save_line_plot({k: (steps, [h[k] for h in history]) for k in ("d_loss", "g_loss")}, out / f"{name}-losses.png")
 
 
+MIXTURES = {"8gaussians": (data.eight_gaussians, EIGHT_GAUSSIANS, 1),
+            "25gaussians": (data.twenty_five_gaussians, TWENTY_FIVE_GAUSSIANS, 2)}
+
+
 def toys(out: Path) -> dict:
-    """8 Gaussians with the settings of tests/test_gan.py, and the x y game."""
+    """8 and 25 Gaussians with the settings of tests/test_gan.py (25: twice the steps), and the x y game."""
     path = simultaneous_gda(1.0, 0.0, lr=0.1, steps=150)
     save_line_plot({"(x_t, y_t)": (path[:, 0], path[:, 1])}, out / "xy-simultaneous-gda.png", square=True)
     results = {"xy_distance_start_end": [float(np.hypot(*path[0])), float(np.hypot(*path[-1]))]}
-    reference = data.eight_gaussians(2000, 1)
-    loader = data.DataLoader(data.eight_gaussians(20000, 0), batch_size=256, seed=0)
-    for name, recipe, steps in (("gan-8gaussians", GANRecipe((2,), lr=1e-3, hidden=64), 600),
-                                ("wgan-gp-8gaussians", WGANGPRecipe((2,), lr=1e-3, beta1=0.5, penalty=0.1), 1000)):
-        history, _ = train(recipe, loader, steps, every=steps)
-        samples = recipe.sample(2000)
-        save_samples(samples, out / f"{name}.png", reference=reference)
-        results[name] = {"steps": steps, **mode_statistics(samples, EIGHT_GAUSSIANS.means, EIGHT_GAUSSIANS.std)}
+    for mixture, (draw, spec, longer) in MIXTURES.items():
+        reference = draw(2000, 1)
+        loader = data.DataLoader(draw(20000, 0), batch_size=256, seed=0)
+        for name, recipe, steps in (("gan", GANRecipe((2,), lr=1e-3, hidden=64), 600),
+                                    ("wgan-gp", WGANGPRecipe((2,), lr=1e-3, beta1=0.5, penalty=0.1), 1000)):
+            history, _ = train(recipe, loader, steps * longer, every=steps * longer)
+            samples = recipe.sample(2000)
+            save_samples(samples, out / f"{name}-{mixture}.png", reference=reference)
+            results[f"{name}-{mixture}"] = {"steps": steps * longer, **mode_statistics(samples, spec.means, spec.std)}
     return results
 
 
