@@ -232,6 +232,14 @@ def cnf_dynamics(velocity: Callable, trace: Callable) -> Callable:
     return dynamics
 
 
+def sample_backwards(velocity: Callable, dim: int, n: int, T: float, temperature: float = 1.0,
+                     **solver) -> Tensor:
+    """x = z(0) from z(T) ~ N(0, temperature^2 I), integrating dz/dt = velocity(z, t) backwards in time."""
+    with no_grad():
+        (x,), _ = odeint(lambda t, y: (velocity(y[0], t),), (randn(n, dim) * temperature,), T, 0.0, **solver)
+    return x
+
+
 class FFJORD(nn.Module):
     """A continuous flow with a free-form velocity network (Grathwohl et al. 2019) on [0, T], trained on
     E[-log p(x) + lambda_E E(T) + lambda_F F(T)]: the kinetic-energy and Jacobian-norm penalties of RNODE
@@ -266,11 +274,7 @@ class FFJORD(nn.Module):
                                                              "jacobian": F.item(), "nfe": counts["nfe"]}
 
     def sample(self, n: int, temperature: float = 1.0, **solver) -> Tensor:
-        """x = z(0) from z(T) ~ N(0, temperature^2 I), integrating dz/dt = f backwards."""
-        z = randn(n, self.net.dim) * temperature
-        with no_grad():
-            (x,), _ = odeint(lambda t, y: (self.net(y[0], t),), (z,), self.T, 0.0, **solver)
-        return x
+        return sample_backwards(self.net, self.net.dim, n, self.T, temperature, **solver)
 
 
 # --- OT-Flow -----------------------------------------------------------------------------------------------
@@ -381,11 +385,8 @@ class OTFlow(nn.Module):
                                                            "hjb": R.item(), "nfe": counts["nfe"]}
 
     def sample(self, n: int, temperature: float = 1.0, **solver) -> Tensor:
-        z = randn(n, self.phi.dim) * temperature
-        with no_grad():
-            (x,), _ = odeint(lambda t, y: (-self.phi.gradient_and_laplacian(y[0], t)[0][:, :-1],), (z,), self.T,
-                             0.0, **solver)
-        return x
+        velocity = lambda z, t: -self.phi.gradient_and_laplacian(z, t)[0][:, :-1]
+        return sample_backwards(velocity, self.phi.dim, n, self.T, temperature, **solver)
 
 
 # --- recipes -----------------------------------------------------------------------------------------------
