@@ -12,9 +12,7 @@ to benchmarks/results/flows/.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from minigen import data
 from minigen.models import recipe_class
 from minigen.train import save_samples
 
-from .harness import timed, train_for
+from .harness import append_row, train_and_evaluate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,20 +42,12 @@ def main(argv=None) -> None:
     options = {k: v for k, v in (("hidden", args.hidden), ("lr", args.lr)) if v is not None}
     recipe = recipe_class(args.family)(train_x.shape[1:], **options)
     loader = data.DataLoader(train_x, batch_size=args.batch_size, seed=0)
-    (steps, last), train_cpu, train_wall = timed(train_for, recipe, loader, math.inf, args.minutes)
     test_loader = data.DataLoader(test_x[:args.test_images], batch_size=250, shuffle=False)
-    metrics, eval_cpu, eval_wall = timed(recipe.evaluate, test_loader)
-    command = "MINIGEN_DATA=/work/shared/data python -m benchmarks.flows_mnist " + " ".join(argv or sys.argv[1:])
-    row = {"command": command, "family": args.family, **options, "epochs": round(steps / len(loader), 2),
-           "steps": steps, "batch_size": args.batch_size, "last_train_nll": last["nll"],
-           "test_images": args.test_images,
-           "test_nll": metrics["nll"], "test_bits_per_dim": metrics["bits_per_dim"],
-           "train_cpu_s": round(train_cpu), "train_wall_s": round(train_wall), "eval_cpu_s": round(eval_cpu),
-           "eval_wall_s": round(eval_wall), "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
-    print(json.dumps(row, indent=1))
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "flows_mnist.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    steps, last, metrics, seconds = train_and_evaluate(recipe, loader, test_loader, math.inf, args.minutes)
+    append_row("flows_mnist", argv or sys.argv[1:], {
+        "family": args.family, **options, "epochs": round(steps / len(loader), 2), "steps": steps,
+        "batch_size": args.batch_size, "last_train_nll": last["nll"], "test_images": args.test_images,
+        "test_nll": metrics["nll"], "test_bits_per_dim": metrics["bits_per_dim"], **seconds})
     for temperature in (0.7, 1.0):
         recipe.temperature = temperature
         name = f"{args.family}{args.hidden or ''}_mnist_T{temperature}.png"

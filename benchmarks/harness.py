@@ -140,3 +140,23 @@ def timed(f, *args):
     cpu, wall = time.process_time(), time.time()
     out = f(*args)
     return out, time.process_time() - cpu, time.time() - wall
+
+
+def train_and_evaluate(recipe, loader, test_loader, steps: float, minutes: float) -> tuple[int, dict, dict, dict]:
+    """`train_for`, then `recipe.evaluate(test_loader)`; returns (updates done, last step's metrics, evaluation
+    metrics, the process CPU and wall seconds of each phase)."""
+    (done, last), train_cpu, train_wall = timed(train_for, recipe, loader, steps, minutes)
+    metrics, eval_cpu, eval_wall = timed(recipe.evaluate, test_loader)
+    seconds = {"train_cpu_s": train_cpu, "train_wall_s": train_wall, "eval_cpu_s": eval_cpu, "eval_wall_s": eval_wall}
+    return done, last, metrics, {k: round(v) for k, v in seconds.items()}
+
+
+def append_row(name: str, argv: list[str], row: dict) -> None:
+    """Print one run's row and append it to results/<name>.jsonl, with the command that repeats it and the
+    machine it ran on."""
+    row = {"command": f"MINIGEN_DATA=/work/shared/data python -m benchmarks.{name} " + " ".join(argv), **row,
+           "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
+    print(json.dumps(row, indent=1))
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")

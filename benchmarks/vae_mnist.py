@@ -15,9 +15,7 @@ the budget is the last). Appends a row to benchmarks/results/vae_mnist.jsonl and
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from minigen import data
 from minigen.models.vae import VAERecipe, save_reconstructions
 from minigen.train import save_samples
 
-from .harness import timed, train_for
+from .harness import append_row, train_and_evaluate
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN = {"mlp": (200, 200), "conv": (32, 64)}      # units, or channels of the stride-2 convolutions
@@ -62,20 +60,14 @@ def main(argv=None) -> None:
     recipe = VAERecipe(train_x.shape[1:], latent=50, arch=args.arch, hidden=HIDDEN[args.arch], pixels=pixels,
                        samples=args.train_k, iwae=args.train_k > 1, eval_k=args.k, lr=1e-3)
     loader = data.DataLoader(train_x, batch_size=args.batch_size, seed=0)
-    (steps, last), train_cpu, train_wall = timed(train_for, recipe, loader, epochs * len(loader), args.minutes)
     test_loader = data.DataLoader(test_x[:args.test_images], batch_size=100, shuffle=False)
-    metrics, eval_cpu, eval_wall = timed(recipe.evaluate, test_loader)
-    command = "MINIGEN_DATA=/work/shared/data python -m benchmarks.vae_mnist " + " ".join(argv or sys.argv[1:])
-    row = {"command": command, "dataset": args.dataset, "arch": args.arch, "binarization": args.binarization,
-           "train_k": args.train_k, "epochs": round(steps / len(loader), 2), "steps": steps,
-           "batch_size": args.batch_size, "last_train_loss": last["loss"], "test_images": len(test_x[:args.test_images]),
-           "eval_k": args.k, "test_elbo": metrics["elbo"], "test_iwae": metrics[f"iwae_{args.k}"],
-           "train_cpu_s": round(train_cpu), "train_wall_s": round(train_wall), "eval_cpu_s": round(eval_cpu),
-           "eval_wall_s": round(eval_wall), "machine": f"{platform.machine()} {platform.processor() or ''}".strip()}
-    print(json.dumps(row, indent=1))
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "vae_mnist.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    steps, last, metrics, seconds = train_and_evaluate(recipe, loader, test_loader, epochs * len(loader),
+                                                       args.minutes)
+    append_row("vae_mnist", argv or sys.argv[1:], {
+        "dataset": args.dataset, "arch": args.arch, "binarization": args.binarization, "train_k": args.train_k,
+        "epochs": round(steps / len(loader), 2), "steps": steps, "batch_size": args.batch_size,
+        "last_train_loss": last["loss"], "test_images": len(test_x[:args.test_images]), "eval_k": args.k,
+        "test_elbo": metrics["elbo"], "test_iwae": metrics[f"iwae_{args.k}"], **seconds})
     x = test_x[:32] if pixels == "as-is" else (test_x[:32] > 0.5).astype(np.float32)
     stem = f"vae_{args.dataset}_{args.arch}_{args.binarization}_k{args.train_k}"
     save_reconstructions(recipe.model, mg.tensor(x), RESULTS / f"{stem}_reconstructions.png")
