@@ -9,6 +9,9 @@ import statistics
 import time
 from collections import defaultdict
 from importlib import metadata as _pkg
+from pathlib import Path
+
+from minigen.train import load_checkpoint, restore_training_state, save_checkpoint, training_state
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -142,10 +145,18 @@ def timed(f, *args):
     return out, time.process_time() - cpu, time.time() - wall
 
 
-def train_and_evaluate(recipe, loader, test_loader, steps: float, minutes: float) -> tuple[int, dict, dict, dict]:
+def train_and_evaluate(recipe, loader, test_loader, steps: float, minutes: float,
+                       run_dir=None) -> tuple[int, dict, dict, dict]:
     """`train_for`, then `recipe.evaluate(test_loader)`; returns (updates done, last step's metrics, evaluation
-    metrics, the process CPU and wall seconds of each phase)."""
-    (done, last), train_cpu, train_wall = timed(train_for, recipe, loader, steps, minutes)
+    metrics, the process CPU and wall seconds of each phase). With `run_dir` the trained state is checkpointed
+    there before the (long) evaluation, and a run_dir that already holds one is evaluated without training."""
+    if run_dir is not None and (Path(run_dir) / "latest.json").exists():
+        state = load_checkpoint(run_dir)
+        done, last, train_cpu, train_wall = restore_training_state(recipe, loader, state), state["last"], 0, 0
+    else:
+        (done, last), train_cpu, train_wall = timed(train_for, recipe, loader, steps, minutes)
+        if run_dir is not None:
+            save_checkpoint(run_dir, {**training_state(recipe, loader, done), "last": last})
     metrics, eval_cpu, eval_wall = timed(recipe.evaluate, test_loader)
     seconds = {"train_cpu_s": train_cpu, "train_wall_s": train_wall, "eval_cpu_s": eval_cpu, "eval_wall_s": eval_wall}
     return done, last, metrics, {k: round(v) for k, v in seconds.items()}

@@ -51,6 +51,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--test-images", type=int, default=500)
     p.add_argument("--k", type=int, default=5000)
+    p.add_argument("--run-dir", help="checkpoint the trained model here before evaluating; if it holds one "
+                                     "already, evaluate that instead of training")
     args = p.parse_args(argv)
     if args.binarization == "fixed" and args.dataset != "mnist":
         p.error("the fixed binarization exists for MNIST only")
@@ -62,7 +64,7 @@ def main(argv=None) -> None:
     loader = data.DataLoader(train_x, batch_size=args.batch_size, seed=0)
     test_loader = data.DataLoader(test_x[:args.test_images], batch_size=100, shuffle=False)
     steps, last, metrics, seconds = train_and_evaluate(recipe, loader, test_loader, epochs * len(loader),
-                                                       args.minutes)
+                                                       args.minutes, args.run_dir)
     append_row("vae_mnist", argv or sys.argv[1:], {
         "dataset": args.dataset, "arch": args.arch, "binarization": args.binarization, "train_k": args.train_k,
         "epochs": round(steps / len(loader), 2), "steps": steps, "batch_size": args.batch_size,
