@@ -212,6 +212,8 @@ def test_pictures(tmp_path):
     save_interpolations(unconditional, mg.tensor(train_x[:8]), mg.tensor(train_x[8:16]), tmp_path / "interp.png")
     for name in ("reconstructions", "manifold", "classes", "interp"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="conditioned on 10 classes: pass the labels"):
+        save_manifold(recipe.model, tmp_path / "no.png")
     with pytest.raises(ValueError, match="2-D latent"):
         save_manifold(VAE((1, 8, 8), latent=3, hidden=(8,)), tmp_path / "no.png")
 

@@ -129,7 +129,11 @@ class VAE(nn.Module):
 
     def label(self, y) -> Tensor | None:
         """One-hot labels as floats (None for an unconditional model)."""
-        return one_hot(y, self.classes, dtype=self.decoder[0].weight.dtype) if self.classes else None
+        if not self.classes:
+            return None
+        if y is None:
+            raise ValueError(f"this VAE is conditioned on {self.classes} classes: pass the labels y")
+        return one_hot(y, self.classes, dtype=self.decoder[0].weight.dtype)
 
     def top_down(self, n: int, h: Tensor | None = None, y: Tensor | None = None, draw: bool = True):
         """z = (z_1, .., z_L) for n rows, with log p(z) - log q(z|x) (n,) and the closed-form KL of each layer
