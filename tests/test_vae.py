@@ -200,22 +200,45 @@ def test_recipes_run_through_fit(tmp_path, cls, options):
     assert recipe.updates == 6 and recipe.extra_state() == {"updates": 6}
 
 
+def _cells(path, size: int = 8, pad: int = 2) -> np.ndarray:
+    """A saved picture cut back into its grid of size x size images (rows, columns, size, size), grey levels."""
+    from PIL import Image
+    picture = np.asarray(Image.open(path), dtype=np.float32) / 255
+    width = picture.shape[1]                     # save_samples draws a grid narrower than 256 zoom times bigger
+    zoom = next(z for z in range(width, 0, -1) if width % z == 0 and max(1, 256 // (width // z)) == z
+                and (width // z - pad) % (size + pad) == 0)
+    picture = picture[::zoom, ::zoom]
+    rows, cols = ((n - pad) // (size + pad) for n in picture.shape)
+    return np.array([[picture[pad + r * (size + pad):][:size, pad + c * (size + pad):][:, :size]
+                      for c in range(cols)] for r in range(rows)])
+
+
 def test_pictures(tmp_path):
     mg.manual_seed(0)
     train_x, train_y, _, _ = _binary_digits()
     recipe = _train(CVAERecipe((1, 8, 8), latent=2, hidden=(32,), pixels="as-is"), train_x, train_y, 3)
-    x = mg.tensor(train_x[:32])
-    save_reconstructions(recipe.model, x, tmp_path / "reconstructions.png", y=train_y[:32])
     save_manifold(recipe.model, tmp_path / "manifold.png", y=3)
     save_class_samples(recipe.model, tmp_path / "classes.png")
-    unconditional = VAE((1, 8, 8), latent=2, hidden=(32,))
-    save_interpolations(unconditional, mg.tensor(train_x[:8]), mg.tensor(train_x[8:16]), tmp_path / "interp.png")
-    for name in ("reconstructions", "manifold", "classes", "interp"):
-        assert (tmp_path / f"{name}.png").stat().st_size > 0
+    assert _cells(tmp_path / "manifold.png").shape == (20, 20, 8, 8)
+    assert _cells(tmp_path / "classes.png").shape == (10, 10, 8, 8)
     with pytest.raises(ValueError, match="conditioned on 10 classes: pass the labels"):
         save_manifold(recipe.model, tmp_path / "no.png")
     with pytest.raises(ValueError, match="2-D latent"):
         save_manifold(VAE((1, 8, 8), latent=3, hidden=(8,)), tmp_path / "no.png")
+
+    # interpolations run from the reconstruction of x_a[i] to that of x_b[i]; reconstructions sit beside inputs
+    model = _train(VAERecipe((1, 8, 8), latent=2, hidden=(64,), pixels="as-is", lr=3e-3),
+                   train_x, train_y, 200).model
+    x = mg.tensor(train_x[:32])
+    save_reconstructions(model, x, tmp_path / "reconstructions.png")
+    save_interpolations(model, x[:8], x[8:16], tmp_path / "interp.png")
+    pairs = _cells(tmp_path / "reconstructions.png").reshape(32, 2, 8, 8)
+    line = _cells(tmp_path / "interp.png")
+    assert line.shape == (8, 8, 8, 8)
+    np.testing.assert_allclose(pairs[:, 0], train_x[:32, 0], atol=1 / 255)
+    np.testing.assert_allclose(line[:, 0], pairs[:8, 1], atol=1 / 255)
+    np.testing.assert_allclose(line[:, -1], pairs[8:16, 1], atol=1 / 255)
+    assert np.abs(line[:, 0] - line[:, -1]).max() > 0.1
 
 
 def test_minigen_train_vae_command(tmp_path):
