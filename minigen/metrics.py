@@ -1,4 +1,5 @@
-"""Sample-quality metrics for implicit models (GANs), which give no likelihood to report.
+"""Metrics: bits per dimension for likelihood models, and sample-quality metrics for implicit models (GANs),
+which give no likelihood to report.
 
 Images, with a small MNIST classifier trained by this project (`examples/train_mnist_classifier.py`, weights
 in `minigen/assets/mnist_classifier.npz`) standing in for the Inception network of FID and IS:
@@ -27,6 +28,7 @@ classifier's feature space, not in Inception's, and are not comparable with publ
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,14 @@ from .nn import functional as F
 from .tensor import Tensor, no_grad
 
 CLASSIFIER_WEIGHTS = Path(__file__).parent / "assets" / "mnist_classifier.npz"
+
+
+
+def bits_per_dim(nll: float, dims: int, levels: int = 1) -> float:
+    """An NLL in nats per example as bits per dimension. For a density fit to grey levels scaled into [0, 1)
+    (dequantized, divided by `levels`), the change of variables back to the levels adds D log(levels) nats:
+    -log P(levels) <= nll + D log(levels)."""
+    return (nll + dims * math.log(levels)) / (dims * math.log(2))
 
 
 # --- the classifier ----------------------------------------------------------------------------------------

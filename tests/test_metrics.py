@@ -1,4 +1,4 @@
-"""Metrics: the Fréchet distance against closed forms, the IS analogue at its extremes, mode statistics on
+"""Metrics: bits/dim of uniform densities, the Fréchet distance against closed forms, the IS analogue at its extremes, mode statistics on
 true mixture samples, and the classifier-based FCD / accuracy on real MNIST (skipped without the data)."""
 import os
 from pathlib import Path
@@ -9,8 +9,16 @@ import scipy.linalg
 
 from minigen import data
 from minigen.data import EIGHT_GAUSSIANS, TWENTY_FIVE_GAUSSIANS
-from minigen.metrics import (CLASSIFIER_WEIGHTS, classifier_outputs, fcd, frechet_distance, gaussian_statistics,
-                             inception_score, load_classifier, mode_statistics)
+from minigen.metrics import (CLASSIFIER_WEIGHTS, bits_per_dim, classifier_outputs, fcd, frechet_distance,
+                             gaussian_statistics, inception_score, load_classifier, mode_statistics)
+
+
+@pytest.mark.parametrize("dims", [1, 784, 3072])
+def test_bits_per_dim_of_uniform_grey_levels_is_eight(dims):
+    # uniform over 256 levels: density 1 on [0, 1)^D (nll 0, scaled by 1/256), or 1/256^D on [0, 256)^D
+    assert bits_per_dim(0.0, dims, levels=256) == pytest.approx(8)
+    assert bits_per_dim(dims * np.log(256), dims) == pytest.approx(8)
+    assert bits_per_dim(dims * np.log(2), dims) == pytest.approx(1)      # a fair coin per dimension
 
 
 def _spd(rng, d):

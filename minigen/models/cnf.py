@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import backend, nn, optim
 from ..data import dequantize, logit_inverse, logit_transform
+from ..metrics import bits_per_dim
 from ..nn import Parameter
 from ..ops import abs as abs_, concatenate, softplus, tanh
 from ..tensor import Tensor, enable_grad, grad, is_grad_enabled, no_grad, randn, zeros
@@ -453,7 +454,7 @@ class CNFRecipe(Recipe):
                 total, nfe, n = total - float((log_p + offset).data.sum()), nfe + counts["nfe"] * len(u), n + len(u)
         metrics = {"nll": total / n, "nfe": nfe / n}
         if self.is_image:
-            metrics["bits_per_dim"] = metrics["nll"] / (math.prod(self.data_shape) * math.log(2))
+            metrics["bits_per_dim"] = bits_per_dim(metrics["nll"], math.prod(self.data_shape))
         return metrics
 
     def sample(self, n: int) -> np.ndarray:

@@ -26,6 +26,7 @@ import scipy.linalg
 
 from .. import backend, nn, optim
 from ..data import ENERGIES, ENERGY_Z1_MAX, dequantize, energy_log_partition, logit_inverse, logit_transform
+from ..metrics import bits_per_dim
 from ..ops import concatenate, conv2d, flip, inv, logsigmoid, slogdet, softplus, split, sqrt, sum as sum_, tanh
 from ..tensor import Tensor, no_grad, randn, zeros
 from ..train import Recipe
@@ -723,7 +724,7 @@ class FlowRecipe(Recipe):
             nll = np.concatenate([backend.to_device(self.nll(b[0]).data, "cpu") for b in loader])
         metrics = {"nll": float(nll.mean())}
         if self.is_image:
-            metrics["bits_per_dim"] = metrics["nll"] / (math.prod(self.data_shape) * math.log(2))
+            metrics["bits_per_dim"] = bits_per_dim(metrics["nll"], math.prod(self.data_shape))
         return metrics
 
     def sample(self, n: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from .. import backend, nn
+from ..metrics import bits_per_dim
 from ..tensor import Tensor
 from ..train import Recipe
 
@@ -92,7 +93,7 @@ class GaussianRecipe(Recipe):
     def evaluate(self, loader) -> dict:
         log_p = self.model.log_prob(np.concatenate([_flat(b[0]) for b in loader]))   # one eigh, not one a batch
         return {"log_likelihood": float(log_p.mean()),
-                "bits_per_dim": float(-log_p.mean() / (self.model.dim * math.log(2)))}
+                "bits_per_dim": bits_per_dim(float(-log_p.mean()), self.model.dim)}
 
     def sample(self, n: int) -> np.ndarray:
         return self.model.sample(n).reshape((n,) + self.data_shape).astype(np.float32)

@@ -25,6 +25,7 @@ from statistics import NormalDist
 import numpy as np
 
 from .. import backend, nn, optim
+from ..metrics import bits_per_dim
 from ..nn import functional as F
 from ..ops import broadcast_to, concatenate, exp, logsumexp, one_hot, sigmoid, split, stack
 from ..tensor import Tensor, no_grad, randn_like, tensor, zeros
@@ -303,7 +304,7 @@ class VAERecipe(Recipe):
         metrics.update({f"kl_{l + 1}": float(kl) for l, kl in enumerate(terms[1:])})
         if self.pixels == "dequantize":          # log P(grey levels) >= E_u log p(y) - D log levels
             d = math.prod(self.model.data_shape)
-            metrics["bits_per_dim"] = (nll + d * math.log(self.levels)) / (d * math.log(2))
+            metrics["bits_per_dim"] = bits_per_dim(nll, d, self.levels)
         return metrics
 
     def sample(self, n: int) -> np.ndarray:
