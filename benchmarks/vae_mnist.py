@@ -81,7 +81,8 @@ def main(argv=None) -> None:
         "binarization": args.binarization, "train_k": args.train_k,
         "epochs": round(steps / len(loader), 2), "steps": steps, "batch_size": args.batch_size,
         "last_train_loss": last["loss"], "test_images": len(test[0]), "eval_k": args.k,
-        "test_elbo": metrics["elbo"], "test_iwae": metrics[f"iwae_{args.k}"], **seconds})
+        "test_elbo": metrics["elbo"], "test_iwae": metrics[f"iwae_{args.k}"],
+        **{f"test_{k}": v for k, v in metrics.items() if k.startswith("kl_")}, **seconds})
     x = mg.tensor(test[0][:32] if pixels == "as-is" else (test[0][:32] > 0.5).astype(np.float32))
     y = test[1][:32] if args.model == "cvae" else None
     name = "" if args.model == "vae" else f"_{args.model}"
