@@ -40,7 +40,6 @@ from .tensor import Tensor, no_grad
 CLASSIFIER_WEIGHTS = Path(__file__).parent / "assets" / "mnist_classifier.npz"
 
 
-
 def bits_per_dim(nll: float, dims: int, levels: int = 1) -> float:
     """An NLL in nats per example as bits per dimension. For a density fit to grey levels scaled into [0, 1)
     (dequantized, divided by `levels`), the change of variables back to the levels adds D log(levels) nats:

@@ -15,5 +15,5 @@ from .toy import (EIGHT_GAUSSIANS, ENERGIES, ENERGY_Z1_MAX, TOY_DATASETS, TWENTY
                   GaussianMixture, checkerboard, checkerboard_log_prob, checkerboard_support, circles,
                   eight_gaussians, energy_log_partition, sample_toy, spirals, swiss_roll,
                   twenty_five_gaussians, two_moons, u1, u2, u3, u4)
-from .transforms import (binarize, binarize_stochastic, compose, dequantize, logit_inverse, logit_transform,
-                         to_symmetric, to_unit)
+from .transforms import (binarize, binarize_stochastic, compose, dequantize, dequantize_batch, logit_inverse,
+                         logit_transform, to_symmetric, to_unit)

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import backend
 from ..tensor import Tensor, as_tensor
 
 
@@ -36,6 +37,13 @@ def dequantize(x: np.ndarray, rng: np.random.Generator, levels: int = 256) -> np
     """
     k = x if x.dtype == np.uint8 else np.rint(to_unit(x) * (levels - 1))
     return ((k + rng.random(x.shape)) / levels).astype(np.float32)
+
+
+def dequantize_batch(x: Tensor, levels: int = 256) -> Tensor:
+    """`dequantize` for a batch Tensor on any device, inside a model's loss: the noise is drawn from
+    minigen's CPU generator, so a run draws the same numbers on the CPU and on a GPU."""
+    y = dequantize(backend.to_device(x.data, "cpu"), rng=backend.generator("cpu"), levels=levels)
+    return Tensor(backend.to_device(y, x.device))
 
 
 def binarize(x: np.ndarray, threshold: float = 0.5) -> np.ndarray:

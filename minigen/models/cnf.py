@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from .. import backend, nn, optim
-from ..data import dequantize, logit_inverse, logit_transform
+from ..data import dequantize_batch, logit_inverse, logit_transform
 from ..metrics import bits_per_dim
 from ..nn import Parameter
 from ..ops import abs as abs_, concatenate, softplus, tanh
@@ -431,8 +431,7 @@ class CNFRecipe(Recipe):
         -log P(k) <= -(log p(u) + offset) (Theis et al. 2016)."""
         if not self.is_image:
             return x, 0.0
-        y = dequantize(backend.to_device(x.data, "cpu"), rng=backend.generator("cpu"))
-        u, log_det = logit_transform(Tensor(backend.to_device(y, x.device)))
+        u, log_det = logit_transform(dequantize_batch(x))
         return u.reshape(len(x), -1), log_det - math.prod(self.data_shape) * math.log(256)
 
     def step(self, batch) -> dict:

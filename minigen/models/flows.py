@@ -25,7 +25,8 @@ import numpy as np
 import scipy.linalg
 
 from .. import backend, nn, optim
-from ..data import ENERGIES, ENERGY_Z1_MAX, dequantize, energy_log_partition, logit_inverse, logit_transform
+from ..data import (ENERGIES, ENERGY_Z1_MAX, dequantize_batch, energy_log_partition, logit_inverse,
+                   logit_transform)
 from ..metrics import bits_per_dim
 from ..ops import concatenate, conv2d, flip, inv, logsigmoid, slogdet, softplus, split, sqrt, sum as sum_, tanh
 from ..tensor import Tensor, no_grad, randn, zeros
@@ -699,15 +700,9 @@ class FlowRecipe(Recipe):
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer}
 
-    def _prepare(self, x: Tensor) -> Tensor:
-        if not self.is_image:
-            return x
-        y = dequantize(backend.to_device(x.data, "cpu"), rng=backend.generator("cpu"), levels=self.levels)
-        return Tensor(backend.to_device(y, x.device))
-
     def nll(self, x: Tensor) -> Tensor:
         """-log p per example in nats, of the discrete pixels for images (the dequantization bound)."""
-        nll = -self.flow.log_prob(self._prepare(x))
+        nll = -self.flow.log_prob(dequantize_batch(x, self.levels) if self.is_image else x)
         return nll + math.prod(self.data_shape) * math.log(self.levels) if self.is_image else nll
 
     def step(self, batch) -> dict:
