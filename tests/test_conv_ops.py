@@ -35,9 +35,10 @@ def conv_case(draw, transposed=False):
     w = draw(mt.arrays(w_shape))
     b = draw(mt.arrays((c_out,)))
     output_padding = draw(st.integers(0, max(stride, dilation) - 1)) if transposed else 0
-    out = (size - 1) * stride - 2 * padding + dilation * (max(k) - 1) + output_padding + 1 if transposed else \
-        (size + 2 * padding - dilation * (max(k) - 1) - 1) // stride + 1
-    assume(out >= 1)
+    for k_axis in k:      # the output size per axis: a kernel (1, 2) with padding 1 can empty one axis only
+        out = (size - 1) * stride - 2 * padding + dilation * (k_axis - 1) + output_padding + 1 if transposed \
+            else (size + 2 * padding - dilation * (k_axis - 1) - 1) // stride + 1
+        assume(out >= 1)
     return x, w, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups), output_padding
 
 

@@ -71,6 +71,16 @@ def test_unary(name, data):
     check(fn, [x], ref)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_exact_to_rounding_on_a_wide_range(dtype):
+    """Within a few ulps everywhere: past PyTorch's cut-off of 20, log1p(exp(-x)) still matters in float64."""
+    x = np.linspace(-60, 60, 24001).astype(dtype)
+    expected = np.logaddexp(0, x.astype(np.float64))
+    np.testing.assert_allclose(mg.softplus(mg.tensor(x)).numpy(), expected, rtol=4 * np.finfo(dtype).eps, atol=0)
+    np.testing.assert_allclose(mg.softplus(mg.tensor(x), threshold=20.0).numpy(),
+                               np.where(x > 20, x, expected), rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
 def test_astype_gradient_comes_back_in_the_input_dtype():
     x = leaf([1.0, 2.0])
     y = mg.astype(x, np.float32)

@@ -434,9 +434,9 @@ class Sigmoid(Module):
 
 
 class Softplus(Module):
-    """log(1 + exp(beta x)) / beta, and x where beta x > threshold."""
+    """log(1 + exp(beta x)) / beta, and x where beta x > threshold (None: exact to the dtype's rounding)."""
 
-    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+    def __init__(self, beta: float = 1.0, threshold: float | None = None):
         super().__init__()
         self.beta, self.threshold = beta, threshold
 
