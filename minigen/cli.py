@@ -23,35 +23,6 @@ from . import backend, data
 from .models import FAMILIES, recipe_class
 from .train import fit, load_checkpoint, restore_training_state, save_samples
 
-IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist", "binarized-mnist")
-
-
-def load_dataset(name: str, seed: int, data_dir: str | None = None):
-    """(train_x, train_y, test_x, test_y): images float32 (n, 1, H, W) in [0, 1] with int64 labels, or 2-D
-    points (n, 2); labels are None where a dataset has none."""
-    if name == "digits":
-        x, y = data.load_digits()
-        order = np.random.default_rng(0).permutation(len(x))     # a fixed split: 1497 train, 300 test
-        x, y = x[order][:, None], y[order]
-        return x[300:], y[300:], x[:300], y[:300]
-    if name in ("mnist", "fashion-mnist"):
-        load = data.load_mnist if name == "mnist" else data.load_fashion_mnist
-        (train_x, train_y), (test_x, test_y) = (load(split, data_dir=data_dir) for split in ("train", "test"))
-        return train_x[:, None] / np.float32(255), train_y, test_x[:, None] / np.float32(255), test_y
-    if name == "binarized-mnist":
-        train_x, test_x = (data.load_binarized_mnist(split, data_dir=data_dir)[:, None].astype(np.float32)
-                           for split in ("train", "test"))
-        return train_x, None, test_x, None
-    if name in data.TOY_DATASETS:
-        rng = np.random.default_rng(seed)
-        return data.sample_toy(name, 20000, rng), None, data.sample_toy(name, 5000, rng), None
-    raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
-
-
-def dataset_names() -> list[str]:
-    return list(IMAGE_DATASETS) + list(data.TOY_DATASETS)
-
-
 def _parse_options(pairs: list[str]) -> dict:
     """--opt key=value pairs; values parsed as JSON where they can be (numbers, true/false), else strings."""
     options = {}
@@ -67,21 +38,35 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 def build(config: dict):
-    """The recipe and the train / test loaders a config describes (seeded, so a rerun is the same run)."""
+    """The recipe and the train / test loaders a config describes (seeded, so a rerun is the same run); the
+    recipe's modules are on the run's device."""
     backend.manual_seed(config["seed"])
-    train_x, train_y, test_x, test_y = load_dataset(config["dataset"], config["seed"], config.get("data_dir"))
+    device = backend.check_device(config["device"])
+    spec, (train_x, train_y), (test_x, test_y) = data.load_dataset(config["dataset"], config["seed"],
+                                                                   config.get("data_dir"), device)
     cls = recipe_class(config["family"])
-    if cls.needs_labels and train_y is None:
-        raise ValueError(f"family {config['family']!r} needs labels, which dataset {config['dataset']!r} has not")
+    cls.check_data(spec)
     options = dict(config["options"])
     if config.get("lr") is not None:
         options["lr"] = config["lr"]
-    recipe = cls(train_x.shape[1:], **options)
+    check_options(cls, options)
+    recipe = cls(spec, **options)
+    for module in recipe.modules().values():
+        module.to(device)
     train_arrays, test_arrays = ((train_x, train_y), (test_x, test_y)) if cls.needs_labels else ((train_x,), (test_x,))
-    loader = data.DataLoader(*train_arrays, batch_size=config["batch_size"], seed=config["seed"],
-                             device=config["device"])
-    test_loader = data.DataLoader(*test_arrays, batch_size=500, shuffle=False, device=config["device"])
+    loader = data.DataLoader(*train_arrays, batch_size=config["batch_size"], seed=config["seed"], device=device)
+    test_loader = data.DataLoader(*test_arrays, batch_size=500, shuffle=False, device=device)
     return recipe, loader, test_loader, train_x
+
+
+def check_options(cls, options: dict) -> None:
+    """A one-line error for an option the family does not declare, listing those it does."""
+    declared = cls.options()
+    unknown = [k for k in options if k not in declared]
+    if unknown:
+        listing = ", ".join(f"{k}={v!r}" for k, v in declared.items()) or "none"
+        raise ValueError(f"family {cls.name!r} has no option {', '.join(map(repr, unknown))}; its options "
+                         f"(with defaults): {listing}")
 
 
 def _train(args) -> int:
@@ -95,8 +80,8 @@ def _train(args) -> int:
         config = {"family": args.family, "dataset": dataset, "batch_size": args.batch_size, "lr": args.lr,
                   "device": backend.check_device(args.device), "seed": args.seed, "data_dir": args.data_dir,
                   "options": _parse_options(args.opt), "steps": None}
-        if dataset not in dataset_names():
-            raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(dataset_names())}")
+        if dataset not in data.dataset_names():
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(data.dataset_names())}")
     recipe, loader, test_loader, train_x = build(config)
     if config["steps"] is None:
         epochs = args.epochs or recipe.default_epochs
@@ -141,12 +126,15 @@ def _eval(args) -> int:
 
 
 def _list(args) -> int:
-    print("families:")
+    print("families (options with defaults; set them with --opt NAME=VALUE):")
     for name, (_, _, description) in FAMILIES.items():
-        print(f"  {name:12s} {description}")
+        cls = recipe_class(name)
+        print(f"  {name:12s} {description}  [default dataset: {cls.default_dataset}]")
+        print("               " + (", ".join(f"{k}={v!r}" for k, v in cls.options().items()) or "(no options)"))
     print("datasets:")
-    print("  images:  " + ", ".join(IMAGE_DATASETS) + "   (digits needs no download)")
-    print("  2-D:     " + ", ".join(data.TOY_DATASETS))
+    for name, description in data.IMAGE_DATASETS.items():
+        print(f"  {name:18s} {description}")
+    print("  2-D:               " + ", ".join(data.TOY_DATASETS))
     return 0
 
 

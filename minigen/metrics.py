@@ -47,6 +47,19 @@ def bits_per_dim(nll: float, dims: int, levels: int = 1) -> float:
     return (nll + dims * math.log(levels)) / (dims * math.log(2))
 
 
+def likelihood_metrics(nll: float, spec, density: bool = True) -> dict:
+    """The one convention every family reports: `nll` in nats per example on the data's own discrete scale
+    where it is discrete, and `bits_per_dim` from it.
+
+    `nll` is what the model computed: with density=True a density on [0, 1)^D of grey levels dequantized as
+    y = (k + u) / L (spec.kind "levels"), turned into the bound -log P(k) <= nll + D log L (Theis et al. 2016,
+    eq. 9); with density=False (or kind "binary" / "continuous") it is already on the data's scale: a
+    probability of the pixels, or a density of real vectors."""
+    if density and spec.kind == "levels":
+        nll = nll + spec.dim * math.log(spec.levels)
+    return {"nll": float(nll), "bits_per_dim": float(nll / (spec.dim * math.log(2)))}
+
+
 # --- the classifier ----------------------------------------------------------------------------------------
 
 

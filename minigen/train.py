@@ -1,7 +1,7 @@
 """The training loop every family shares: progress, evaluation, samples, metrics, checkpoints, resume.
 
-A family provides a `Recipe` (see `minigen.models`): its modules and optimizers, a `step(batch) -> metrics`
-for one update, an `evaluate(loader) -> metrics` reporting what its literature reports, and `sample(n)`.
+A family provides a `Recipe` (see `minigen.models`): its modules and optimizers, a `step(batch, t) ->
+metrics` for update t, an `evaluate(loader) -> metrics` reporting what its literature reports, and `sample(n)`.
 `fit` runs the steps with a tqdm bar, appends metrics to `metrics.jsonl`, writes sample grids as PNG and
 checkpoints, and resumes a stopped run exactly where it was:
 
@@ -16,6 +16,7 @@ checkpoints, and resumes a stopped run exactly where it was:
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -165,15 +166,48 @@ def save_samples(samples: np.ndarray, path: Path, reference: np.ndarray | None =
 
 
 class Recipe:
-    """What a family gives the loop. Subclasses set `name` and build their modules and optimizers in
-    `__init__`; `step` does one update and returns float metrics; `evaluate` reports the family's
-    literature metric on held-out batches; `sample` returns n samples as an array ((n, C, H, W) in [0, 1]
-    for images, (n, 2) for points)."""
+    """What a family gives the loop.
+
+    A recipe is built as `Cls(spec, **options)`: `spec` is the `DataSpec` of its data (shape, kind, grey
+    levels, classes, device) and the options are its own keyword arguments, each with a default: declared,
+    never swallowed (`options()` lists them for `minigen list`, and the command refuses any other name).
+    `__init__` builds the modules and optimizers (the loop moves the modules to spec.device); `step(batch,
+    t)` does update t = 1, 2, ... and returns float metrics; `evaluate(loader)` reports the family's
+    literature metric on held-out batches (likelihoods through `metrics.likelihood_metrics`); `sample(n)`
+    returns n samples as a NumPy array ((n, C, H, W) in [0, 1] for images, (n, D) for vectors). Arrays a
+    step makes (noise, masks) are made on spec.device.
+    """
 
     name = "recipe"
     default_dataset = "digits"      # what `minigen train FAMILY` uses without --dataset
     default_epochs = 1.0            # ... and without --steps / --epochs
     needs_labels = False            # True: batches are (x, labels) (class-conditional models)
+    kinds = ("binary", "levels", "continuous")   # the data kinds the family models (see DataSpec)
+
+    @classmethod
+    def options(cls) -> dict:
+        """{name: default} of every option the family declares: the keyword arguments of its __init__ and,
+        where it passes **options on, of its parents'."""
+        found: dict = {}
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass) or klass is Recipe:
+                continue
+            params = list(inspect.signature(klass.__init__).parameters.values())[2:]    # self, spec
+            for p in params:
+                if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD:
+                    found.setdefault(p.name, p.default)
+            if not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return found
+
+    @classmethod
+    def check_data(cls, spec) -> None:
+        """A one-line error when the family cannot model this data."""
+        if spec.kind not in cls.kinds:
+            raise ValueError(f"family {cls.name!r} models {' or '.join(cls.kinds)} data; dataset {spec.name!r} "
+                             f"is {spec.kind}")
+        if cls.needs_labels and not spec.has_labels:
+            raise ValueError(f"family {cls.name!r} needs labels, which dataset {spec.name!r} has not")
 
     def modules(self) -> dict:
         raise NotImplementedError
@@ -181,7 +215,7 @@ class Recipe:
     def optimizers(self) -> dict:
         return {}
 
-    def step(self, batch) -> dict:
+    def step(self, batch, t: int) -> dict:
         raise NotImplementedError
 
     def evaluate(self, loader) -> dict:
@@ -191,7 +225,8 @@ class Recipe:
         raise NotImplementedError
 
     def extra_state(self) -> dict:
-        """State outside modules and optimizers that a resumed run needs (JSON-able, arrays allowed)."""
+        """State outside modules and optimizers that a resumed run needs (persistent chains, a replay buffer;
+        JSON-able, arrays allowed)."""
         return {}
 
     def load_extra_state(self, state: dict) -> None:
@@ -258,7 +293,7 @@ def fit(recipe, loader, steps: int, run_dir: Path, eval_loader=None, eval_every:
             tqdm(total=steps, initial=start, desc=f"train {recipe.name}", unit="step", disable=not progress,
                  dynamic_ncols=True) as bar:
         for step in range(start + 1, steps + 1):
-            metrics = recipe.step(next(batches))
+            metrics = recipe.step(next(batches), step)
             _check_finite(step, metrics, recipe)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]})

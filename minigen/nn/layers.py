@@ -12,7 +12,7 @@ from ..ops import sqrt
 from ..tensor import Tensor, ones, tensor, zeros
 from . import functional as F
 from . import init
-from .module import Module, Parameter
+from .module import Module, Parameter, Sequential
 
 
 def _pair(v) -> tuple[int, int]:
@@ -445,3 +445,14 @@ class Softplus(Module):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, threshold={self.threshold}"
+
+
+def mlp(sizes: list[int], activation=ReLU, final_activation: bool = False) -> Sequential:
+    """Linear layers sizes[0] -> sizes[1] -> ... -> sizes[-1] with `activation()` (a Module class or any
+    callable making one) between them, and after the last only if `final_activation`."""
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Linear(a, b))
+        if final_activation or i < len(sizes) - 2:
+            layers.append(activation())
+    return Sequential(*layers)
