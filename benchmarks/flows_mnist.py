@@ -16,7 +16,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 
 import minigen as mg
 from minigen import data
@@ -38,9 +37,9 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, help="Adam's learning rate (default: the recipe's)")
     args = p.parse_args(argv)
     mg.manual_seed(0)
-    train_x, test_x = (data.load_mnist(split)[0][:, None] / np.float32(255) for split in ("train", "test"))
+    spec, (train_x, _), (test_x, _) = data.load_dataset("mnist")
     options = {k: v for k, v in (("hidden", args.hidden), ("lr", args.lr)) if v is not None}
-    recipe = recipe_class(args.family)(train_x.shape[1:], **options)
+    recipe = recipe_class(args.family)(spec, **options)
     loader = data.DataLoader(train_x, batch_size=args.batch_size, seed=0)
     test_loader = data.DataLoader(test_x[:args.test_images], batch_size=250, shuffle=False)
     steps, last, metrics, seconds = train_and_evaluate(recipe, loader, test_loader, math.inf, args.minutes)

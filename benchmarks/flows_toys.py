@@ -27,8 +27,9 @@ from minigen.models import flows as F
 RESULTS = Path(__file__).parent / "results"
 SIZE = 128                                    # pixels per panel side
 
+POINTS = data.DataSpec("points", (2,), "continuous")
 DENSITY_MODELS = {"realnvp": lambda: F.realnvp_2d(64, 8), "maf": lambda: F.maf(2, 64, 8),
-                  "glow": lambda: F.glow_2d(64, 8), "ffjord": lambda: cnf.FFJORDRecipe((2,))}
+                  "glow": lambda: F.glow_2d(64, 8), "ffjord": lambda: cnf.FFJORDRecipe(POINTS)}
 DENSITY_STEPS = {"moons": 1000, "8gaussians": 3000, "checkerboard": 4000}
 FFJORD_STEPS = {"moons": 500, "8gaussians": 300, "checkerboard": 1500}      # RK4, 4 steps: cheap, rougher
 EXTENT = {"moons": 4.0, "8gaussians": 4.5, "checkerboard": 4.0}
@@ -81,8 +82,8 @@ def fit_density(model: str, name: str, steps: int):
     if model == "ffjord":
         recipe = DENSITY_MODELS[model]()
         schedule = optim.CosineAnnealingLR(recipe.optimizer, steps)
-        for _ in range(steps):
-            recipe.step((mg.tensor(data.sample_toy(name, 256, rng)),))
+        for t in range(1, steps + 1):
+            recipe.step((mg.tensor(data.sample_toy(name, 256, rng)),), t)
             schedule.step()
 
         def log_p(x):
@@ -109,10 +110,10 @@ def fit_energy(kind: str, target: str, length: int, steps: int, batch: int, lr: 
     """Reverse KL with the annealed energy (none for the unimodal U2) and a cosine schedule, as the tests;
     returns the recipe and its evaluation."""
     recipe = {"planar": F.PlanarRecipe, "radial": F.RadialRecipe}[kind](
-        (2,), target=target, length=length, lr=lr, batch=batch, anneal_steps=1 if target == "u2" else steps // 2)
+        POINTS, target=target, length=length, lr=lr, batch=batch, anneal_steps=1 if target == "u2" else steps // 2)
     schedule = optim.CosineAnnealingLR(recipe.optimizer, steps)
-    for _ in range(steps):
-        recipe.step(None)
+    for t in range(1, steps + 1):
+        recipe.step(None, t)
         schedule.step()
     return recipe, recipe.evaluate(None)
 

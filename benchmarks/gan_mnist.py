@@ -43,7 +43,7 @@ def train(recipe, loader, steps: int, every: int, fixed: int = 8) -> tuple[list,
         if batch is None:
             batches = iter(loader)
             batch = next(batches)
-        history.append(recipe.step(batch))
+        history.append(recipe.step(batch, step))
         if step % every == 0:
             rows.append(recipe.generate(z))
     return history, rows
@@ -57,6 +57,7 @@ def pictures(name: str, recipe, history: list, rows: list, out: Path) -> None:
     save_line_plot({k: (steps, [h[k] for h in history]) for k in ("d_loss", "g_loss")}, out / f"{name}-losses.png")
 
 
+POINTS = data.DataSpec("points", (2,), "continuous")
 MIXTURES = {"8gaussians": (data.eight_gaussians, EIGHT_GAUSSIANS, 1),
             "25gaussians": (data.twenty_five_gaussians, TWENTY_FIVE_GAUSSIANS, 2)}
 
@@ -69,8 +70,8 @@ def toys(out: Path) -> dict:
     for mixture, (draw, spec, longer) in MIXTURES.items():
         reference = draw(2000, 1)
         loader = data.DataLoader(draw(20000, 0), batch_size=256, seed=0)
-        for name, recipe, steps in (("gan", GANRecipe((2,), lr=1e-3, hidden=64), 600),
-                                    ("wgan-gp", WGANGPRecipe((2,), lr=1e-3, beta1=0.5, penalty=0.1), 1000)):
+        for name, recipe, steps in (("gan", GANRecipe(POINTS, lr=1e-3, hidden=64), 600),
+                                    ("wgan-gp", WGANGPRecipe(POINTS, lr=1e-3, beta1=0.5, penalty=0.1), 1000)):
             history, _ = train(recipe, loader, steps * longer, every=steps * longer)
             samples = recipe.sample(2000)
             save_samples(samples, out / f"{name}-{mixture}.png", reference=reference)

@@ -132,8 +132,8 @@ def train_for(recipe, loader, steps: float, minutes: float) -> tuple[int, dict]:
         if batch is None:
             batches = iter(loader)
             continue
-        metrics = recipe.step(batch)
         step += 1
+        metrics = recipe.step(batch, step)
         if step >= steps or time.process_time() - start >= 60 * minutes:
             return step, metrics
 

@@ -38,12 +38,13 @@ RECIPES = {"vae": VAERecipe, "cvae": CVAERecipe, "hvae": HVAERecipe}
 
 
 def load(dataset: str, binarization: str):
-    """((train images, labels), (test images, labels)) with images float32 (n, 1, 28, 28), and the recipe's
-    `pixels` setting; the fixed binarization has no labels: (images,) alone."""
+    """(spec, (train images, labels), (test images, labels)) with images float32 (n, 1, 28, 28), and the
+    recipe's `pixels` setting; the fixed binarization has no labels: (images,) alone."""
     if binarization == "fixed":
-        return [(data.load_binarized_mnist(s)[:, None].astype(np.float32),) for s in ("train", "test")], "as-is"
-    load_split = data.load_mnist if dataset == "mnist" else data.load_fashion_mnist
-    return [(x[:, None] / np.float32(255), y) for x, y in map(load_split, ("train", "test"))], "dynamic"
+        spec, (train_x, _), (test_x, _) = data.load_dataset("binarized-mnist")
+        return spec, [(train_x,), (test_x,)], "as-is"
+    spec, train, test = data.load_dataset(dataset)
+    return spec, [train, test], "dynamic"
 
 
 def main(argv=None) -> None:
@@ -68,8 +69,8 @@ def main(argv=None) -> None:
         p.error("the fixed binarization has no labels for the cvae")
     epochs = args.epochs or (3 if args.minutes == math.inf else math.inf)
     mg.manual_seed(0)
-    (train, test), pixels = load(args.dataset, args.binarization)
-    recipe = RECIPES[args.model](train[0].shape[1:], latent=args.latent, arch=args.arch, hidden=HIDDEN[args.arch],
+    spec, (train, test), pixels = load(args.dataset, args.binarization)
+    recipe = RECIPES[args.model](spec, latent=args.latent, arch=args.arch, hidden=HIDDEN[args.arch],
                                  pixels=pixels, samples=args.train_k, iwae=args.train_k > 1, eval_k=args.k, lr=1e-3)
     loader = data.DataLoader(*train, batch_size=args.batch_size, seed=0)     # labels are read by the cvae only
     test = [a[:args.test_images] for a in test]

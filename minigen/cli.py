@@ -17,7 +17,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from . import backend, data
 from .models import FAMILIES, recipe_class

@@ -51,11 +51,11 @@ def likelihood_metrics(nll: float, spec, density: bool = True) -> dict:
     """The one convention every family reports: `nll` in nats per example on the data's own discrete scale
     where it is discrete, and `bits_per_dim` from it.
 
-    `nll` is what the model computed: with density=True a density on [0, 1)^D of grey levels dequantized as
-    y = (k + u) / L (spec.kind "levels"), turned into the bound -log P(k) <= nll + D log L (Theis et al. 2016,
-    eq. 9); with density=False (or kind "binary" / "continuous") it is already on the data's scale: a
-    probability of the pixels, or a density of real vectors."""
-    if density and spec.kind == "levels":
+    `nll` is what the model computed: with density=True and discrete data (kind "levels" or "binary") a
+    density on [0, 1)^D of the levels dequantized as y = (k + u) / L, turned into the bound
+    -log P(k) <= nll + D log L (Theis et al. 2016, eq. 9); with density=False, or for kind "continuous", it is
+    already on the data's scale: a probability of the discrete pixels, or a density of real vectors."""
+    if density and spec.kind != "continuous":
         nll = nll + spec.dim * math.log(spec.levels)
     return {"nll": float(nll), "bits_per_dim": float(nll / (spec.dim * math.log(2)))}
 

@@ -186,15 +186,15 @@ class Recipe:
 
     @classmethod
     def options(cls) -> dict:
-        """{name: default} of every option the family declares: the keyword arguments of its __init__ and,
-        where it passes **options on, of its parents'."""
+        """{name: default} of every option the family declares: the keyword arguments with defaults of its
+        __init__ and, where it passes **options on, of its parents'."""
         found: dict = {}
         for klass in cls.__mro__:
             if "__init__" not in vars(klass) or klass is Recipe:
                 continue
             params = list(inspect.signature(klass.__init__).parameters.values())[2:]    # self, spec
             for p in params:
-                if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD:
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty:
                     found.setdefault(p.name, p.default)
             if not any(p.kind is p.VAR_KEYWORD for p in params):
                 break

@@ -16,6 +16,7 @@ from minigen.train import fit
 
 # --- solvers ---------------------------------------------------------------------------------------------
 
+POINTS = mg.data.DataSpec("points", (2,), "continuous")
 A = np.array([[-0.3, 2.0, 0.0], [-2.0, -0.3, 0.5], [0.0, -0.5, -0.1]])
 
 
@@ -113,11 +114,11 @@ def test_otflow_closed_forms_equal_autodiff(layers):
 
 def test_otflow_loss_has_its_regularizers_and_decreases():
     mg.manual_seed(0)
-    recipe = recipe_class("otflow")((2,), width=16)
+    recipe = recipe_class("otflow")(POINTS, width=16)
     x = mg.tensor(mg.data.eight_gaussians(256, 0))
-    first = recipe.step((x,))
-    for _ in range(15):
-        last = recipe.step((x,))
+    first = recipe.step((x,), 1)
+    for t in range(2, 17):
+        last = recipe.step((x,), t)
     assert first["transport"] >= 0 and first["hjb"] >= 0
     assert last["loss"] < first["loss"] - 0.5
 
@@ -169,7 +170,7 @@ def _train(name: str, steps: int, tmp_path, family: str = "ffjord", **options):
     (Dopri5, rtol = atol = 1e-5, exact trace)."""
     rng = np.random.default_rng(0)
     train, test = mg.data.sample_toy(name, 20000, rng), mg.data.sample_toy(name, 2000, rng)
-    recipe = recipe_class(family)((2,), **options)
+    recipe = recipe_class(family)(POINTS, **options)
     metrics = fit(recipe, mg.data.DataLoader(train, batch_size=256, seed=0), steps, tmp_path,
                   eval_loader=mg.data.DataLoader(test, batch_size=1000, shuffle=False), eval_every=steps,
                   sample_every=steps, checkpoint_every=steps, progress=False)
@@ -234,7 +235,7 @@ def test_ffjord_on_images_reports_the_discrete_nll_in_bits_per_dim():
     from minigen.data import dequantize, logit_transform
     from minigen.models.cnf import FFJORDRecipe
     x = np.random.default_rng(0).integers(0, 256, (6, 1, 4, 4)) / np.float32(255)
-    recipe = FFJORDRecipe((1, 4, 4), hidden=8, eval_tol=1e-3)
+    recipe = FFJORDRecipe(mg.data.DataSpec("tiny", (1, 4, 4), "levels", levels=256), hidden=8, eval_tol=1e-3)
     assert recipe.model.trace == "hutchinson" and recipe.log_prob_options == {"trace": "hutchinson"}
     recipe.log_prob_options = {"trace": "exact"}      # so that dequantization is the only random draw
     mg.manual_seed(1)
@@ -246,7 +247,7 @@ def test_ffjord_on_images_reports_the_discrete_nll_in_bits_per_dim():
     nll = -(log_p.data + log_det.data - 16 * np.log(256)).mean()
     assert np.isclose(metrics["nll"], nll, rtol=1e-6)
     assert np.isclose(metrics["bits_per_dim"], nll / (16 * np.log(2)))
-    assert np.isfinite(recipe.step((mg.tensor(x),))["nll"])
+    assert np.isfinite(recipe.step((mg.tensor(x),), 1)["nll"])
     samples = recipe.sample(3)
     assert samples.shape == (3, 1, 4, 4) and samples.min() >= 0 and samples.max() <= 1
     recipe.temperature = 0.0                          # every sample from z = 0: one image

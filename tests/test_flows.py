@@ -252,10 +252,10 @@ def test_reverse_kl_reaches_minus_log_z(kind, target, length, steps, request):
     _xfail_if_missed(request, kind, target)
     anneal_steps = 1 if target == "u2" else steps // 2         # U2 is unimodal: no annealing needed
     recipe = {"planar": F.PlanarRecipe, "radial": F.RadialRecipe}[kind](
-        (2,), target=target, length=length, lr=ENERGY_LR[kind], batch=ENERGY_BATCH[kind], anneal_steps=anneal_steps)
+        mg.data.DataSpec("none", (2,), "continuous"), target=target, length=length, lr=ENERGY_LR[kind], batch=ENERGY_BATCH[kind], anneal_steps=anneal_steps)
     schedule = optim.CosineAnnealingLR(recipe.optimizer, steps)
-    for _ in range(steps):
-        recipe.step(None)
+    for t in range(1, steps + 1):
+        recipe.step(None, t)
         schedule.step()
     metrics = recipe.evaluate(None)
     print(f"{kind} on {target}: E_q[log q + U] {metrics['loss']:.3f}, -log Z {metrics['floor']:.3f}")
@@ -329,8 +329,9 @@ def test_made_is_autoregressive_and_sees_nearly_all_earlier_inputs(dim, hidden):
 
 
 def test_glow_recipe_keeps_its_scales_apart_from_the_grey_levels():
-    """`levels` is the dequantization's number of grey levels in every image recipe; Glow's L is `scales`."""
+    """The grey levels come from the data's spec in every image recipe; Glow's L is `scales`."""
     from minigen.models.flows import GlowRecipe
     size = lambda recipe: sum(p.data.size for p in recipe.flow.parameters())
-    one, two = GlowRecipe((1, 8, 8), levels=5, scales=1, steps=2), GlowRecipe((1, 8, 8), levels=5, scales=2, steps=2)
-    assert one.levels == two.levels == 5 and size(one) < size(two)
+    spec = mg.data.DataSpec("five levels", (1, 8, 8), "levels", levels=5)
+    one, two = GlowRecipe(spec, scales=1, steps=2), GlowRecipe(spec, scales=2, steps=2)
+    assert "levels" not in GlowRecipe.options() and size(one) < size(two)

@@ -54,20 +54,23 @@ def test_generator_losses_have_their_gradients_and_the_minimax_one_saturates(a):
         np.testing.assert_allclose(g_ns.numpy(), -0.25, rtol=1e-4)
 
 
+POINTS = data.DataSpec("8gaussians", (2,), "continuous")
+
+
 def _train_on_eight_gaussians(recipe, steps):
     loader = data.DataLoader(data.eight_gaussians(20000, 0), batch_size=256, seed=0)
     batches = iter(())
-    for _ in range(steps):
+    for t in range(1, steps + 1):
         batch = next(batches, None)
         if batch is None:
             batches = iter(loader)
             batch = next(batches)
-        recipe.step(batch)
+        recipe.step(batch, t)
     return mode_statistics(recipe.sample(2000), EIGHT_GAUSSIANS.means, EIGHT_GAUSSIANS.std)
 
 
 def test_non_saturating_gan_covers_the_eight_gaussians():
-    stats = _train_on_eight_gaussians(GANRecipe((2,), lr=1e-3, hidden=64), 600)
+    stats = _train_on_eight_gaussians(GANRecipe(POINTS, lr=1e-3, hidden=64), 600)
     assert stats["modes"] == 8 and stats["high_quality"] > 0.8, stats
 
 
@@ -75,7 +78,7 @@ def test_non_saturating_gan_covers_the_eight_gaussians():
 def test_wgan_gp_covers_the_eight_gaussians():
     # slow: ~20 s of CPU with OMP_NUM_THREADS=1, several minutes when BLAS threads contend on 2 busy cores.
     # lambda = 0.1, as Gulrajani et al.'s code uses for its toy sets (gan_toy.py); 1000 critic steps = 200 of G
-    recipe = WGANGPRecipe((2,), lr=1e-3, beta1=0.5, penalty=0.1, hidden=128)
+    recipe = WGANGPRecipe(POINTS, lr=1e-3, beta1=0.5, penalty=0.1, hidden=128)
     stats = _train_on_eight_gaussians(recipe, 1000)
     assert stats["modes"] == 8 and stats["high_quality"] > 0.7, stats
 
@@ -92,11 +95,11 @@ def test_simultaneous_gda_on_xy_circles_away_from_the_equilibrium():
 
 
 def test_wgan_clips_the_critic_and_updates_the_generator_every_n_critic_steps():
-    recipe = WGANRecipe((2,), hidden=16, n_critic=3, clip=0.01)
+    recipe = WGANRecipe(POINTS, hidden=16, n_critic=3, clip=0.01)
     batch = (mg.tensor(data.eight_gaussians(64, 0)),)
     g_before = [p.numpy().copy() for p in recipe.G.parameters()]
     for k in range(1, 4):
-        metrics = recipe.step(batch)
+        metrics = recipe.step(batch, k)
         assert all(np.abs(p.numpy()).max() <= 0.01 for p in recipe.D.parameters())
         unchanged = all(np.array_equal(a, p.numpy()) for a, p in zip(g_before, recipe.G.parameters()))
         assert unchanged == (k < 3)
@@ -107,9 +110,9 @@ def test_wgan_clips_the_critic_and_updates_the_generator_every_n_critic_steps():
 @pytest.mark.parametrize("cls", [DCGANRecipe, WGANRecipe, WGANGPRecipe])
 @pytest.mark.parametrize("size", [8, 28])
 def test_dcgan_networks_train_on_images(cls, size):
-    recipe = cls((1, size, size), width=8, latent=16, n_critic=1)
+    recipe = cls(data.DataSpec("images", (1, size, size), "levels", levels=256), width=8, latent=16, n_critic=1)
     x = mg.tensor(np.random.default_rng(0).uniform(size=(6, 1, size, size)), dtype=np.float32)
-    metrics = recipe.step((x,))
+    metrics = recipe.step((x,), 1)
     assert all(np.isfinite(v) for v in metrics.values())
     samples = recipe.sample(5)
     assert samples.shape == (5, 1, size, size) and samples.min() >= 0 and samples.max() <= 1

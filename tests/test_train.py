@@ -15,6 +15,10 @@ from minigen.models.gaussian import GaussianRecipe
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn (the test extra) gives the digits and PCA.score")
 
 
+DIGITS = data.DataSpec("digits", (1, 8, 8), "levels", levels=17)
+CONTINUOUS_DIGITS = data.DataSpec("digits", (1, 8, 8), "continuous")    # the grey levels taken as reals (as PCA does)
+
+
 def _digits():
     x, _ = data.load_digits()
     return x[:, None]
@@ -23,15 +27,15 @@ def _digits():
 class _DenoisingAE(AERecipe):
     """An autoencoder fed noisy inputs: its steps draw from minigen's generator, so resuming must restore it."""
 
-    def step(self, batch):
+    def step(self, batch, t):
         (x,) = batch
-        return super().step((x + mg.randn(*x.shape) * 0.1,))
+        return super().step((x + mg.randn(*x.shape) * 0.1,), t)
 
 
 def _ae_run(run_dir, steps, resume=False, seed=0):
     mg.manual_seed(seed)
     x = _digits()[:512]
-    recipe = _DenoisingAE(x.shape[1:], hidden=32, latent=4)
+    recipe = _DenoisingAE(DIGITS, hidden=32, latent=4)
     loader = data.DataLoader(x, batch_size=64, seed=seed)
     train.fit(recipe, loader, steps, run_dir, eval_loader=data.DataLoader(x[:128], batch_size=64, shuffle=False),
               eval_every=5, sample_every=7, checkpoint_every=4, resume=resume, progress=False)
@@ -87,9 +91,8 @@ class _Exploding(train.Recipe):
     def modules(self):
         return {"layer": self.layer}
 
-    def step(self, batch):
-        step = self.steps = getattr(self, "steps", 0) + 1
-        return {"loss": float("nan") if step == 3 else 1.0}
+    def step(self, batch, t):
+        return {"loss": float("nan") if t == 3 else 1.0}
 
     def sample(self, n):
         return np.zeros((n, 2))
@@ -107,10 +110,10 @@ def test_gaussian_log_likelihood_matches_probabilistic_pca():
     x = _digits()
     train_x, test_x = x[:1400], x[1400:]
     for k in (5, 20):
-        recipe = GaussianRecipe(train_x.shape[1:], components=k)
-        for batch in data.DataLoader(train_x, batch_size=256, shuffle=False):
-            recipe.step(batch)
-        ours = recipe.evaluate(data.DataLoader(test_x, batch_size=500, shuffle=False))["log_likelihood"]
+        recipe = GaussianRecipe(CONTINUOUS_DIGITS, components=k)
+        for t, batch in enumerate(data.DataLoader(train_x, batch_size=256, shuffle=False), 1):
+            recipe.step(batch, t)
+        ours = -recipe.evaluate(data.DataLoader(test_x, batch_size=500, shuffle=False))["nll"]
         pca = PCA(n_components=k).fit(train_x.reshape(len(train_x), -1))
         # PCA divides the covariance by n - 1 where maximum likelihood divides by n: 0.03 nats here
         assert ours == pytest.approx(pca.score(test_x.reshape(len(test_x), -1)), abs=0.1)
@@ -122,7 +125,7 @@ def test_gaussian_log_likelihood_matches_probabilistic_pca():
 def test_autoencoder_reconstructs_held_out_digits(tmp_path):
     mg.manual_seed(0)
     x = _digits()
-    recipe = AERecipe(x.shape[1:], hidden=128, latent=16)
+    recipe = AERecipe(DIGITS, hidden=128, latent=16)
     loader = data.DataLoader(x[:1500], batch_size=64, seed=0)
     train.fit(recipe, loader, 1500, tmp_path, progress=False, sample_every=10**9,
               checkpoint_every=10**9, eval_every=10**9)
@@ -141,7 +144,7 @@ def test_command_line_end_to_end(tmp_path):
     r = _cli("train", "gaussian", "--dataset", "digits", "--out", str(run), "--opt", "components=10", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads((run / "config.json").read_text())["options"] == {"components": 10}
-    assert "log_likelihood" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "bits_per_dim" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert list((run / "samples").glob("*.png"))
     r = _cli("sample", str(run), "-n", "16", "-o", str(tmp_path / "s.png"), cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "s.png").exists(), r.stderr

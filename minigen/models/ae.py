@@ -6,8 +6,6 @@ variance) and decode: a picture of why the VAE adds a prior.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import nn, optim
@@ -17,21 +15,11 @@ from ..tensor import Tensor, no_grad, randn
 from ..train import Recipe
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (none after the last)."""
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
 class Autoencoder(nn.Module):
     def __init__(self, dim: int, hidden: int = 256, latent: int = 16, code_momentum: float = 0.01):
         super().__init__()
-        self.encoder = mlp([dim, hidden, hidden, latent])
-        self.decoder = mlp([latent, hidden, hidden, dim])
+        self.encoder = nn.mlp([dim, hidden, hidden, latent])
+        self.decoder = nn.mlp([latent, hidden, hidden, dim])
         self.code_momentum = code_momentum
         self.register_buffer("code_mean", Tensor(np.zeros(latent, np.float32)))
         self.register_buffer("code_var", Tensor(np.ones(latent, np.float32)))
@@ -56,11 +44,10 @@ class AERecipe(Recipe):
     name = "ae"
     default_epochs = 250
 
-    def __init__(self, data_shape: tuple, hidden: int = 256, latent: int = 16, lr: float = 1e-3,
-                 binary_loss: bool = True, **_):
-        self.data_shape = tuple(data_shape)
+    def __init__(self, spec, hidden: int = 256, latent: int = 16, lr: float = 1e-3, binary_loss: bool = True):
+        self.spec = spec
         self.binary_loss = binary_loss          # data in [0, 1]: Bernoulli cross-entropy on logits
-        self.model = Autoencoder(math.prod(self.data_shape), hidden, latent)
+        self.model = Autoencoder(spec.dim, hidden, latent)
         self.optimizer = optim.Adam(self.model.parameters(), lr=lr)
 
     def modules(self) -> dict:
@@ -77,7 +64,7 @@ class AERecipe(Recipe):
             return nll * (1.0 / len(x)), sigmoid(out)
         return F.mse_loss(out, x, reduction="sum") * (1.0 / len(x)), out
 
-    def step(self, batch) -> dict:
+    def step(self, batch, t: int) -> dict:
         x = batch[0].reshape(len(batch[0]), -1)
         self.model.train()
         loss, _ = self.loss(x)
@@ -97,13 +84,13 @@ class AERecipe(Recipe):
                 total_loss += loss.item() * len(x)
                 total_se += sum_((x_hat - x) ** 2).item()
                 n += len(x)
-        return {"loss": total_loss / n, "mse_per_dim": total_se / (n * math.prod(self.data_shape))}
+        return {"loss": total_loss / n, "mse_per_dim": total_se / (n * self.spec.dim)}
 
     def sample(self, n: int) -> np.ndarray:
         self.model.eval()
         with no_grad():
-            z = randn(n, len(self.model.code_mean.data)) * Tensor(np.sqrt(self.model.code_var.data)) \
+            z = randn(n, len(self.model.code_mean.data), device=self.spec.device) * self.model.code_var ** 0.5 \
                 + self.model.code_mean
             out = self.model.decoder(z)
             x = sigmoid(out) if self.binary_loss else out
-        return x.numpy().reshape((n,) + self.data_shape)
+        return x.numpy().reshape((n,) + self.spec.shape)

@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import backend, nn, optim
 from ..data import dequantize_batch, logit_inverse, logit_transform
-from ..metrics import bits_per_dim
+from ..metrics import likelihood_metrics
 from ..nn import Parameter
 from ..ops import abs as abs_, concatenate, softplus, tanh
 from ..tensor import Tensor, enable_grad, grad, is_grad_enabled, no_grad, randn, zeros
@@ -399,8 +399,8 @@ class CNFRecipe(Recipe):
     Dopri5 at rtol = atol = `eval_tol` and the exact trace, which is the model's density (it integrates to
     one), and the mean number of function evaluations; sampling integrates backwards with that solver.
 
-    Images are modelled as `FlowRecipe` models them: dequantized on 256 levels, through the logit transform
-    (its log-Jacobian counted) and flattened, so that evaluation reports honest bits/dim.
+    Images are modelled as `FlowRecipe` models them: dequantized on the data's grey levels, through the logit
+    transform (its log-Jacobian counted) and flattened, so that evaluation reports honest bits/dim.
 
     With a few fixed steps the training loss is not a likelihood: a long run can learn dynamics whose
     discretization error flatters it (train NLL below test NLL, evaluation NFE climbing). Then raise the
@@ -411,9 +411,9 @@ class CNFRecipe(Recipe):
 
     log_prob_options: dict = {}     # what evaluation passes to the model's log_prob besides the solver
 
-    def __init__(self, data_shape: tuple, model: nn.Module, lr: float, train_method: str, train_steps: int,
-                 train_tol: float, eval_tol: float):
-        self.data_shape, self.is_image = tuple(data_shape), len(data_shape) == 3
+    def __init__(self, spec, model: nn.Module, lr: float, train_method: str, train_steps: int, train_tol: float,
+                 eval_tol: float):
+        self.spec = spec
         self.model, self.temperature = model, 1.0       # temperature: the base's standard deviation in `sample`
         self.optimizer = optim.Adam(self.model.parameters(), lr=lr)
         self.train_solver = {"method": train_method, "steps": train_steps, "rtol": train_tol, "atol": train_tol}
@@ -427,21 +427,20 @@ class CNFRecipe(Recipe):
 
     def _prepare(self, x: Tensor) -> tuple[Tensor, Tensor | float]:
         """(what the ODE models, the log-density offset): points as they are (offset 0); images y = dequantized
-        pixels, u = logit(y) flattened, offset = log|det du/dy| - D log 256, so that the discrete pixels get
-        -log P(k) <= -(log p(u) + offset) (Theis et al. 2016)."""
-        if not self.is_image:
+        pixels, u = logit(y) flattened, offset = log|det du/dy|, so that -(log p(u) + offset) = -log p(y)."""
+        if not self.spec.is_image:
             return x, 0.0
-        u, log_det = logit_transform(dequantize_batch(x))
-        return u.reshape(len(x), -1), log_det - math.prod(self.data_shape) * math.log(256)
+        u, log_det = logit_transform(dequantize_batch(x, self.spec.levels))
+        return u.reshape(len(x), -1), log_det
 
-    def step(self, batch) -> dict:
+    def step(self, batch, t: int) -> dict:
         u, offset = self._prepare(batch[0])
         loss, metrics = self.model.loss(u, **self.train_solver)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        if self.is_image:
-            metrics["nll"] -= float(offset.data.mean())
+        if self.spec.is_image:
+            metrics["nll"] = likelihood_metrics(metrics["nll"] - float(offset.data.mean()), self.spec)["nll"]
         return {"loss": loss.item(), **metrics}
 
     def evaluate(self, loader) -> dict:
@@ -451,16 +450,13 @@ class CNFRecipe(Recipe):
                 u, offset = self._prepare(batch[0])
                 log_p, counts = self.model.log_prob(u, **self.eval_solver, **self.log_prob_options)
                 total, nfe, n = total - float((log_p + offset).data.sum()), nfe + counts["nfe"] * len(u), n + len(u)
-        metrics = {"nll": total / n, "nfe": nfe / n}
-        if self.is_image:
-            metrics["bits_per_dim"] = bits_per_dim(metrics["nll"], math.prod(self.data_shape))
-        return metrics
+        return {**likelihood_metrics(total / n, self.spec), "nfe": nfe / n}
 
     def sample(self, n: int) -> np.ndarray:
         u = self.model.sample(n, self.temperature, **self.eval_solver)
-        if not self.is_image:
+        if not self.spec.is_image:
             return u.numpy()
-        return np.clip(logit_inverse(u).numpy().reshape(n, *self.data_shape), 0, 1)
+        return np.clip(logit_inverse(u).numpy().reshape(n, *self.spec.shape), 0, 1)
 
 
 class FFJORDRecipe(CNFRecipe):
@@ -472,13 +468,12 @@ class FFJORDRecipe(CNFRecipe):
 
     name = "ffjord"
 
-    def __init__(self, data_shape: tuple, hidden: int = 64, layers: int = 3, T: float = 1.0,
-                 trace: str | None = None, probe: str = "rademacher", lambda_E: float = 0.01,
-                 lambda_F: float = 0.01, lr: float = 5e-3, train_method: str = "rk4", train_steps: int = 4,
-                 train_tol: float = 1e-3, eval_tol: float = 1e-5, **_):
-        eval_trace = "hutchinson" if len(data_shape) == 3 else "exact"
-        model = FFJORD(math.prod(data_shape), hidden, layers, T, trace or eval_trace, probe, lambda_E, lambda_F)
-        super().__init__(data_shape, model, lr, train_method, train_steps, train_tol, eval_tol)
+    def __init__(self, spec, hidden: int = 64, layers: int = 3, T: float = 1.0, trace: str | None = None,
+                 probe: str = "rademacher", lambda_E: float = 0.01, lambda_F: float = 0.01, lr: float = 5e-3,
+                 train_method: str = "rk4", train_steps: int = 4, train_tol: float = 1e-3, eval_tol: float = 1e-5):
+        eval_trace = "hutchinson" if spec.is_image else "exact"
+        model = FFJORD(spec.dim, hidden, layers, T, trace or eval_trace, probe, lambda_E, lambda_F)
+        super().__init__(spec, model, lr, train_method, train_steps, train_tol, eval_tol)
         self.log_prob_options = {"trace": eval_trace}
 
 
@@ -488,8 +483,8 @@ class OTFlowRecipe(CNFRecipe):
 
     name = "otflow"
 
-    def __init__(self, data_shape: tuple, width: int = 32, layers: int = 2, T: float = 1.0,
-                 alpha_L: float = 0.01, alpha_R: float = 0.05, lr: float = 1e-2, train_method: str = "rk4",
-                 train_steps: int = 8, train_tol: float = 1e-3, eval_tol: float = 1e-5, **_):
-        model = OTFlow(math.prod(data_shape), width, layers, T, alpha_L, alpha_R)
-        super().__init__(data_shape, model, lr, train_method, train_steps, train_tol, eval_tol)
+    def __init__(self, spec, width: int = 32, layers: int = 2, T: float = 1.0, alpha_L: float = 0.01,
+                 alpha_R: float = 0.05, lr: float = 1e-2, train_method: str = "rk4", train_steps: int = 8,
+                 train_tol: float = 1e-3, eval_tol: float = 1e-5):
+        model = OTFlow(spec.dim, width, layers, T, alpha_L, alpha_R)
+        super().__init__(spec, model, lr, train_method, train_steps, train_tol, eval_tol)

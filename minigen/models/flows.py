@@ -27,7 +27,7 @@ import scipy.linalg
 from .. import backend, nn, optim
 from ..data import (ENERGIES, ENERGY_Z1_MAX, dequantize_batch, energy_log_partition, logit_inverse,
                    logit_transform)
-from ..metrics import bits_per_dim
+from ..metrics import likelihood_metrics
 from ..ops import concatenate, conv2d, flip, inv, logsigmoid, slogdet, softplus, split, sqrt, sum as sum_, tanh
 from ..tensor import Tensor, no_grad, randn, zeros
 from ..train import Recipe
@@ -487,9 +487,7 @@ def _zero_last(net: nn.Sequential) -> nn.Sequential:
 
 def mlp_net(dim: int, hidden: int, layers: int = 2) -> nn.Sequential:
     """dim -> hidden (x layers, ReLU) -> 2 dim: the (t, raw s) of a coupling on vectors."""
-    sizes = [dim] + [hidden] * layers
-    body = [m for a, b in zip(sizes[:-1], sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
-    return _zero_last(nn.Sequential(*body, nn.Linear(hidden, 2 * dim)))
+    return _zero_last(nn.mlp([dim] + [hidden] * layers + [2 * dim]))
 
 
 def conv_net(channels: int, hidden: int) -> nn.Sequential:
@@ -674,25 +672,17 @@ def _glow_level(shape: tuple, hidden: int, scales: int, steps: int, lu: bool) ->
 
 class FlowRecipe(Recipe):
     """Maximum likelihood, loss = -mean log p(x). Points are modelled as they are; images are dequantized
-    per batch, y = (k + u) / L on L grey levels (17 for 8x8 digits, else 256, option `levels`), and the
-    flow starts with the logit transform, so -log P(k) <= -log p(y) + D log L (Theis et al. 2016) and
-    `evaluate` reports NLL in nats per example and, for images, bits/dim = that / (D log 2).
-    Options: hidden, lr, temperature (for `sample`), and the architecture's own."""
+    per batch, y = (k + u) / L on the data's L grey levels, and the flow starts with the logit transform, so
+    -log P(k) <= -log p(y) + D log L (Theis et al. 2016): `evaluate` reports that NLL in nats per example and
+    bits/dim (`metrics.likelihood_metrics`). A subclass builds its flow for the data and passes it on.
+    Options: lr, temperature (for `sample`), and the architecture's own."""
 
     default_dataset = "moons"
     default_epochs = 20
 
-    def __init__(self, data_shape: tuple, lr: float = 1e-3, temperature: float = 1.0, levels: int | None = None,
-                 **options):
-        self.data_shape = tuple(data_shape)
-        self.is_image = len(self.data_shape) == 3
-        self.levels = levels or (17 if self.data_shape == (1, 8, 8) else 256)
-        self.temperature = temperature
-        self.flow = self.build(self.data_shape, **options)
+    def __init__(self, spec, flow: Flow, lr: float = 1e-3, temperature: float = 1.0):
+        self.spec, self.flow, self.temperature = spec, flow, temperature
         self.optimizer = optim.Adam(self.flow.parameters(), lr=lr)
-
-    def build(self, data_shape: tuple, **options) -> Flow:
-        raise NotImplementedError
 
     def modules(self) -> dict:
         return {"flow": self.flow}
@@ -701,69 +691,64 @@ class FlowRecipe(Recipe):
         return {"optimizer": self.optimizer}
 
     def nll(self, x: Tensor) -> Tensor:
-        """-log p per example in nats, of the discrete pixels for images (the dequantization bound)."""
-        nll = -self.flow.log_prob(dequantize_batch(x, self.levels) if self.is_image else x)
-        return nll + math.prod(self.data_shape) * math.log(self.levels) if self.is_image else nll
+        """-log p per example in nats: of the dequantized pixels y for images, of the points otherwise."""
+        return -self.flow.log_prob(dequantize_batch(x, self.spec.levels) if self.spec.is_image else x)
 
-    def step(self, batch) -> dict:
+    def step(self, batch, t: int) -> dict:
         self.flow.train()
         loss = self.nll(batch[0]).mean()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return {"nll": loss.item()}
+        return {"nll": likelihood_metrics(loss.item(), self.spec)["nll"]}
 
     def evaluate(self, loader) -> dict:
         self.flow.eval()
         with no_grad():
             nll = np.concatenate([backend.to_device(self.nll(b[0]).data, "cpu") for b in loader])
-        metrics = {"nll": float(nll.mean())}
-        if self.is_image:
-            metrics["bits_per_dim"] = bits_per_dim(metrics["nll"], math.prod(self.data_shape))
-        return metrics
+        return likelihood_metrics(float(nll.mean()), self.spec)
 
     def sample(self, n: int) -> np.ndarray:
         x = self.flow.sample(n, self.temperature).numpy()
-        return np.clip(x, 0, 1) if self.is_image else x
+        return np.clip(x, 0, 1) if self.spec.is_image else x
 
 
 class RealNVPRecipe(FlowRecipe):
     """`minigen train realnvp`: couplings with alternating masks on points, the multiscale model on images."""
     name = "realnvp"
 
-    def build(self, data_shape, hidden: int = 64, couplings: int = 8, scales: int = 2):
-        if self.is_image:
-            return realnvp_image(data_shape, hidden, scales)
-        return realnvp_2d(hidden, couplings)
+    def __init__(self, spec, hidden: int = 64, couplings: int = 8, scales: int = 2, **options):
+        flow = realnvp_image(spec.shape, hidden, scales) if spec.is_image else realnvp_2d(hidden, couplings)
+        super().__init__(spec, flow, **options)
 
 
 class NICERecipe(FlowRecipe):
     """`minigen train nice`: additive couplings and the diagonal scaling (points)."""
     name = "nice"
+    kinds = ("continuous",)
 
-    def build(self, data_shape, hidden: int = 64, couplings: int = 4):
-        return nice_2d(hidden, couplings)
+    def __init__(self, spec, hidden: int = 64, couplings: int = 4, **options):
+        super().__init__(spec, nice_2d(hidden, couplings), **options)
 
 
 class GlowRecipe(FlowRecipe):
     """`minigen train glow`: actnorm, invertible 1x1 convolution (LU by default), affine coupling."""
     name = "glow"
 
-    def build(self, data_shape, hidden: int = 64, steps: int = 8, scales: int = 2, lu: bool = True):
-        if self.is_image:
-            return glow_image(data_shape, hidden, scales, steps, lu)
-        return glow_2d(hidden, steps, lu)
+    def __init__(self, spec, hidden: int = 64, steps: int = 8, scales: int = 2, lu: bool = True, **options):
+        flow = glow_image(spec.shape, hidden, scales, steps, lu) if spec.is_image else glow_2d(hidden, steps, lu)
+        super().__init__(spec, flow, **options)
 
 
 class MAFRecipe(FlowRecipe):
     """`minigen train maf`: MADE layers on flattened data (images: after the logit transform)."""
     name = "maf"
 
-    def build(self, data_shape, hidden: int = 64, layers: int = 5):
-        flow = maf(math.prod(data_shape), hidden, layers)
-        if self.is_image:
-            return Flow([LogitTransform(), Flatten(data_shape)] + list(flow.bijectors), flow.base)
-        return flow
+    def __init__(self, spec, hidden: int = 64, layers: int = 5, **options):
+        flow = maf(spec.dim, hidden, layers)
+        if spec.is_image:
+            flow = Flow([LogitTransform(), Flatten(spec.shape)] + list(flow.bijectors), flow.base)
+        super().__init__(spec, flow, **options)
 
 
 def energy_flow(kind: str, target: str, length: int = 32, hidden: int = 32) -> Flow:
@@ -794,9 +779,11 @@ class EnergyRecipe(Recipe):
     default_epochs = 20
     kind = "planar"
 
-    def __init__(self, data_shape: tuple, target: str = "u1", length: int = 32, lr: float = 1e-3,
-                 batch: int = 256, anneal_steps: int = 2000, **_):
-        self.target, self.batch, self.anneal_steps, self.t = target, batch, anneal_steps, 0
+    def __init__(self, spec, target: str = "u1", length: int = 32, lr: float = 1e-3, batch: int = 256,
+                 anneal_steps: int = 2000):
+        if target not in ENERGIES:
+            raise ValueError(f"target must be one of {', '.join(ENERGIES)}, got {target!r}")
+        self.target, self.batch, self.anneal_steps = target, batch, anneal_steps
         self.energy = ENERGIES[target]
         self.flow = energy_flow(self.kind, target, length)
         self.optimizer = optim.Adam(self.flow.parameters(), lr=lr)
@@ -807,24 +794,17 @@ class EnergyRecipe(Recipe):
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer}
 
-    def extra_state(self) -> dict:
-        return {"t": self.t}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.t = int(state.get("t", 0))
-
     def terms(self, n: int, beta: float = 1.0) -> Tensor:
         """log q(x) + beta U(x) for n samples x of the flow; their mean is the loss."""
         x, log_q = self.flow.sample_with_log_prob(n)
         return log_q + beta * self.energy(x)
 
-    def step(self, batch) -> dict:
-        beta = min(1.0, 0.1 + self.t / self.anneal_steps)
+    def step(self, batch, t: int) -> dict:
+        beta = min(1.0, 0.1 + (t - 1) / self.anneal_steps)
         loss = self.terms(self.batch, beta).mean()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        self.t += 1
         return {"loss": loss.item(), "beta": beta}
 
     def evaluate(self, loader) -> dict:

@@ -36,14 +36,9 @@ from ..train import Recipe
 # --- networks ----------------------------------------------------------------------------------------------
 
 
-def mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with LeakyReLU(0.2) between them (none after the last)."""
-    layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.LeakyReLU(0.2))
-    return nn.Sequential(*layers)
+def leaky_relu() -> nn.Module:
+    """LeakyReLU(0.2), the activation of both networks (Radford et al. 2016)."""
+    return nn.LeakyReLU(0.2)
 
 
 class DCGANGenerator(nn.Module):
@@ -83,7 +78,7 @@ class MLPDiscriminator(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.net = mlp([dim, hidden, hidden, hidden, 1])
+        self.net = nn.mlp([dim, hidden, hidden, hidden, 1], leaky_relu)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).reshape(len(x))
@@ -93,7 +88,8 @@ def build_networks(data_shape: tuple, latent: int, hidden: int, width: int,
                    critic_batch_norm: bool) -> tuple[nn.Module, nn.Module]:
     """(G, D): MLPs for points (d,), the DCGAN pair for square one-channel images (1, H, H) with H = 28 or 8."""
     if len(data_shape) == 1:
-        return mlp([latent, hidden, hidden, hidden, data_shape[0]]), MLPDiscriminator(data_shape[0], hidden)
+        return (nn.mlp([latent, hidden, hidden, hidden, data_shape[0]], leaky_relu),
+                MLPDiscriminator(data_shape[0], hidden))
     if len(data_shape) == 3 and data_shape[0] == 1 and data_shape[1] == data_shape[2] and data_shape[1] % 4 == 0:
         size = data_shape[1]
         return DCGANGenerator(latent, size, width), DCGANDiscriminator(size, width, critic_batch_norm)
@@ -159,20 +155,20 @@ class GANRecipe(Recipe):
     critic_batch_norm = True
     betas = (0.5, 0.999)
 
-    def __init__(self, data_shape: tuple, generator_loss: str = "non-saturating", latent: int | None = None,
-                 hidden: int = 128, width: int = 64, lr: float = 2e-4, beta1: float | None = None,
-                 beta2: float | None = None, n_critic: int = 1, **_):
+    def __init__(self, spec, generator_loss: str = "non-saturating", latent: int | None = None, hidden: int = 128,
+                 width: int = 64, lr: float = 2e-4, beta1: float | None = None, beta2: float | None = None,
+                 n_critic: int = 1):
         if generator_loss not in GENERATOR_LOSSES:
             raise ValueError(f"generator_loss must be one of {', '.join(GENERATOR_LOSSES)}, got {generator_loss!r}")
-        self.data_shape = tuple(data_shape)
-        self.images = len(self.data_shape) == 3
+        self.spec = spec
+        self.images = spec.is_image
         self.latent = latent or (64 if self.images else 2)
-        self.G, self.D = build_networks(self.data_shape, self.latent, hidden, width, self.critic_batch_norm)
+        self.G, self.D = build_networks(spec.shape, self.latent, hidden, width, self.critic_batch_norm)
         self.generator_loss_fn = GENERATOR_LOSSES[generator_loss]
         self.n_critic = n_critic
         betas = (self.betas[0] if beta1 is None else beta1, self.betas[1] if beta2 is None else beta2)
         self.opt_G, self.opt_D = (self.make_optimizer(m.parameters(), lr, betas) for m in (self.G, self.D))
-        self.critic_updates, self.last_g_loss = 0, 0.0
+        self.last_g_loss = 0.0
 
     def make_optimizer(self, params, lr: float, betas: tuple) -> optim.Optimizer:
         return optim.Adam(params, lr=lr, betas=betas)
@@ -184,10 +180,9 @@ class GANRecipe(Recipe):
         return {"G": self.opt_G, "D": self.opt_D}
 
     def extra_state(self) -> dict:
-        return {"critic_updates": self.critic_updates, "last_g_loss": self.last_g_loss}
+        return {"last_g_loss": self.last_g_loss}     # what the steps between generator updates report
 
     def load_extra_state(self, state: dict) -> None:
-        self.critic_updates = int(state.get("critic_updates", 0))
         self.last_g_loss = float(state.get("last_g_loss", 0.0))
 
     # the two losses: overridden by the Wasserstein variants
@@ -207,9 +202,9 @@ class GANRecipe(Recipe):
         return x * 2 - 1 if self.images else x
 
     def noise(self, n: int) -> Tensor:
-        return randn(n, self.latent)
+        return randn(n, self.latent, device=self.spec.device)
 
-    def step(self, batch) -> dict:
+    def step(self, batch, t: int) -> dict:
         x = self.to_model_units(batch[0])
         self.G.train()
         self.D.train()
@@ -221,10 +216,9 @@ class GANRecipe(Recipe):
         loss_d.backward()
         self.opt_D.step()
         self.after_d_step()
-        self.critic_updates += 1
         # 2. the generator, after every n_critic critic steps: one descent step through D, whose
         #    parameters receive gradients here too but are not stepped (zero_grad above clears them)
-        if self.critic_updates % self.n_critic == 0:
+        if t % self.n_critic == 0:
             loss_g = self.g_loss(self.G(self.noise(len(x))))
             self.opt_G.zero_grad()
             loss_g.backward()
@@ -248,7 +242,8 @@ class GANRecipe(Recipe):
         self.D.eval()
         held_out = np.concatenate([b[0].numpy() for b in loader])
         with no_grad():
-            x, x_fake = (self.to_model_units(Tensor(a)) for a in (held_out[:n_samples], self.sample(n_samples)))
+            x, x_fake = (self.to_model_units(tensor(a, device=self.spec.device))
+                         for a in (held_out[:n_samples], self.sample(n_samples)))
             loss_d, metrics = self.d_loss(x, x_fake[:len(x)])
         metrics = {f"test_{k}": v for k, v in metrics.items()}
         if not self.images:
@@ -256,7 +251,7 @@ class GANRecipe(Recipe):
                 if mode_statistics(held_out, mixture.means, mixture.std)["high_quality"] > 0.9:
                     stats = mode_statistics(self.sample(n_samples), mixture.means, mixture.std)
                     metrics.update({f"{name}_{k}": v for k, v in stats.items()})
-        elif self.data_shape[1:] == (28, 28) and CLASSIFIER_WEIGHTS.exists():
+        elif self.spec.shape[1:] == (28, 28) and CLASSIFIER_WEIGHTS.exists():
             metrics.update(image_metrics(self.sample(n_samples), held_out[:2000], load_classifier()))
         return metrics
 
@@ -276,8 +271,8 @@ class WGANRecipe(GANRecipe):
 
     name = "wgan"
 
-    def __init__(self, data_shape: tuple, lr: float = 5e-5, n_critic: int = 5, clip: float = 0.01, **options):
-        super().__init__(data_shape, lr=lr, n_critic=n_critic, **options)
+    def __init__(self, spec, lr: float = 5e-5, n_critic: int = 5, clip: float = 0.01, **options):
+        super().__init__(spec, lr=lr, n_critic=n_critic, **options)
         self.clip = clip
 
     def make_optimizer(self, params, lr: float, betas: tuple) -> optim.Optimizer:
@@ -303,8 +298,8 @@ class WGANGPRecipe(WGANRecipe):
     critic_batch_norm = False
     betas = (0.0, 0.9)
 
-    def __init__(self, data_shape: tuple, lr: float = 1e-4, penalty: float = 10.0, **options):
-        super().__init__(data_shape, lr=lr, **options)
+    def __init__(self, spec, lr: float = 1e-4, penalty: float = 10.0, **options):
+        super().__init__(spec, lr=lr, **options)
         self.penalty = penalty
 
     def make_optimizer(self, params, lr: float, betas: tuple) -> optim.Optimizer:

@@ -25,7 +25,7 @@ from statistics import NormalDist
 import numpy as np
 
 from .. import backend, nn, optim
-from ..metrics import bits_per_dim
+from ..metrics import likelihood_metrics
 from ..nn import functional as F
 from ..ops import broadcast_to, concatenate, exp, logsumexp, one_hot, sigmoid, split, stack
 from ..tensor import Tensor, no_grad, randn_like, tensor, zeros
@@ -134,7 +134,9 @@ class VAE(nn.Module):
             return None
         if y is None:
             raise ValueError(f"this VAE is conditioned on {self.classes} classes: pass the labels y")
-        return one_hot(y, self.classes, dtype=self.decoder[0].weight.dtype)
+        weight = self.decoder[0].weight
+        y = backend.to_device(y.data if isinstance(y, Tensor) else np.asarray(y), weight.device)
+        return one_hot(y, self.classes, dtype=weight.dtype)
 
     def top_down(self, n: int, h: Tensor | None = None, y: Tensor | None = None, draw: bool = True):
         """z = (z_1, .., z_L) for n rows, with log p(z) - log q(z|x) (n,) and the closed-form KL of each layer
@@ -244,20 +246,22 @@ class VAERecipe(Recipe):
     the test set is binarized / dequantized once with a fixed seed. Evaluation: ELBO, the KL of each layer
     (kl_1 the top), IWAE_{eval_k} and the NLL -IWAE in nats per example, and bits/dim for dequantized data.
     Options: latent, layers, arch ("mlp", "conv"), hidden, likelihood, x_log_var, samples, iwae, beta, warmup,
-    pixels, levels, eval_k, lr."""
+    pixels, eval_k, lr."""
 
     name = "vae"
     default_epochs = 100
 
-    def __init__(self, data_shape: tuple, latent: int = 16, layers: int = 1, arch: str = "mlp",
-                 hidden: tuple = (256, 256), likelihood: str = "bernoulli", x_log_var: float | None = None,
-                 classes: int = 0, samples: int = 1, iwae: bool = False, beta: float = 1.0, warmup: int = 0,
-                 pixels: str | None = None, levels: int = 256, eval_k: int = 100, lr: float = 1e-3, **_):
-        self.model = VAE(data_shape, latent, layers, arch, hidden, likelihood, x_log_var, classes)
+    def __init__(self, spec, latent: int = 16, layers: int = 1, arch: str = "mlp", hidden: tuple = (256, 256),
+                 likelihood: str = "bernoulli", x_log_var: float | None = None, samples: int = 1,
+                 iwae: bool = False, beta: float = 1.0, warmup: int = 0, pixels: str | None = None,
+                 eval_k: int = 100, lr: float = 1e-3):
+        self.spec = spec
+        classes = spec.classes if self.needs_labels else 0
+        self.model = VAE(spec.shape, latent, layers, arch, hidden, likelihood, x_log_var, classes)
         self.optimizer = optim.Adam(self.model.parameters(), lr=lr)
-        self.pixels = pixels or ("dynamic" if likelihood == "bernoulli" else "as-is")
-        self.samples, self.iwae, self.beta, self.warmup = samples, iwae, beta, warmup
-        self.levels, self.eval_k, self.updates = levels, eval_k, 0
+        binary = likelihood == "bernoulli" and spec.kind == "levels"
+        self.pixels = pixels or ("dynamic" if binary else "as-is")
+        self.samples, self.iwae, self.beta, self.warmup, self.eval_k = samples, iwae, beta, warmup, eval_k
 
     def modules(self) -> dict:
         return {"model": self.model}
@@ -265,27 +269,20 @@ class VAERecipe(Recipe):
     def optimizers(self) -> dict:
         return {"optimizer": self.optimizer}
 
-    def extra_state(self) -> dict:
-        return {"updates": self.updates}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.updates = int(state.get("updates", 0))
-
     def _split(self, batch):
         """(x, y): the labels only for a conditional model."""
         return batch[0], (batch[1] if self.model.classes else None)
 
-    def step(self, batch) -> dict:
+    def step(self, batch, t: int) -> dict:
         x, y = self._split(batch)
-        x = prepare_pixels(x, self.pixels, backend.generator(x.device), self.levels)
+        x = prepare_pixels(x, self.pixels, backend.generator(x.device), self.spec.levels)
         self.model.train()
-        beta_t = self.beta * min(1.0, (self.updates + 1) / self.warmup) if self.warmup else self.beta
+        beta_t = self.beta * min(1.0, t / self.warmup) if self.warmup else self.beta
         bound = self.model.iwae(x, y, self.samples) if self.iwae else self.model.elbo(x, y, self.samples, beta_t)
         loss = -bound.mean()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        self.updates += 1
         return {"loss": loss.item(), "beta": beta_t}
 
     def evaluate(self, loader) -> dict:
@@ -294,18 +291,16 @@ class VAERecipe(Recipe):
         terms, log_p = [], []
         for batch in loader:
             x, y = self._split(batch)
-            x = prepare_pixels(x, self.pixels, rng, self.levels)
+            x = prepare_pixels(x, self.pixels, rng, self.spec.levels)
             with no_grad():
                 log_px, _, kl = self.model.log_weights(x, y)      # one sample: log p(x|z) and each layer's KL
                 terms.append(backend.to_device(concatenate([log_px, kl[:, 0]]).data, "cpu"))
             log_p.append(self.model.log_likelihood(x, y, self.eval_k))
         terms, nll = np.concatenate(terms, axis=1).mean(axis=1), float(-np.concatenate(log_p).mean())
-        metrics = {"elbo": float(terms[0] - terms[1:].sum()), f"iwae_{self.eval_k}": -nll, "nll": nll}
+        metrics = {"elbo": float(terms[0] - terms[1:].sum()), f"iwae_{self.eval_k}": -nll}
         metrics.update({f"kl_{l + 1}": float(kl) for l, kl in enumerate(terms[1:])})
-        if self.pixels == "dequantize":          # log P(grey levels) >= E_u log p(y) - D log levels
-            d = math.prod(self.model.data_shape)
-            metrics["bits_per_dim"] = bits_per_dim(nll, d, self.levels)
-        return metrics
+        # a density of dequantized levels bounds their probability; binarized pixels are the data modelled
+        return {**metrics, **likelihood_metrics(nll, self.spec, density=self.pixels == "dequantize")}
 
     def sample(self, n: int) -> np.ndarray:
         self.model.eval()
@@ -315,14 +310,11 @@ class VAERecipe(Recipe):
 
 
 class CVAERecipe(VAERecipe):
-    """`minigen train cvae`: the VAE conditioned on the label (10 classes by default); samples cycle
+    """`minigen train cvae`: the VAE conditioned on the label (the dataset's classes); samples cycle
     through the classes."""
 
     name = "cvae"
     needs_labels = True
-
-    def __init__(self, data_shape: tuple, classes: int = 10, **options):
-        super().__init__(data_shape, classes=classes, **options)
 
 
 class HVAERecipe(VAERecipe):
@@ -331,8 +323,8 @@ class HVAERecipe(VAERecipe):
 
     name = "hvae"
 
-    def __init__(self, data_shape: tuple, layers: int = 2, **options):
-        super().__init__(data_shape, layers=layers, **options)
+    def __init__(self, spec, layers: int = 2, **options):
+        super().__init__(spec, layers=layers, **options)
 
 
 # --- pictures --------------------------------------------------------------------------------------------
