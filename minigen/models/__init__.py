@@ -28,6 +28,12 @@ FAMILIES = {
     "dcgan": ("minigen.models.gan", "DCGANRecipe", "DCGAN: transposed-conv generator, strided-conv discriminator"),
     "wgan": ("minigen.models.gan", "WGANRecipe", "Wasserstein GAN: critic with weight clipping, RMSprop"),
     "wgan-gp": ("minigen.models.gan", "WGANGPRecipe", "WGAN-GP: critic with gradient penalty, Adam(0, 0.9)"),
+    "bm": ("minigen.models.boltzmann", "BMRecipe", "fully visible Boltzmann machine: exact or Gibbs statistics, AIS"),
+    "rbm": ("minigen.models.boltzmann", "RBMRecipe", "RBM (binary or Gaussian visible) by CD-k / PCD, AIS test NLL"),
+    "dbn": ("minigen.models.boltzmann", "DBNRecipe", "deep belief net: greedy RBMs, variational bound with AIS"),
+    "dbm": ("minigen.models.boltzmann", "DBMRecipe", "deep Boltzmann machine: mean-field, persistent chains, AIS"),
+    "ebm": ("minigen.models.langevin", "LangevinEBMRecipe",
+            "neural energy-based model: maximum likelihood with replay-buffer Langevin negatives"),
 }
 
 
