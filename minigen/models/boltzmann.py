@@ -62,6 +62,11 @@ def bernoulli(p):
     return (u < p).astype(p.dtype)
 
 
+def coin_flips(shape: tuple, like):
+    """Fair binary draws of `shape`, of like's dtype and on its device: where chains start from noise."""
+    return bernoulli(backend.get_array_module(like).full(shape, 0.5, like.dtype))
+
+
 def gaussian(mean):
     """Draws from N(mean, I), from minigen's generator of mean's device."""
     return mean + backend.generator(backend.device_of(mean)).standard_normal(mean.shape, dtype=mean.dtype)
@@ -70,7 +75,8 @@ def gaussian(mean):
 def entropy(mu):
     """The entropy in nats of independent Bernoulli units with means mu, summed over the last axis."""
     xp = backend.get_array_module(mu)
-    mu = xp.clip(mu, 1e-12, 1 - 1e-12)
+    eps = float(xp.finfo(mu.dtype).eps)
+    mu = xp.clip(mu, eps, 1 - eps)
     return -(mu * xp.log(mu) + (1 - mu) * xp.log1p(-mu)).sum(axis=-1)
 
 
@@ -96,7 +102,7 @@ def _anneal(a, beta: float, a_A):
 
 def base_rate(mean, gaussian_visible: bool = False):
     """The base model's visible parameters from data means: the means themselves for Gaussian units, the
-    log-odds of the (clipped) means for binary ones (Salakhutdinov & Murray 2008, section 4.1)."""
+    log-odds of the (clipped) means for binary ones (Salakhutdinov & Murray 2008)."""
     if gaussian_visible:
         return mean
     xp = backend.get_array_module(mean)
@@ -128,7 +134,7 @@ def ais(model, b_A, betas: list[float], runs: int) -> tuple[float, float]:
 
     `model` gives log p*_beta(x), the unnormalized log-probability of its AIS state x under the geometric
     path p_beta ∝ p_A^(1 - beta) p_model^beta from the base-rate model with visible parameters b_A
-    (Salakhutdinov & Murray 2008, eq. 15); a Gibbs `transition(x, beta, b_A)` leaving p_beta invariant;
+    (Salakhutdinov & Murray 2008); a Gibbs `transition(x, beta, b_A)` leaving p_beta invariant;
     `base_sample` and `base_log_Z` of p_0. With x_1 ~ p_0 and x_{k+1} ~ T_k(x_k), each run's weight
     w = prod_k p*_k(x_k) / p*_{k-1}(x_k) has E[w] = Z / Z_0, so log Z ~ log Z_0 + log mean w. All runs are
     one batch of chains."""
@@ -211,7 +217,7 @@ class BoltzmannMachine(nn.Module):
 
     def sample(self, n: int, steps: int):
         """n chains from uniform noise after `steps` Gibbs sweeps."""
-        x = bernoulli(0.5 * backend.get_array_module(self.b.data).ones((n, len(self.b.data)), self.b.data.dtype))
+        x = coin_flips((n, len(self.b.data)), self.b.data)
         for _ in range(steps):
             x = self.transition(x)
         return x
@@ -258,7 +264,8 @@ class RBM(nn.Module):
 
     def log_p_star(self, v, beta: float = 1.0, b_A=None):
         """log p*_beta(v) = (1 - beta) log p*_A(v) - beta F(v) up to H log 2: the visible terms of base and
-        model mixed, and sum_j softplus(beta (c_j + v^T W_:j)) (S&M 2008, eq. 15, base with no weights)."""
+        model mixed, and sum_j softplus(beta (c_j + v^T W_:j)) (Salakhutdinov & Murray 2008, with a base
+        model that has no weights)."""
         visible = v @ _anneal(self.b.data, beta, b_A)
         if self.gaussian_visible:       # -(1 - beta) ||v - b_A||^2 / 2 - beta ||v - b||^2 / 2
             b2, b_A2 = (self.b.data ** 2).sum(), None if b_A is None else (b_A ** 2).sum()
@@ -314,12 +321,9 @@ class RBM(nn.Module):
         """E[v | h = p(h | v)]: the mean-field reconstruction, for the reconstruction error and pictures."""
         return self.visible_mean(self.hidden_probs(v))
 
-    def sample(self, n: int, steps: int, v=None):
-        """Visible means after `steps` Gibbs steps of n chains started at v (else the biases' own p(v | h=0)
-        draw)."""
-        if v is None:
-            xp = backend.get_array_module(self.W.data)
-            v = self.sample_visible(xp.zeros((n, len(self.c.data)), self.W.data.dtype))
+    def sample(self, n: int, steps: int):
+        """Visible means after `steps` Gibbs steps of n chains started from p(v | h = 0)."""
+        v = self.sample_visible(backend.get_array_module(self.W.data).zeros((n, len(self.c.data)), self.W.data.dtype))
         for _ in range(steps):
             v = self.transition(v)
         return self.visible_mean(bernoulli(self.hidden_probs(v)))
@@ -334,7 +338,7 @@ class DBN(nn.Module):
 
     The first RBM's posterior q(h1 | v) = Bernoulli(sigmoid(c1 + v^T W1)) gives the variational bound
         log p(v) >= E_q[log p(v | h1) + log p(h1)] + H(q),  log p(h1) = -F_2(h1) - log Z_2
-    (Hinton et al. 2006; Salakhutdinov & Murray 2008, eq. 21), with F_2, Z_2 the top RBM's."""
+    (Hinton et al. 2006; Salakhutdinov & Murray 2008), with F_2, Z_2 the top RBM's."""
 
     def __init__(self, visible: int, hidden: tuple[int, int]):
         super().__init__()
@@ -435,10 +439,11 @@ class DBM(nn.Module):
         """log p*_beta(h1): v and h2 summed out of the path between the base (visible biases b_A, uniform
         hidden units) and the DBM."""
         a = _anneal(h1 @ self.W1.data.T + self.b.data, beta, b_A)
-        return beta * (h1 @ self.c1.data) + softplus(a).sum(-1) + softplus(beta * (h1 @ self.W2.data + self.c2.data)).sum(-1)
+        top = softplus(beta * (h1 @ self.W2.data + self.c2.data)).sum(-1)
+        return beta * (h1 @ self.c1.data) + softplus(a).sum(-1) + top
 
     def base_sample(self, b_A, n: int):
-        return bernoulli(0.5 * backend.get_array_module(b_A).ones((n, len(self.c1.data))))
+        return coin_flips((n, len(self.c1.data)), b_A)
 
     def base_log_Z(self, b_A) -> float:
         return float(softplus(b_A).sum()) + (len(self.c1.data) + len(self.c2.data)) * math.log(2)
@@ -469,8 +474,7 @@ class DBM(nn.Module):
 
     def sample(self, n: int, steps: int):
         """p(v | h1) means after `steps` Gibbs steps from uniform h1."""
-        xp = backend.get_array_module(self.W1.data)
-        _, h1, _ = self.gibbs(bernoulli(0.5 * xp.ones((n, len(self.c1.data)), self.W1.data.dtype)), steps)
+        _, h1, _ = self.gibbs(coin_flips((n, len(self.c1.data)), self.W1.data), steps)
         return sigmoid(h1 @ self.W1.data.T + self.b.data)
 
 
