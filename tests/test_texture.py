@@ -124,3 +124,16 @@ def test_uint8_example_and_default_generator():
         v = synthesize(u)
         assert v.shape == u.shape and np.isfinite(v).all()
         assert v.mean() == pytest.approx(u.mean(), abs=1e-9)
+
+
+def test_example_script_writes_its_pictures(tmp_path):
+    pytest.importorskip("sklearn", reason="the example crops scikit-learn's china.jpg")
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parent.parent / "examples" / "texture_synthesis.py"
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "foliage.png").exists() and (tmp_path / "stripes.png").exists()
+    assert "periodic component" in done.stdout
