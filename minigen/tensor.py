@@ -158,11 +158,8 @@ class Tensor:
 
     def to(self, device_or_dtype) -> Tensor:
         """`.to('cpu'|'cuda')` moves the data, `.to(dtype)` casts; both are differentiable."""
-        if isinstance(device_or_dtype, str) and device_or_dtype in ("cpu", "cuda"):
-            if device_or_dtype == self.device:
-                return self
-            from .ops.elementwise import ToDevice
-            return ToDevice(device_or_dtype)(self)
+        if isinstance(device_or_dtype, str) and device_or_dtype in backend.DEVICES:
+            return self if device_or_dtype == self.device else ToDevice(device_or_dtype)(self)
         return self.astype(device_or_dtype)
 
     def cpu(self) -> Tensor:
@@ -178,7 +175,11 @@ class Tensor:
         `grad` is the gradient of some scalar with respect to self; it may be left out only when self
         has a single element.
         """
-        _run_backward([self], [grad], None, retain_graph or create_graph, create_graph, False)
+        grads = _walk([self], [grad], None, retain_graph or create_graph, create_graph)
+        given = {id(grad.data if isinstance(grad, Tensor) else grad)}   # a leaf's .grad must not alias it
+        for leaf, g in grads.items():
+            g = _zeros_like(leaf) if g is None else _own_copy(g, given)
+            leaf.grad = g if leaf.grad is None else leaf.grad + g
 
 
 # Tensor operators and methods are attached in minigen/ops/__init__.py, right beside the operations.
@@ -309,11 +310,6 @@ _creation_number = operator.attrgetter("number")
 _counter = itertools.count()
 
 
-def _sum_to(g: Tensor, shape: tuple) -> Tensor:
-    from .ops.shape import sum_to
-    return sum_to(g, shape)
-
-
 def _initial_grad(out: Tensor, g) -> Tensor:
     if g is None:
         if out.size != 1:
@@ -327,87 +323,80 @@ def _initial_grad(out: Tensor, g) -> Tensor:
     return g
 
 
-def _run_backward(outputs, grad_outputs, inputs, retain_graph, create_graph, allow_unused):
-    """The engine behind Tensor.backward (inputs=None: accumulate into leaves) and grad (return a list)."""
+def _walk(outputs, grad_outputs, targets, retain_graph, create_graph) -> dict:
+    """The engine behind Tensor.backward and grad: propagate the output gradients back through the graph.
+
+    Returns {tensor: gradient} for every leaf reached and, when `targets` ({id: tensor}) is given, for
+    every target reached; the walk is then pruned to the functions that lead to a target. A gradient of
+    None marks a tensor reached only through zero derivatives (a backward returned None for it, e.g.
+    relu's gradient in relu's input): the front ends turn it into exact zeros, as PyTorch and JAX give.
+    """
     for out in outputs:
         if not out.requires_grad:
             raise RuntimeError("element of outputs does not require grad and has no grad_fn: it was not "
                                "computed from a tensor with requires_grad=True (or was computed under no_grad)")
     pending: dict[Function, list] = {}      # gradients of each function's outputs, summed so far
-    leaf_grads: dict[Tensor, Tensor] = {}   # for leaves reached: their summed gradient
-    given = set()                           # arrays handed to us: a leaf's .grad must not alias them
+    grads: dict[Tensor, Tensor | None] = {}
     for out, g in zip(outputs, grad_outputs):
-        g = _initial_grad(out, g)
-        given.add(id(g.data))
-        _accumulate(pending, leaf_grads, out, g)
-
-    targets = None if inputs is None else {id(x): x for x in inputs}
-    floor = -1 if inputs is None or any(x.creator is None for x in inputs) else \
-        min(x.creator.number for x in inputs)
+        _accumulate(pending, grads, out, _initial_grad(out, g))
+    floor = -1 if targets is None or any(x.creator is None for x in targets.values()) else \
+        min(x.creator.number for x in targets.values())
     order = _topological_order([out.creator for out in outputs if out.creator is not None], floor)
-    needed = _functions_leading_to(order, targets) if targets is not None else None
-    found: dict[int, Tensor] = {}           # grad(): gradients of non-leaf targets
+    needed = None if targets is None else _functions_leading_to(order, targets)
     done = []
-
     with _GradMode(create_graph):
         for f in order:
             gys = pending.pop(f, None)
             if gys is None:
                 continue
             if targets is not None:
-                _collect_targets(f, gys, targets, found)
+                _collect_targets(f, gys, targets, grads)
                 if f not in needed:
                     continue
-            if len(gys) > 1:
-                gys = _fill_missing(f, gys)
-            gxs = _checked_backward(f, gys) if _Mode.detect_anomaly else f.backward(*gys)
-            if type(gxs) is not tuple:
-                gxs = (gxs,)
-            for x, gx in zip(f.inputs, gxs):
-                if gx is not None and x.requires_grad:
-                    if gx.data.shape != x.data.shape:
-                        gx = _sum_to(gx, x.data.shape)
-                    _accumulate(pending, leaf_grads, x, gx)
             done.append(f)
+            gxs = _backward_of(f, gys)
+            for x, gx in zip(f.inputs, gxs):
+                if x.requires_grad:
+                    if gx is not None and gx.data.shape != x.data.shape:
+                        gx = sum_to(gx, x.data.shape)
+                    _accumulate(pending, grads, x, gx)
     if not retain_graph:    # freed only now: a backward may need an output that only a consumer held
         for f in done:
             f.inputs = None
-
-    if inputs is None:
-        for leaf, g in leaf_grads.items():
-            g = _own_copy(g, given)
-            leaf.grad = g if leaf.grad is None else leaf.grad + g
-        return None
-    grads = []
-    for x in inputs:
-        g = leaf_grads.get(x) if x.creator is None else found.get(id(x))
-        if g is None and not allow_unused:
-            raise RuntimeError("one of the differentiated tensors appears not to have been used in the "
-                               "graph; pass allow_unused=True if this is what you want")
-        grads.append(g)
     return grads
 
 
-def _accumulate(pending: dict, leaf_grads: dict, x: Tensor, g: Tensor) -> None:
-    """Add g to the gradient gathered so far for x: in leaf_grads for a leaf, else in its creator's slot."""
+def _backward_of(f: Function, gys: list) -> tuple:
+    """The input gradients of f, given its output gradients (None where an output got none)."""
+    if len(gys) > 1:
+        gys = _fill_missing(f, gys)
+    if gys is None or gys[0] is None:      # f itself reached only through zero derivatives
+        return (None,) * len(f.inputs)
+    gxs = _checked_backward(f, gys) if _Mode.detect_anomaly else f.backward(*gys)
+    return gxs if type(gxs) is tuple else (gxs,)
+
+
+def _accumulate(pending: dict, grads: dict, x: Tensor, g: Tensor | None) -> None:
+    """Add g to the gradient gathered so far for x: in `grads` for a leaf, else in its creator's slot.
+    g None records that x was reached, with a zero derivative."""
     f = x.creator
     if f is None:
-        old = leaf_grads.get(x)
-        leaf_grads[x] = g if old is None else old + g
+        old = grads.get(x)
+        grads[x] = g if old is None else old if g is None else old + g
         return
     slot = pending.get(f)
     if slot is None:
         slot = pending[f] = [None] * len(f.outputs)
     old = slot[x.index]
-    slot[x.index] = g if old is None else old + g
+    slot[x.index] = g if old is None else old if g is None else old + g
 
 
-def _collect_targets(f: Function, gys: list, targets: dict, found: dict) -> None:
+def _collect_targets(f: Function, gys: list, targets: dict, grads: dict) -> None:
     """grad() asked for some outputs of f: their gradients are complete now that f is reached."""
     for ref, g in zip(f.outputs, gys):
         out = ref()
-        if out is not None and id(out) in targets and g is not None:
-            found[id(out)] = g
+        if out is not None and id(out) in targets:
+            grads[out] = g
 
 
 def _checked_backward(f: Function, gys: list):
@@ -430,6 +419,10 @@ def _own_copy(g: Tensor, given: set) -> Tensor:
     return g
 
 
+def _zeros_like(x: Tensor) -> Tensor:
+    return _wrap(backend.get_array_module(x.data).zeros_like(x.data))
+
+
 def _functions_leading_to(order: list[Function], targets: dict) -> set:
     """The functions from which some target tensor can be reached going backward (the rest is pruned)."""
     needed = set()
@@ -440,11 +433,16 @@ def _functions_leading_to(order: list[Function], targets: dict) -> set:
 
 
 def _fill_missing(f: Function, gys: list) -> list:
-    """Zeros for outputs of a multi-output function that received no gradient."""
+    """Zeros for outputs of a multi-output function that received no gradient (None if none did)."""
     if all(g is not None for g in gys):
         return gys
+    if all(g is None for g in gys):
+        return None
     xp = backend.get_array_module(f.inputs[0].data)
     return [g if g is not None else _wrap(xp.zeros(*f.output_meta[i])) for i, g in enumerate(gys)]
+
+
+_UNUSED = object()
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None, create_graph: bool = False,
@@ -453,7 +451,9 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None, c
 
     outputs, inputs: a tensor or a sequence of tensors. grad_outputs: the gradient of some scalar with
     respect to each output (may be left out for single-element outputs). With `create_graph=True` the
-    returned gradients are themselves part of a graph and can be differentiated again.
+    returned gradients are themselves part of a graph and can be differentiated again. An input the outputs
+    were computed from gets its gradient, zeros included (the second derivative of relu); one they were not
+    computed from is an error, or None with `allow_unused=True`.
     """
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
@@ -467,7 +467,81 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None, c
                                "create it with requires_grad=True")
     if retain_graph is None:
         retain_graph = create_graph
-    return _run_backward(outputs, list(grad_outputs), inputs, retain_graph, create_graph, allow_unused)
+    grads = _walk(outputs, list(grad_outputs), {id(x): x for x in inputs}, retain_graph, create_graph)
+    result = []
+    for x in inputs:
+        g = grads.get(x, _UNUSED)
+        if g is _UNUSED and not allow_unused:
+            raise RuntimeError("one of the differentiated tensors appears not to have been used in the "
+                               "graph; pass allow_unused=True if this is what you want")
+        result.append(None if g is _UNUSED else _zeros_like(x) if g is None else g)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Engine operations: broadcasting and moving between devices
+# ---------------------------------------------------------------------------------------------------------
+
+
+class BroadcastTo(Function):
+    """y = x broadcast to `shape`;  gx = g summed over the broadcast axes (sum_to)."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        try:
+            return np.broadcast_to(x, self.shape)
+        except ValueError:
+            raise ValueError(f"cannot broadcast a tensor of shape {x.shape} to shape {self.shape}") from None
+
+    def backward(self, g):
+        return sum_to(g, self.inputs[0].shape)
+
+
+class SumTo(Function):
+    """y = x summed over the axes that broadcasting to x's shape would have added: the adjoint of
+    broadcast_to, and how the engine brings every gradient back to its input's shape;
+    gx = g broadcast back to x's shape."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        lead = x.ndim - len(self.shape)
+        axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(self.shape) if n == 1 and x.shape[lead + i] != 1)
+        y = x.sum(axis=axes, keepdims=True) if axes else x
+        if y.shape[lead:] != self.shape:
+            raise ValueError(f"a gradient of shape {x.shape} cannot be summed to its input's shape {self.shape}: "
+                             "the backward of the op that produced it returned a wrong shape")
+        return y.reshape(self.shape) if lead else y
+
+    def backward(self, g):
+        return broadcast_to(g, self.inputs[0].shape)
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    shape = tuple(shape)
+    return x if x.shape == shape else BroadcastTo(shape)(x)
+
+
+def sum_to(x: Tensor, shape) -> Tensor:
+    """Sum x down to `shape`, undoing a broadcast from `shape` to x's shape."""
+    shape = tuple(shape)
+    return x if x.shape == shape else SumTo(shape)(x)
+
+
+class ToDevice(Function):
+    """y = x copied to `device`;  gx = g copied back."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def forward(self, x):
+        return backend.to_device(x, self.device)
+
+    def backward(self, g):
+        return ToDevice(self.inputs[0].device)(g)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -546,7 +620,7 @@ rand = _creation("rand", lambda xp, shape, dtype: backend.generator(_dev(xp)).ra
 
 
 def _dev(xp) -> str:
-    return "cpu" if xp is np else "cuda"
+    return backend.device_of_module(xp)
 
 
 def _like(maker):

@@ -258,3 +258,35 @@ def test_grad_with_respect_to_an_intermediate_never_walks_the_graph_before_it():
     gx, = mg.grad(y, [x])            # a leaf target: everything is walked
     np.testing.assert_allclose(gx.data, 72 * x.data)
     assert calls == [1]
+
+
+def test_second_derivatives_of_piecewise_linear_ops_are_zeros_not_unused():
+    """An input the forward used is reachable from its gradient's graph: relu's second derivative is an
+    exact zero (PyTorch's and JAX's answer); an input never used stays an error, or None with allow_unused."""
+    x, unused = f64([-1.0, 0.5, 2.0]), f64([1.0])
+    g, = mg.grad((mg.relu(x) * x).sum(), [x], create_graph=True)     # 2x on x > 0, 0 elsewhere
+    h, other = mg.grad(g.sum(), [x, unused], allow_unused=True)
+    np.testing.assert_array_equal(h.data, [0.0, 2.0, 2.0])
+    assert other is None
+    g, = mg.grad(mg.relu(x).sum(), [x], create_graph=True)
+    h, = mg.grad(g.sum(), [x])
+    np.testing.assert_array_equal(h.data, [0.0, 0.0, 0.0])
+    g, = mg.grad(mg.abs(x).sum(), [x], create_graph=True)
+    g.sum().backward()                       # .backward() fills zeros too, as PyTorch
+    np.testing.assert_array_equal(x.grad.data, [0.0, 0.0, 0.0])
+    g, = mg.grad(mg.abs(x).sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="allow_unused=True"):
+        mg.grad(g.sum(), [x, unused])
+
+
+def test_first_order_backward_records_no_extra_node(monkeypatch):
+    """The fast path: tying a gradient to its input (for second derivatives) happens only under create_graph."""
+    from minigen.ops.elementwise import Tie
+    calls = []
+    monkeypatch.setattr(Tie, "forward", lambda self, g, x: calls.append(1) or g)
+    x = f64([-1.0, 2.0])
+    (mg.relu(x) * mg.abs(x)).sum().backward()
+    mg.grad(mg.clip(x, -0.5, 0.5).sum(), [x])
+    assert not calls
+    mg.grad(mg.relu(x).sum(), [x], create_graph=True)
+    assert calls == [1]

@@ -20,7 +20,8 @@ from kernels._geometry import geometry, pair
 from .. import backend
 from ..tensor import Function, Tensor
 from .reduce import sum as _sum
-from .shape import getitem, pad, repeat, reshape
+from .elementwise import tie
+from .shape import GetItem, repeat
 
 
 class _Conv:
@@ -136,6 +137,23 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
     return ConvTranspose2d(weight.shape[2:], stride, padding, dilation, groups, output_padding)(*args)
 
 
+class AvgPool2d(Conv2d):
+    """y = avg_pool2d(x): conv2d of x with a constant 1/(kh kw) kernel per channel;  gx = its
+    conv_transpose2d, tied to x (`tie`: the second derivative in x is an exact zero, as PyTorch's)."""
+
+    def backward(self, g):
+        x = self.inputs[0]
+        return tie(super().backward(g)[0], x), None
+
+
+class MaxPool2d(GetItem):
+    """y = x at the arg-max of each window (found on the arrays);  gx = g scattered back there, tied to x
+    (`tie`: its derivative in x is zero, since the arg-maxes are piecewise constant in x)."""
+
+    def backward(self, g):
+        return tie(super().backward(g), self.inputs[0])
+
+
 def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
     """Mean over each window (zero padding counted, PyTorch's count_include_pad=True): a grouped
     convolution with a constant 1/(kh kw) kernel, so its derivatives come from conv2d's."""
@@ -143,7 +161,8 @@ def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
     kh, kw = pair(kernel_size)
     xp = backend.get_array_module(x.data)
     w = Tensor(xp.full((x.shape[1], 1, kh, kw), 1.0 / (kh * kw), dtype=x.dtype))
-    return conv2d(x, w, stride=kernel_size if stride is None else stride, padding=padding, groups=x.shape[1])
+    stride = kernel_size if stride is None else stride
+    return AvgPool2d((kh, kw), stride, padding, 1, x.shape[1])(x, w)
 
 
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
@@ -153,15 +172,16 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
     _check_4d("max_pool2d", x)
     (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(kernel_size if stride is None else stride), pair(padding)
     xp = backend.get_array_module(x.data)
-    padded = pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), value=-np.inf) if ph or pw else x
-    n, c, h, w = padded.shape
-    windows = xp.lib.stride_tricks.sliding_window_view(padded.data, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    n, c, h, w = x.shape
+    padded = xp.pad(x.data, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x.data
+    windows = xp.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     ho, wo = windows.shape[2:4]
     arg = windows.reshape(n, c, ho, wo, kh * kw).argmax(axis=-1)
-    rows = xp.arange(ho)[:, None] * sh + arg // kw
-    cols = xp.arange(wo)[None, :] * sw + arg % kw
-    flat = (xp.arange(n * c).reshape(n, c, 1, 1) * h + rows) * w + cols
-    return getitem(reshape(padded, (-1,)), flat)
+    # (row, col) in x of each arg-max; clipped for a window whose real entries are all -inf
+    rows = xp.clip(xp.arange(ho)[:, None] * sh + arg // kw - ph, 0, h - 1)
+    cols = xp.clip(xp.arange(wo)[None, :] * sw + arg % kw - pw, 0, w - 1)
+    batch, channel = xp.arange(n).reshape(n, 1, 1, 1), xp.arange(c).reshape(1, c, 1, 1)
+    return MaxPool2d((batch, channel, rows, cols))(x)
 
 
 def upsample_nearest2d(x: Tensor, scale_factor: int = 2) -> Tensor:

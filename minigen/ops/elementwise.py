@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ..tensor import Function, Tensor, as_tensor
+from ..tensor import Function, Tensor, as_tensor, is_grad_enabled
 
 
 def _pair(a, b) -> tuple[Tensor, Tensor]:
@@ -34,6 +34,25 @@ class Scale(Function):
 
     def backward(self, g):
         return Scale(self.c)(g)
+
+
+class Tie(Function):
+    """z = g, recorded as a function of x too: the gradient of an op whose derivative is piecewise constant
+    in x (relu, abs, clip, max, pooling) does not otherwise depend on x, so without this node a second
+    derivative in x would find x "unused". Its derivative in x is zero, returned as None, which the engine
+    turns into exact zeros for a tensor it reached (PyTorch's and JAX's answer);  gg = gz."""
+
+    def forward(self, g, x):
+        return g
+
+    def backward(self, gz):
+        return gz, None
+
+
+def tie(g: Tensor, x: Tensor) -> Tensor:
+    """g tied to x (see Tie) when the gradient is being recorded (create_graph); g itself otherwise, so
+    that a first-order backward costs nothing more."""
+    return Tie()(g, x) if x.requires_grad and is_grad_enabled() else g
 
 
 # --- arithmetic ------------------------------------------------------------------------------------------
@@ -257,7 +276,8 @@ class Abs(Function):
         return np.abs(x)
 
     def backward(self, g):
-        return Scale(np.sign(self.inputs[0].data))(g)
+        x = self.inputs[0]
+        return tie(Scale(np.sign(x.data))(g), x)
 
 
 class Sin(Function):
@@ -333,7 +353,33 @@ class ReLU(Function):
         return np.maximum(x, 0)
 
     def backward(self, g):
-        return Scale(self.inputs[0].data > 0)(g)
+        x = self.inputs[0]
+        return tie(Scale(x.data > 0)(g), x)
+
+
+class LeakyReLU(Function):
+    """y = x for x > 0, else a x (a the negative slope);  gx = g * (1 if x > 0 else a)."""
+
+    def __init__(self, negative_slope):
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return np.where(x > 0, x, x * self.negative_slope)
+
+    def backward(self, g):
+        x = self.inputs[0]
+        slope = np.where(x.data > 0, 1.0, self.negative_slope)
+        return tie(Scale(slope)(g), x)
+
+
+class Sign(Function):
+    """y = sign(x) (0 at 0);  gx = 0 (returned as None: the engine gives zeros to a tensor it reached)."""
+
+    def forward(self, x):
+        return np.sign(x)
+
+    def backward(self, g):
+        return None
 
 
 class Erf(Function):
@@ -349,7 +395,7 @@ class Erf(Function):
 
 def _special(x):
     """scipy.special for NumPy arrays, cupyx.scipy.special for CuPy arrays."""
-    if backend.get_array_module(x) is np:
+    if backend.device_of(x) != "cuda":
         import scipy.special
         return scipy.special
     import cupyx.scipy.special
@@ -394,13 +440,10 @@ class Clip(Function):
         return np.clip(x, self.lo, self.hi)
 
     def backward(self, g):
-        x = self.inputs[0].data
-        inside = np.ones(x.shape, dtype=bool)
-        if self.lo is not None:
-            inside &= x >= self.lo
-        if self.hi is not None:
-            inside &= x <= self.hi
-        return Scale(inside)(g)
+        x = self.inputs[0]
+        lo = -math.inf if self.lo is None else self.lo
+        hi = math.inf if self.hi is None else self.hi
+        return tie(Scale((x.data >= lo) & (x.data <= hi))(g), x)
 
 
 class Maximum(Function):
@@ -412,8 +455,8 @@ class Maximum(Function):
     def backward(self, g):
         a, b = self.inputs
         share_a = (a.data > b.data) + 0.5 * (a.data == b.data)
-        return (Scale(share_a)(g) if a.requires_grad else None,
-                Scale(1 - share_a)(g) if b.requires_grad else None)
+        return (tie(Scale(share_a)(g), a) if a.requires_grad else None,
+                tie(Scale(1 - share_a)(g), b) if b.requires_grad else None)
 
 
 class Where(Function):
@@ -445,19 +488,6 @@ class AsType(Function):
         return AsType(self.inputs[0].dtype)(g)
 
 
-class ToDevice(Function):
-    """y = x copied to `device`;  gx = g copied back."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def forward(self, x):
-        return backend.to_device(x, self.device)
-
-    def backward(self, g):
-        return ToDevice(self.inputs[0].device)(g)
-
-
 def exp(x: Tensor) -> Tensor:
     return Exp()(x)
 
@@ -483,8 +513,8 @@ def abs(x: Tensor) -> Tensor:  # noqa: A001 - NumPy's name
 
 
 def sign(x: Tensor) -> Tensor:
-    """sign(x), a constant: its derivative is zero wherever it exists."""
-    return Tensor(np.sign(x.data))
+    """sign(x); its derivative is zero wherever it exists (and taken as zero at 0, as PyTorch)."""
+    return Sign()(x)
 
 
 def sin(x: Tensor) -> Tensor:
@@ -523,7 +553,17 @@ def logsigmoid(x: Tensor) -> Tensor:
 
 
 def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
-    return where(x.data > 0, x, x * negative_slope)
+    return LeakyReLU(negative_slope)(x)
+
+
+def hardtanh(x: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    """x clipped to [min_val, max_val]."""
+    return clip(x, min_val, max_val)
+
+
+def relu6(x: Tensor) -> Tensor:
+    """min(max(x, 0), 6)."""
+    return clip(x, 0.0, 6.0)
 
 
 def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
@@ -590,6 +630,6 @@ less, less_equal = _compare(np.less), _compare(np.less_equal)
 greater, greater_equal = _compare(np.greater), _compare(np.greater_equal)
 
 __all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign",
-           "sin", "cos", "tanh", "sigmoid", "logsigmoid", "relu", "leaky_relu", "elu", "silu", "gelu",
+           "sin", "cos", "tanh", "sigmoid", "logsigmoid", "relu", "leaky_relu", "hardtanh", "relu6", "elu", "silu", "gelu",
            "softplus", "clip", "maximum", "minimum", "where", "erf", "astype", "equal", "not_equal", "less",
            "less_equal", "greater", "greater_equal"]

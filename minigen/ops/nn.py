@@ -9,9 +9,8 @@ from .. import backend
 from ..tensor import Function, Tensor
 from .elementwise import Scale, exp
 from .linalg import matmul
-from .reduce import normalize_axes
 from .reduce import sum as _sum
-from .shape import swapaxes
+from .shape import normalize_axes, swapaxes
 
 
 class Softmax(Function):

@@ -6,30 +6,14 @@ gradient back over the reduced axes, which `_expand` does once for all of them.
 """
 from __future__ import annotations
 
-import builtins
 import math
 
 import numpy as np
 
 from .. import backend
 from ..tensor import Function, Tensor
-from .elementwise import Scale, exp, sqrt, where
-from .shape import broadcast_to, flip, moveaxis, reshape
-
-
-def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
-    """`axis` (int, tuple or None) as a sorted tuple of non-negative axes, or a clear error."""
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = []
-    for a in axes:
-        if not isinstance(a, (int, np.integer)) or not -ndim <= a < builtins.max(ndim, 1):
-            raise ValueError(f"axis {a} is out of bounds for a tensor of {ndim} dimension(s)")
-        out.append(int(a) % builtins.max(ndim, 1))
-    if len(set(out)) != len(out):
-        raise ValueError(f"repeated axis in {axis}")
-    return tuple(sorted(out))
+from .elementwise import Scale, exp, sqrt, tie, where
+from .shape import broadcast_to, flip, moveaxis, normalize_axes, reshape
 
 
 def _kept_shape(shape, axes) -> tuple:
@@ -63,8 +47,8 @@ class Extremum(Function):
         self.reduce, self.axes, self.keepdims = reduce, axes, keepdims
 
     def forward(self, x):
-        if x.size == 0:
-            raise ValueError(f"{self.reduce.__name__} of an empty tensor of shape {x.shape}")
+        if any(x.shape[a] == 0 for a in self.axes):
+            raise ValueError(f"{self.reduce.__name__} over an axis of length 0 (shape {x.shape}) has no value")
         return self.reduce(x, axis=self.axes, keepdims=self.keepdims)
 
     def backward(self, g):
@@ -72,7 +56,7 @@ class Extremum(Function):
         y = self.output().data
         attained = x.data == (y if self.keepdims else y.reshape(_kept_shape(x.shape, self.axes)))
         share = attained / attained.sum(axis=self.axes, keepdims=True)
-        return Scale(share)(_expand(g, x.shape, self.axes, self.keepdims))
+        return tie(Scale(share)(_expand(g, x.shape, self.axes, self.keepdims)), x)
 
 
 class LogSumExp(Function):
@@ -83,6 +67,8 @@ class LogSumExp(Function):
         self.axes, self.keepdims = axes, keepdims
 
     def forward(self, x):
+        if any(x.shape[a] == 0 for a in self.axes):      # an empty sum: log 0
+            return np.full_like(x.sum(axis=self.axes, keepdims=self.keepdims), -np.inf)
         m = x.max(axis=self.axes, keepdims=True)
         m = np.where(np.isfinite(m), m, 0)
         with np.errstate(divide="ignore"):
@@ -112,10 +98,15 @@ def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 -
     return Sum(normalize_axes(axis, x.ndim), keepdims)(x)
 
 
+def _reciprocal(n: int) -> float:
+    """1 / n for a count: NaN for none (the mean of nothing, as NumPy and PyTorch)."""
+    return 1.0 / n if n > 0 else math.nan
+
+
 def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     axes = normalize_axes(axis, x.ndim)
     n = math.prod(x.shape[a] for a in axes)
-    return Sum(axes, keepdims)(x) * (1.0 / n)
+    return Sum(axes, keepdims)(x) * _reciprocal(n)
 
 
 def var(x: Tensor, axis=None, ddof: int = 0, keepdims: bool = False) -> Tensor:
@@ -123,7 +114,7 @@ def var(x: Tensor, axis=None, ddof: int = 0, keepdims: bool = False) -> Tensor:
     axes = normalize_axes(axis, x.ndim)
     n = math.prod(x.shape[a] for a in axes)
     d = x - mean(x, axes, keepdims=True)
-    return Sum(axes, keepdims)(d * d) * (1.0 / builtins.max(n - ddof, 0))
+    return Sum(axes, keepdims)(d * d) * _reciprocal(n - ddof)
 
 
 def std(x: Tensor, axis=None, ddof: int = 0, keepdims: bool = False) -> Tensor:

@@ -7,7 +7,23 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..tensor import Function, Tensor, as_tensor
+from ..tensor import Function, Tensor, as_tensor, broadcast_to, sum_to
+
+
+def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
+    """`axis` (int, tuple or None) as a sorted tuple of non-negative axes, or one clear error: for an axis
+    out of range, a repeated axis, or any axis of a 0-d tensor (which has none; None and () are fine)."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, (int, np.integer)) or isinstance(a, bool) or not -ndim <= a < ndim:
+            raise ValueError(f"axis {a!r} is out of bounds for a tensor of {ndim} dimension(s)")
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"repeated axis in {axis}")
+    return tuple(sorted(out))
 
 
 def _shape_arg(shape) -> tuple:
@@ -42,42 +58,6 @@ class Transpose(Function):
 
     def backward(self, g):
         return Transpose(tuple(np.argsort(self.axes)))(g)
-
-
-class BroadcastTo(Function):
-    """y = x broadcast to `shape`;  gx = g summed over the broadcast axes (sum_to)."""
-
-    def __init__(self, shape):
-        self.shape = shape
-
-    def forward(self, x):
-        try:
-            return np.broadcast_to(x, self.shape)
-        except ValueError:
-            raise ValueError(f"cannot broadcast a tensor of shape {x.shape} to shape {self.shape}") from None
-
-    def backward(self, g):
-        return sum_to(g, self.inputs[0].shape)
-
-
-class SumTo(Function):
-    """y = x summed over the axes that broadcasting to x's shape would have added: the adjoint of
-    broadcast_to;  gx = g broadcast back to x's shape."""
-
-    def __init__(self, shape):
-        self.shape = shape
-
-    def forward(self, x):
-        lead = x.ndim - len(self.shape)
-        axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(self.shape) if n == 1 and x.shape[lead + i] != 1)
-        y = x.sum(axis=axes, keepdims=True) if axes else x
-        if y.shape[lead:] != self.shape:
-            raise ValueError(f"a gradient of shape {x.shape} cannot be summed to its input's shape {self.shape}: "
-                             "the backward of the op that produced it returned a wrong shape")
-        return y.reshape(self.shape) if lead else y
-
-    def backward(self, g):
-        return broadcast_to(g, self.inputs[0].shape)
 
 
 class Concatenate(Function):
@@ -242,17 +222,6 @@ def expand_dims(x: Tensor, axis) -> Tensor:
     return reshape(x, np.expand_dims(np.broadcast_to(0, x.shape), axis).shape)
 
 
-def broadcast_to(x: Tensor, shape) -> Tensor:
-    shape = tuple(shape)
-    return x if x.shape == shape else BroadcastTo(shape)(x)
-
-
-def sum_to(x: Tensor, shape) -> Tensor:
-    """Sum x down to `shape`, undoing a broadcast from `shape` to x's shape."""
-    shape = tuple(shape)
-    return x if x.shape == shape else SumTo(shape)(x)
-
-
 def concatenate(tensors, axis: int = 0) -> Tensor:
     tensors = [as_tensor(t) for t in tensors]
     if not tensors:
@@ -289,7 +258,6 @@ def split(x: Tensor, indices_or_sections, axis: int = 0) -> tuple[Tensor, ...]:
 
 
 def flip(x: Tensor, axis=None) -> Tensor:
-    from .reduce import normalize_axes
     return Flip(normalize_axes(axis, x.ndim))(x)
 
 
@@ -330,7 +298,7 @@ def getitem(x: Tensor, index) -> Tensor:
 
 def take_along_axis(x: Tensor, indices, axis: int) -> Tensor:
     """numpy.take_along_axis, as indexing with the full index tuple (so its gradient is a scatter-add)."""
-    idx = indices.data if isinstance(indices, Tensor) else np.asarray(indices)
+    idx = indices.data if isinstance(indices, Tensor) else backend.get_array_module(indices).asarray(indices)
     axis = axis % x.ndim
     if idx.ndim != x.ndim:
         raise ValueError(f"take_along_axis: indices of {idx.ndim} dimensions for a tensor of {x.ndim}")
@@ -342,7 +310,7 @@ def take_along_axis(x: Tensor, indices, axis: int) -> Tensor:
 
 def one_hot(indices, num_classes: int = -1, dtype=np.int64) -> Tensor:
     """Integer labels (...,) to one-hot vectors (..., num_classes) (int64 like PyTorch unless `dtype`)."""
-    idx = indices.data if isinstance(indices, Tensor) else np.asarray(indices)
+    idx = indices.data if isinstance(indices, Tensor) else backend.get_array_module(indices).asarray(indices)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"one_hot: indices must be integers, got dtype {idx.dtype}")
     if num_classes < 0:

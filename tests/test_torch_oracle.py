@@ -1,0 +1,134 @@
+"""PyTorch as the oracle: values, first and second derivatives of minigen's ops against torch's, in float64.
+
+The second order is the Hessian-vector product: with v, w random, d/dx <w, d/dx <v, f(x)>> for every input
+x. For the piecewise-linear ops (relu, leaky_relu, abs, hardtanh, clip, relu6, max_pool2d, avg_pool2d) that
+is an exact zero in both engines, where minigen used to raise "not used in the graph". Skipped without torch
+(`pip install torch`; CI installs the CPU wheel).
+"""
+import numpy as np
+import pytest
+
+import minigen as mg
+import minigen.nn.functional as F
+
+torch = pytest.importorskip("torch")
+TF = torch.nn.functional
+
+
+def _draw(shape, rng, low=-2.0, high=2.0, avoid=()):
+    """Values in [low, high], at least 0.05 from each kink in `avoid`."""
+    x = rng.uniform(low, high, size=shape)
+    for a in avoid:
+        x = np.where(np.abs(x - a) < 0.05, a + 0.1, x)
+    return x
+
+
+# name: (minigen fn, torch fn, input shapes, (low, high), kinks to avoid)
+EYE3, T_EYE3 = 3 * np.eye(3), 3 * torch.eye(3, dtype=torch.float64)    # keeps the matrices well conditioned
+
+PIECEWISE_LINEAR = {
+    "relu": (mg.relu, torch.relu, [(3, 4)], (-2, 2), (0,)),
+    "leaky_relu": (lambda x: F.leaky_relu(x, 0.2), lambda x: TF.leaky_relu(x, 0.2), [(3, 4)], (-2, 2), (0,)),
+    "abs": (mg.abs, torch.abs, [(3, 4)], (-2, 2), (0,)),
+    "hardtanh": (F.hardtanh, TF.hardtanh, [(3, 4)], (-2, 2), (-1, 1)),
+    "clip": (lambda x: mg.clip(x, -0.5, 1.0), lambda x: torch.clamp(x, -0.5, 1.0), [(3, 4)], (-2, 2), (-0.5, 1)),
+    "relu6": (F.relu6, TF.relu6, [(3, 4)], (-3, 8), (0, 6)),
+    "max_pool2d": (lambda x: F.max_pool2d(x, 2, 1, 1), lambda x: TF.max_pool2d(x, 2, 1, 1), [(2, 2, 5, 4)],
+                   (-2, 2), ()),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 2, 2, 1), lambda x: TF.avg_pool2d(x, 2, 2, 1), [(2, 2, 5, 4)],
+                   (-2, 2), ()),
+}
+
+SMOOTH = {
+    "exp": (mg.exp, torch.exp, [(3, 4)], (-2, 2), ()),
+    "log": (mg.log, torch.log, [(3, 4)], (0.2, 3), ()),
+    "tanh": (mg.tanh, torch.tanh, [(3, 4)], (-2, 2), ()),
+    "sigmoid": (mg.sigmoid, torch.sigmoid, [(3, 4)], (-3, 3), ()),
+    "softplus": (mg.softplus, TF.softplus, [(3, 4)], (-3, 3), ()),
+    "elu": (F.elu, TF.elu, [(3, 4)], (-2, 2), (0,)),
+    "gelu": (F.gelu, TF.gelu, [(3, 4)], (-2, 2), ()),
+    "silu": (F.silu, TF.silu, [(3, 4)], (-2, 2), ()),
+    "erf": (mg.erf, torch.erf, [(3, 4)], (-2, 2), ()),
+    "softmax": (lambda x: mg.softmax(x, 1), lambda x: torch.softmax(x, 1), [(3, 4)], (-2, 2), ()),
+    "log_softmax": (lambda x: mg.log_softmax(x, 0), lambda x: torch.log_softmax(x, 0), [(3, 4)], (-2, 2), ()),
+    "logsumexp": (lambda x: mg.logsumexp(x, 1), lambda x: torch.logsumexp(x, 1), [(3, 4)], (-2, 2), ()),
+    "mul": (lambda a, b: a * b, torch.mul, [(3, 4), (4,)], (-2, 2), ()),
+    "div": (lambda a, b: a / b, torch.div, [(3, 4), (3, 1)], (0.5, 2), ()),
+    "pow": (lambda a, b: a ** b, torch.pow, [(3, 4), (4,)], (0.5, 2), ()),
+    "matmul": (lambda a, b: a @ b, torch.matmul, [(2, 3, 4), (4, 2)], (-2, 2), ()),
+    "conv2d": (lambda x, w: F.conv2d(x, w, stride=2, padding=1), lambda x, w: TF.conv2d(x, w, stride=2, padding=1),
+               [(2, 2, 5, 5), (3, 2, 3, 3)], (-2, 2), ()),
+    "conv_transpose2d": (lambda x, w: F.conv_transpose2d(x, w, stride=2),
+                         lambda x, w: TF.conv_transpose2d(x, w, stride=2), [(2, 2, 3, 3), (2, 3, 2, 2)], (-2, 2), ()),
+    "inv": (lambda a: mg.inv(a + EYE3), lambda a: torch.linalg.inv(a + T_EYE3), [(3, 3)], (-1, 1), ()),
+    "logdet": (lambda a: mg.slogdet(a + EYE3)[1], lambda a: torch.linalg.slogdet(a + T_EYE3)[1], [(2, 3, 3)],
+               (-1, 1), ()),
+    "binary_cross_entropy_with_logits": (
+        lambda x, t: F.binary_cross_entropy_with_logits(x, t), lambda x, t: TF.binary_cross_entropy_with_logits(x, t),
+        [(3, 4), (3, 4)], (-2, 2), ()),
+}
+
+
+def _compare(case, seed=0):
+    fn, tfn, shapes, (low, high), avoid = case
+    rng = np.random.default_rng(seed)
+    arrays = [_draw(s, rng, low, high, avoid) for s in shapes]
+    xs = [mg.tensor(a, requires_grad=True) for a in arrays]
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    y, ty = fn(*xs), tfn(*ts)
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    v = rng.standard_normal(y.shape)
+    gs = mg.grad(y, xs, mg.tensor(v), create_graph=True)
+    tgs = torch.autograd.grad(ty, ts, torch.tensor(v), create_graph=True)
+    for g, tg in zip(gs, tgs):
+        np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-10, atol=1e-12)
+    w = [rng.standard_normal(g.shape) for g in gs]
+    live = [(g, wi) for g, wi in zip(gs, w) if g.requires_grad]
+    hs = mg.grad([g for g, _ in live], xs, [mg.tensor(wi) for _, wi in live])
+    tlive = [(g, wi) for g, wi in zip(tgs, w) if g.requires_grad]
+    ths = torch.autograd.grad([g for g, _ in tlive], ts, [torch.tensor(wi) for _, wi in tlive], allow_unused=True,
+                              materialize_grads=True)
+    for h, th in zip(hs, ths):
+        np.testing.assert_allclose(h.numpy(), th.numpy(force=True), rtol=1e-9, atol=1e-12)
+    return hs
+
+
+@pytest.mark.parametrize("name", sorted(PIECEWISE_LINEAR))
+def test_piecewise_linear_second_derivatives_are_zeros_as_in_torch(name):
+    hs = _compare(PIECEWISE_LINEAR[name])
+    assert all(np.array_equal(h.numpy(), np.zeros(h.shape)) for h in hs)
+
+
+@pytest.mark.parametrize("name", sorted(SMOOTH))
+def test_smooth_ops_to_second_order(name):
+    _compare(SMOOTH[name])
+
+
+def test_sign_has_a_zero_first_derivative_as_in_torch():
+    x = mg.tensor([-1.5, 0.0, 2.0], dtype="float64", requires_grad=True)
+    t = torch.tensor([-1.5, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    g, = mg.grad(mg.sign(x).sum(), [x])
+    tg, = torch.autograd.grad(torch.sign(t).sum(), [t])
+    np.testing.assert_array_equal(g.numpy(), tg.numpy())
+
+
+def test_hessian_of_a_relu_network_in_its_input_as_in_torch():
+    """The Laplacian / gradient-penalty pattern: differentiate a ReLU network's input gradient again, in the
+    input (zeros: the network is piecewise linear) and in the weights (not zero)."""
+    rng = np.random.default_rng(1)
+    x, w1, w2 = rng.standard_normal((5, 3)), rng.standard_normal((3, 8)), rng.standard_normal((8, 1))
+
+    def penalty(lib, x, w1, w2):
+        relu = mg.relu if lib is mg else torch.relu
+        grad = mg.grad if lib is mg else torch.autograd.grad
+        out = (relu(x @ w1) @ w2).sum()
+        g, = grad(out, [x], create_graph=True)
+        return (g * g).sum()
+
+    xs = [mg.tensor(a, requires_grad=True) for a in (x, w1, w2)]
+    ts = [torch.tensor(a, requires_grad=True) for a in (x, w1, w2)]
+    ours = mg.grad(penalty(mg, *xs), xs)
+    theirs = torch.autograd.grad(penalty(torch, *ts), ts)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10)
+    assert not ours[0].numpy().any() and ours[1].numpy().any()
