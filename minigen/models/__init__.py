@@ -34,6 +34,8 @@ FAMILIES = {
     "dbm": ("minigen.models.boltzmann", "DBMRecipe", "deep Boltzmann machine: mean-field, persistent chains, AIS"),
     "ebm": ("minigen.models.langevin", "LangevinEBMRecipe",
             "neural energy-based model: maximum likelihood with replay-buffer Langevin negatives"),
+    "ddpm": ("minigen.models.diffusion", "DDPMRecipe",
+             "denoising diffusion (DDPM): L_simple, variational bound, ancestral or DDIM sampling, EMA"),
 }
 
 
