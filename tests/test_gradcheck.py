@@ -98,3 +98,36 @@ def test_checks_refuse_float32_and_catch_input_mutation():
         return x * 1.0
     with pytest.raises(mg.GradcheckError, match="modified one of its inputs"):
         mg.gradcheck(mutating, [x64()])
+
+
+class Tiny(mg.Function):
+    """y = 1e-4 x^3 whose first (factor1) or second (factor2) derivative is planted wrong: an input whose
+    effect is small beside another's."""
+
+    def __init__(self, factor1=1.0, factor2=1.0):
+        self.factor1, self.factor2 = factor1, factor2
+
+    def forward(self, x):
+        return 1e-4 * x ** 3
+
+    def backward(self, g):
+        square = Square()
+        square.factor = self.factor2
+        return g * (3e-4 * self.factor1) * square(self.inputs[0])
+
+
+def test_a_wrong_gradient_of_a_small_input_is_not_hidden_by_a_large_one():
+    """Each input is checked on its own, at its own scale: summed over inputs, W's large, right term
+    would hide s's wrong one (as it did: gradcheck(f, [W, s]) passed while the check of s alone failed)."""
+    W, s = x64(), mg.tensor(np.array([0.9, -1.2, 0.4]), requires_grad=True)
+
+    def f(factor1, factor2):
+        return lambda W, s: (W ** 3).sum() * 10 + Tiny(factor1, factor2)(s).sum()
+
+    assert mg.gradcheck(f(1, 1), [W, s]) and mg.gradgradcheck(f(1, 1), [W, s])
+    assert not mg.gradcheck(lambda s: f(2, 1)(W, s), [s], raise_exception=False)
+    with pytest.raises(mg.GradcheckError, match="input 1"):
+        mg.gradcheck(f(2, 1), [W, s])
+    assert mg.gradcheck(f(1, 2), [W, s])                   # the planted error is in the second derivative
+    with pytest.raises(mg.GradcheckError, match="input 1"):
+        mg.gradgradcheck(f(1, 2), [W, s])
