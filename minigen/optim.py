@@ -24,9 +24,13 @@ from .tensor import Tensor
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _is_array(x) -> bool:
+    return hasattr(x, "dtype") and hasattr(x, "shape")
+
+
 def _to_numpy(x):
     """A NumPy copy of an array (copied back from the GPU when needed); Python scalars pass through."""
-    return np.array(backend.to_device(x, "cpu")) if hasattr(x, "dtype") and hasattr(x, "shape") else x
+    return np.array(backend.to_device(x, "cpu")) if _is_array(x) else x
 
 
 class Optimizer:
@@ -111,6 +115,15 @@ class Optimizer:
             p = params[int(i)]
             xp = backend.get_array_module(p.data)
             self.state[p] = {k: xp.array(v) if isinstance(v, np.ndarray) else v for k, v in s.items()}
+
+    def to(self, device: str) -> Optimizer:
+        """Move the per-parameter state (moments, momentum buffers) to `device`, where `Module.to` moved the
+        parameters; returns self."""
+        for s in self.state.values():
+            for k, v in s.items():
+                if _is_array(v):
+                    s[k] = backend.to_device(v, device)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------

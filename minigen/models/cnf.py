@@ -234,10 +234,12 @@ def cnf_dynamics(velocity: Callable, trace: Callable) -> Callable:
 
 
 def sample_backwards(velocity: Callable, dim: int, n: int, T: float, temperature: float = 1.0,
-                     **solver) -> Tensor:
-    """x = z(0) from z(T) ~ N(0, temperature^2 I), integrating dz/dt = velocity(z, t) backwards in time."""
+                     device: str = "cpu", **solver) -> Tensor:
+    """x = z(0) from z(T) ~ N(0, temperature^2 I) on `device`, integrating dz/dt = velocity(z, t) backwards in
+    time."""
+    z = randn(n, dim, device=device) * temperature
     with no_grad():
-        (x,), _ = odeint(lambda t, y: (velocity(y[0], t),), (randn(n, dim) * temperature,), T, 0.0, **solver)
+        (x,), _ = odeint(lambda t, y: (velocity(y[0], t),), (z,), T, 0.0, **solver)
     return x
 
 
@@ -275,7 +277,8 @@ class FFJORD(nn.Module):
                                                              "jacobian": F.item(), "nfe": counts["nfe"]}
 
     def sample(self, n: int, temperature: float = 1.0, **solver) -> Tensor:
-        return sample_backwards(self.net, self.net.dim, n, self.T, temperature, **solver)
+        return sample_backwards(self.net, self.net.dim, n, self.T, temperature, next(self.parameters()).device,
+                                **solver)
 
 
 # --- OT-Flow -----------------------------------------------------------------------------------------------
@@ -387,7 +390,8 @@ class OTFlow(nn.Module):
 
     def sample(self, n: int, temperature: float = 1.0, **solver) -> Tensor:
         velocity = lambda z, t: -self.phi.gradient_and_laplacian(z, t)[0][:, :-1]
-        return sample_backwards(velocity, self.phi.dim, n, self.T, temperature, **solver)
+        return sample_backwards(velocity, self.phi.dim, n, self.T, temperature, next(self.parameters()).device,
+                                **solver)
 
 
 # --- recipes -----------------------------------------------------------------------------------------------

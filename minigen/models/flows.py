@@ -68,8 +68,8 @@ class StandardNormal:
     def log_prob(self, z: Tensor) -> Tensor:
         return _sum_per_example(-0.5 * z * z) - 0.5 * math.prod(self.event_shape) * math.log(2 * math.pi)
 
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        return randn(n, *self.event_shape) * temperature
+    def sample(self, n: int, temperature: float = 1.0, device: str = "cpu") -> Tensor:
+        return randn(n, *self.event_shape, device=device) * temperature
 
 
 class Bijector(nn.Module):
@@ -113,13 +113,17 @@ class Flow(Bijector):
         z, log_det = self.forward(x)
         return self.base.log_prob(z) + log_det
 
+    def _base_sample(self, n: int, temperature: float = 1.0) -> Tensor:
+        """z ~ p_Z at `temperature`, on the device of the flow's parameters (the CPU when it has none)."""
+        return self.base.sample(n, temperature, next((p.device for p in self.parameters()), "cpu"))
+
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         with no_grad():
-            return self.inverse(self.base.sample(n, temperature))[0]
+            return self.inverse(self._base_sample(n, temperature))[0]
 
     def sample_with_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
         """x = f^-1(z), z ~ p_Z, with log q(x) = log p_Z(z) - log|det df^-1/dz| (reparameterized: for reverse KL)."""
-        z = self.base.sample(n)
+        z = self._base_sample(n)
         x, log_det = self.inverse(z)
         return x, self.base.log_prob(z) - log_det
 
@@ -349,12 +353,12 @@ class Squeeze(Bijector):
     def forward(self, x):
         n, c, h, w = x.shape
         z = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(n, 4 * c, h // 2, w // 2)
-        return z, zeros(n, dtype=x.dtype)
+        return z, _no_log_det(x)
 
     def inverse(self, z):
         n, c, h, w = z.shape
         x = z.reshape(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // 4, 2 * h, 2 * w)
-        return x, zeros(n, dtype=z.dtype)
+        return x, _no_log_det(z)
 
 
 class Flatten(Bijector):
@@ -544,7 +548,7 @@ class MAF(Bijector):
         return (x - mu) * (-alpha).exp(), -sum_(alpha, axis=1)
 
     def inverse(self, u):
-        x = zeros(*u.shape, dtype=u.dtype)
+        x = zeros(*u.shape, dtype=u.dtype, device=u.device)
         for _ in range(u.shape[1]):
             mu, alpha = self.made(x)
             x = u * alpha.exp() + mu
@@ -566,7 +570,7 @@ class IAF(Bijector):
         return u * alpha.exp() + mu, sum_(alpha, axis=1)
 
     def forward(self, x):
-        u = zeros(*x.shape, dtype=x.dtype)
+        u = zeros(*x.shape, dtype=x.dtype, device=x.device)
         for _ in range(x.shape[1]):
             mu, alpha = self.made(u)
             u = (x - mu) * (-alpha).exp()

@@ -36,9 +36,9 @@ class Gaussian(nn.Module):
         self.register_buffer("sum_x", Tensor(np.zeros(dim, np.float64)))
         self.register_buffer("sum_xx", Tensor(np.zeros((dim, dim), np.float64)))
 
-    def accumulate(self, x: np.ndarray) -> None:
-        """Add a batch (n, D) to the sufficient statistics."""
-        x = np.asarray(x, dtype=np.float64)
+    def accumulate(self, x) -> None:
+        """Add a batch (n, D), an array on the model's device, to the sufficient statistics."""
+        x = x.astype(np.float64)
         self.count.data = self.count.data + len(x)
         self.sum_x.data = self.sum_x.data + x.sum(axis=0)
         self.sum_xx.data = self.sum_xx.data + x.T @ x
@@ -48,30 +48,32 @@ class Gaussian(nn.Module):
         n = float(self.count.data)
         if n < 2:
             raise RuntimeError("the Gaussian model has seen fewer than 2 examples: train it first")
+        xp = backend.get_array_module(self.sum_x.data)
         mu = self.sum_x.data / n
-        cov = self.sum_xx.data / n - np.outer(mu, mu)
-        lam, e = np.linalg.eigh(cov)
-        lam, e = np.maximum(lam[::-1], 0), e[:, ::-1]
+        cov = self.sum_xx.data / n - xp.outer(mu, mu)
+        lam, e = xp.linalg.eigh(cov)
+        lam, e = xp.maximum(lam[::-1], 0), e[:, ::-1]
         k = self.components
         if k < self.dim:
-            lam = np.concatenate([lam[:k], np.full(self.dim - k, lam[k:].mean())])
-        return mu, np.maximum(lam, self.min_variance), e
+            lam = xp.concatenate([lam[:k], xp.full(self.dim - k, float(lam[k:].mean()))])
+        return mu, xp.maximum(lam, self.min_variance), e
 
-    def log_prob(self, x: np.ndarray) -> np.ndarray:
-        """log N(x; mu, Sigma) per example, in nats."""
+    def log_prob(self, x):
+        """log N(x; mu, Sigma) per example, in nats (x and the result on the model's device)."""
         mu, lam, e = self.fit()
-        y = (np.asarray(x, dtype=np.float64) - mu) @ e
-        return -0.5 * (self.dim * math.log(2 * math.pi) + np.log(lam).sum() + (y * y / lam).sum(axis=1))
+        y = (x.astype(np.float64) - mu) @ e
+        return -0.5 * (self.dim * math.log(2 * math.pi) + backend.get_array_module(lam).log(lam).sum()
+                       + (y * y / lam).sum(axis=1))
 
-    def sample(self, n: int) -> np.ndarray:
-        """x = mu + E Lambda^(1/2) z, z ~ N(0, I) from minigen's generator."""
+    def sample(self, n: int):
+        """x = mu + E Lambda^(1/2) z, z ~ N(0, I) from minigen's generator (on the model's device)."""
         mu, lam, e = self.fit()
-        z = backend.generator("cpu").standard_normal((n, self.dim))
-        return mu + (z * np.sqrt(lam)) @ e.T
+        z = backend.generator(backend.device_of(mu)).standard_normal((n, self.dim))
+        return mu + (z * lam ** 0.5) @ e.T
 
 
-def _flat(x: Tensor) -> np.ndarray:
-    return backend.to_device(x.data, "cpu").reshape(len(x.data), -1)
+def _flat(x: Tensor):
+    return x.data.reshape(len(x.data), -1)
 
 
 class GaussianRecipe(Recipe):
@@ -88,7 +90,7 @@ class GaussianRecipe(Recipe):
     def modules(self) -> dict:
         return {"model": self.model}
 
-    def _points(self, x: Tensor) -> np.ndarray:
+    def _points(self, x: Tensor):
         return _flat(dequantize_batch(x, self.spec.levels) if self.spec.kind == "levels" else x)
 
     def step(self, batch, t: int) -> dict:
@@ -96,8 +98,9 @@ class GaussianRecipe(Recipe):
         return {"examples": float(self.model.count.data)}
 
     def evaluate(self, loader) -> dict:
-        log_p = self.model.log_prob(np.concatenate([self._points(b[0]) for b in loader]))   # one eigh in all
+        points = [self._points(b[0]) for b in loader]
+        log_p = self.model.log_prob(backend.get_array_module(points[0]).concatenate(points))   # one eigh in all
         return likelihood_metrics(float(-log_p.mean()), self.spec)
 
     def sample(self, n: int) -> np.ndarray:
-        return self.model.sample(n).reshape((n,) + self.spec.shape).astype(np.float32)
+        return backend.to_device(self.model.sample(n), "cpu").reshape((n,) + self.spec.shape).astype(np.float32)

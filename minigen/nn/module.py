@@ -241,9 +241,9 @@ class Module:
         return IncompatibleKeys(missing, unexpected)
 
     def to(self, device_or_dtype) -> Module:
-        """Move every parameter and buffer (and gradient) to 'cpu' or 'cuda', or cast the floating ones to a
-        dtype, in place; returns self."""
-        if isinstance(device_or_dtype, str) and device_or_dtype in ("cpu", "cuda"):
+        """Move every parameter and buffer (and gradient) to a device ('cpu', 'cuda', 'sim'), or cast the
+        floating ones to a dtype, in place; returns self."""
+        if isinstance(device_or_dtype, str) and device_or_dtype in backend.DEVICES:
             convert = lambda a: backend.to_device(a, device_or_dtype)  # noqa: E731
         else:
             dtype = np.dtype(device_or_dtype)
