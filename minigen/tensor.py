@@ -571,7 +571,14 @@ def tensor(data, dtype=None, requires_grad: bool = False, device: str | None = N
     if isinstance(data, Tensor):
         data = data.data
     xp = backend.array_module(device) if device is not None else backend.get_array_module(data)
-    arr = xp.array(data, dtype=_infer_dtype(data, dtype))
+    try:
+        arr = xp.array(data, dtype=_infer_dtype(data, dtype))
+    except (ValueError, TypeError):     # ragged lists, or values NumPy cannot convert to `dtype`
+        arr = None
+    if arr is None or arr.dtype.kind not in "biufc":
+        text = repr(data)
+        raise TypeError("tensor: data must be numbers or booleans (a number, an array, or lists nested to a "
+                        f"regular shape); got {type(data).__name__} {text[:40]}{'...' if len(text) > 40 else ''}")
     return Tensor(arr, requires_grad=requires_grad)
 
 

@@ -285,6 +285,9 @@ LAYERS = {
     "group_norm": (lambda: nn.GroupNorm(2, 4), lambda: torch.nn.GroupNorm(2, 4), [(3, 4, 2, 3)]),
     "upsample": (lambda: nn.Upsample(scale_factor=2), lambda: torch.nn.Upsample(scale_factor=2), [(1, 2, 2, 3)]),
     "upsample_size": (lambda: nn.Upsample(size=(4, 6)), lambda: torch.nn.Upsample(size=(4, 6)), [(1, 2, 2, 3)]),
+    "upsample_fraction": (lambda: nn.Upsample(scale_factor=1.5), lambda: torch.nn.Upsample(scale_factor=1.5),
+                          [(1, 2, 3, 5)]),
+    "upsample_size_down": (lambda: nn.Upsample(size=(5, 2)), lambda: torch.nn.Upsample(size=(5, 2)), [(1, 2, 3, 5)]),
     "flatten": (lambda: nn.Flatten(), lambda: torch.nn.Flatten(), [(2, 3, 2, 2)]),
     "relu": (lambda: nn.ReLU(), lambda: torch.nn.ReLU(), [(3, 4)]),
     "leaky_relu": (lambda: nn.LeakyReLU(0.1), lambda: torch.nn.LeakyReLU(0.1), [(3, 4)]),
@@ -380,10 +383,8 @@ def test_linear_and_norms_closed_forms():
         nn.BatchNorm1d(3)(mg.randn(1, 3))
     with pytest.raises(ValueError, match="expects input of 4 dimensions"):
         nn.BatchNorm2d(3)(mg.randn(2, 3))
-    with pytest.raises(NotImplementedError, match="whole-number"):
-        nn.Upsample(scale_factor=1.5)
-    with pytest.raises(ValueError, match="whole multiple"):
-        nn.Upsample(size=5)(mg.randn(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="exactly one of size and scale_factor"):
+        nn.Upsample()
 
 
 def test_dropout():

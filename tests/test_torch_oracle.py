@@ -69,7 +69,9 @@ SMOOTH = {
 }
 
 
-def _compare(case, seed=0):
+def _compare(case, seed=0, reached=False):
+    """Values, gradients and Hessian-vector products against torch. reached: every input must be reachable
+    from the gradients' graph (no allow_unused), as the piecewise-linear ops' inputs now are."""
     fn, tfn, shapes, (low, high), avoid = case
     rng = np.random.default_rng(seed)
     arrays = [_draw(s, rng, low, high, avoid) for s in shapes]
@@ -83,20 +85,25 @@ def _compare(case, seed=0):
     for g, tg in zip(gs, tgs):
         np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-10, atol=1e-12)
     w = [rng.standard_normal(g.shape) for g in gs]
+    # a gradient that is constant in every input has no graph (torch.clamp's, or any linear op's): its
+    # derivatives are zeros
     live = [(g, wi) for g, wi in zip(gs, w) if g.requires_grad]
-    hs = mg.grad([g for g, _ in live], xs, [mg.tensor(wi) for _, wi in live])
+    assert live or not reached
+    hs = mg.grad([g for g, _ in live], xs, [mg.tensor(wi) for _, wi in live], allow_unused=not reached) \
+        if live else [None] * len(xs)
     tlive = [(g, wi) for g, wi in zip(tgs, w) if g.requires_grad]
     ths = torch.autograd.grad([g for g, _ in tlive], ts, [torch.tensor(wi) for _, wi in tlive], allow_unused=True,
-                              materialize_grads=True)
+                              materialize_grads=True) if tlive else [torch.zeros(t.shape) for t in ts]
+    hs = [np.zeros(x.shape) if h is None else h.numpy() for x, h in zip(xs, hs)]
     for h, th in zip(hs, ths):
-        np.testing.assert_allclose(h.numpy(), th.numpy(force=True), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(h, th.numpy(force=True), rtol=1e-9, atol=1e-12)
     return hs
 
 
 @pytest.mark.parametrize("name", sorted(PIECEWISE_LINEAR))
 def test_piecewise_linear_second_derivatives_are_zeros_as_in_torch(name):
-    hs = _compare(PIECEWISE_LINEAR[name])
-    assert all(np.array_equal(h.numpy(), np.zeros(h.shape)) for h in hs)
+    hs = _compare(PIECEWISE_LINEAR[name], reached=True)
+    assert all(np.array_equal(h, np.zeros(h.shape)) for h in hs)
 
 
 @pytest.mark.parametrize("name", sorted(SMOOTH))
@@ -132,3 +139,47 @@ def test_hessian_of_a_relu_network_in_its_input_as_in_torch():
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10)
     assert not ours[0].numpy().any() and ours[1].numpy().any()
+
+
+# nn.functional against torch.nn.functional, values and first and second derivatives (issue 13, point 4)
+FUNCTIONAL = {
+    **{f"pad_{mode}": (lambda x, m=mode: F.pad(x, (1, 2, 2, 0), mode=m),
+                       lambda x, m=mode: TF.pad(x, (1, 2, 2, 0), mode=m), [(2, 2, 3, 4)], (-2, 2), ())
+       for mode in ("constant", "reflect", "replicate", "circular")},
+    "pad_value": (lambda x: F.pad(x, (1, 1), value=2.5), lambda x: TF.pad(x, (1, 1), value=2.5), [(3, 4)], (-2, 2), ()),
+    "interpolate_size": (lambda x: F.interpolate(x, (5, 7)), lambda x: TF.interpolate(x, (5, 7)), [(1, 2, 3, 4)],
+                         (-2, 2), ()),
+    "interpolate_scale": (lambda x: F.interpolate(x, scale_factor=1.5), lambda x: TF.interpolate(x, scale_factor=1.5),
+                          [(1, 2, 3, 4)], (-2, 2), ()),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, (4,), w, b), lambda x, w, b: TF.layer_norm(x, (4,), w, b),
+                   [(3, 4), (4,), (4,)], (-2, 2), ()),
+    "group_norm": (lambda x, w, b: F.group_norm(x, 2, w, b), lambda x, w, b: TF.group_norm(x, 2, w, b),
+                   [(2, 4, 3), (4,), (4,)], (-2, 2), ()),
+    "batch_norm_train": (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+                         lambda x, w, b: TF.batch_norm(x, None, None, w, b, training=True),
+                         [(4, 3, 2), (3,), (3,)], (-2, 2), ()),
+    "embedding": (lambda w: F.embedding(mg.tensor([[0, 3], [3, 1]]), w),
+                  lambda w: TF.embedding(torch.tensor([[0, 3], [3, 1]]), w), [(4, 3)], (-2, 2), ()),
+    "gaussian_nll_below_eps": (lambda x, v: F.gaussian_nll_loss(x, mg.zeros_like(x), v, eps=0.1),
+                               lambda x, v: TF.gaussian_nll_loss(x, torch.zeros_like(x), v, eps=0.1),
+                               [(3, 4), (3, 4)], (0.01, 0.3), ()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONAL))
+def test_functional_forms_to_second_order(name):
+    _compare(FUNCTIONAL[name])
+
+
+def test_batch_norm_running_statistics_as_in_torch():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 3, 2))
+    mean, var = mg.zeros(3, dtype="float64"), mg.ones(3, dtype="float64")
+    t_mean, t_var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for _ in range(2):
+        F.batch_norm(mg.tensor(x), mean, var, training=True, momentum=0.3)
+        TF.batch_norm(torch.tensor(x), t_mean, t_var, training=True, momentum=0.3)
+    np.testing.assert_allclose(mean.numpy(), t_mean.numpy())
+    np.testing.assert_allclose(var.numpy(), t_var.numpy())
+    np.testing.assert_allclose(F.batch_norm(mg.tensor(x), mean, var).numpy(),
+                               TF.batch_norm(torch.tensor(x), t_mean, t_var).numpy())

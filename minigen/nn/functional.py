@@ -1,8 +1,15 @@
-"""The neural-network operations under PyTorch's names: `import minigen.nn.functional as F`."""
+"""The neural-network operations under PyTorch's names: `import minigen.nn.functional as F`.
+
+Every name here that torch.nn.functional also has takes PyTorch's positional arguments with PyTorch's
+meaning (`pad` pairs from the last axis, losses with `weight` third), except that an axis is called `axis`
+throughout minigen (`F.softmax(x, 1)` as in PyTorch, `F.softmax(x, axis=1)` for its `dim=1`). The rest
+(`upsample_nearest2d`, `kl_normal`) are minigen's own names that say what they do.
+"""
 from ..ops.conv import avg_pool2d, conv2d, conv_transpose2d, max_pool2d, upsample_nearest2d  # noqa: F401
 from ..ops.elementwise import (elu, gelu, hardtanh, leaky_relu, logsigmoid, relu, relu6, sigmoid, silu,  # noqa: F401
                                softplus, tanh)
 from ..ops.losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,  # noqa: F401
                           gaussian_nll_loss, kl_normal, mse_loss)
-from ..ops.nn import dropout, linear, log_softmax, softmax  # noqa: F401
-from ..ops.shape import one_hot, pad  # noqa: F401
+from ..ops.nn import (batch_norm, dropout, embedding, group_norm, interpolate, layer_norm, linear,  # noqa: F401
+                      log_softmax, pad, softmax)
+from ..ops.shape import one_hot  # noqa: F401

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 
-from ..ops import sqrt
 from ..tensor import Tensor, ones, tensor, zeros
 from . import functional as F
 from . import init
@@ -156,24 +155,6 @@ class MaskedConv2d(Conv2d):
 # --- normalization ------------------------------------------------------------------------------------------
 
 
-def _moments(x: Tensor, axes: tuple) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance over `axes`, kept as size-1 axes for broadcasting."""
-    return x.mean(axes, keepdims=True), x.var(axes, keepdims=True)
-
-
-def _standardize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
-    return (x - mean) / sqrt(var + eps)
-
-
-def _affine(y: Tensor, weight: Parameter | None, bias: Parameter | None, shape: tuple) -> Tensor:
-    """y * weight + bias with both reshaped to `shape` (skipped when absent)."""
-    if weight is not None:
-        y = y * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    return y
-
-
 class _BatchNorm(Module):
     """y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias per channel (axis 1), E and Var over the batch and
     every other axis (Ioffe & Szegedy 2015).
@@ -202,24 +183,15 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}({self.num_features}) expects input of "
                              f"{' or '.join(map(str, self.input_ndims))} dimensions with {self.num_features} "
                              f"channels on axis 1, got shape {x.shape}")
-        axes = (0,) + tuple(range(2, x.ndim))
-        shape = (1, self.num_features) + (1,) * (x.ndim - 2)
-        if self.training or not self.track_running_stats:
-            mean, var = _moments(x, axes)
-            if self.training and self.track_running_stats:
-                self._update_running_stats(mean.data, var.data, x.size // self.num_features)
-        else:
-            mean, var = self.running_mean.reshape(shape), self.running_var.reshape(shape)
-        return _affine(_standardize(x, mean, var, self.eps), self.weight, self.bias, shape)
-
-    def _update_running_stats(self, mean, var, n: int) -> None:
-        """On raw arrays: the running statistics are not part of any graph."""
-        if n < 2:
-            raise ValueError(f"{type(self).__name__} needs more than 1 value per channel when training")
-        self.num_batches_tracked.data += 1
-        m = 1.0 / int(self.num_batches_tracked.data) if self.momentum is None else self.momentum
-        self.running_mean.data[...] = (1 - m) * self.running_mean.data + m * mean.reshape(-1)
-        self.running_var.data[...] = (1 - m) * self.running_var.data + m * var.reshape(-1) * (n / (n - 1))
+        batch_stats = self.training or not self.track_running_stats
+        update = self.training and self.track_running_stats
+        momentum = self.momentum
+        if update:
+            self.num_batches_tracked.data += 1
+            if momentum is None:
+                momentum = 1.0 / int(self.num_batches_tracked.data)
+        running = (self.running_mean, self.running_var) if update or not batch_stats else (None, None)
+        return F.batch_norm(x, *running, self.weight, self.bias, batch_stats, momentum, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -248,12 +220,7 @@ class LayerNorm(Module):
         self.bias = Parameter(zeros(self.normalized_shape)) if elementwise_affine and bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        k = len(self.normalized_shape)
-        if x.shape[x.ndim - k:] != self.normalized_shape:
-            raise ValueError(f"LayerNorm{self.normalized_shape} got an input of shape {x.shape}")
-        axes = tuple(range(x.ndim - k, x.ndim))
-        return _affine(_standardize(x, *_moments(x, axes), self.eps), self.weight, self.bias,
-                       self.normalized_shape)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
@@ -275,9 +242,7 @@ class GroupNorm(Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"GroupNorm with {self.num_channels} channels got an input of shape {x.shape}")
-        groups = x.reshape(x.shape[0], self.num_groups, -1)
-        y = _standardize(groups, *_moments(groups, (2,)), self.eps).reshape(x.shape)
-        return _affine(y, self.weight, self.bias, (1, self.num_channels) + (1,) * (x.ndim - 2))
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
@@ -313,15 +278,14 @@ class Embedding(Module):
         self.weight = init.normal_(_parameter(num_embeddings, embedding_dim))
 
     def forward(self, indices) -> Tensor:
-        return self.weight[indices]
+        return F.embedding(indices, self.weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}"
 
 
 class Upsample(Module):
-    """Nearest-neighbour upsampling of (N, C, H, W) by an integer `scale_factor`, or to `size` (a whole
-    multiple of the input size)."""
+    """Nearest-neighbour resampling of (N, C, *spatial) to `size` or by `scale_factor` (F.interpolate)."""
 
     def __init__(self, size=None, scale_factor=None, mode: str = "nearest"):
         super().__init__()
@@ -329,17 +293,10 @@ class Upsample(Module):
             raise NotImplementedError(f"Upsample supports mode='nearest' only, got {mode!r}")
         if (size is None) == (scale_factor is None):
             raise ValueError("Upsample: give exactly one of size and scale_factor")
-        if scale_factor is not None and any(f != int(f) for f in _pair(scale_factor)):
-            raise NotImplementedError(f"Upsample supports whole-number scale factors only, got {scale_factor}")
         self.size, self.scale_factor, self.mode = size, scale_factor, mode
 
     def forward(self, x: Tensor) -> Tensor:
-        scale = self.scale_factor
-        if self.size is not None:
-            scale = tuple(s // n for s, n in zip(_pair(self.size), x.shape[2:]))
-            if any(f * n != s for f, n, s in zip(scale, x.shape[2:], _pair(self.size))):
-                raise ValueError(f"Upsample: size {self.size} is not a whole multiple of the input's {x.shape[2:]}")
-        return F.upsample_nearest2d(x, scale)
+        return F.interpolate(x, self.size, self.scale_factor, self.mode)
 
     def extra_repr(self) -> str:
         what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"

@@ -101,12 +101,27 @@ def cross_entropy(input: Tensor, target, reduction: str = "mean") -> Tensor:
     return _reduce(-squeeze(picked, 1), reduction)
 
 
+class ClampStraightThrough(Function):
+    """y = max(x, lo);  gx = g everywhere: the clamp is not differentiated, as PyTorch's in-place clamp of the
+    variance under no_grad in gaussian_nll_loss, so a variance below lo still gets a gradient."""
+
+    def __init__(self, lo):
+        self.lo = lo
+
+    def forward(self, x):
+        return np.maximum(x, self.lo)
+
+    def backward(self, g):
+        return g
+
+
 def gaussian_nll_loss(input: Tensor, target, var, full: bool = False, eps: float = 1e-6,
                       reduction: str = "mean") -> Tensor:
-    """0.5 (log v + (input - target)^2 / v) with v = max(var, eps) (+ 0.5 log 2 pi when full), as PyTorch."""
+    """0.5 (log v + (input - target)^2 / v) with v = max(var, eps) (+ 0.5 log 2 pi when full), as PyTorch,
+    whose clamp passes the gradient through unchanged (ClampStraightThrough)."""
     target, var = as_tensor(target, like=input), as_tensor(var, like=input)
     _same_shape("gaussian_nll_loss", input, target)
-    v = clip(var, eps, None)
+    v = ClampStraightThrough(eps)(var)
     d = input - target
     loss = 0.5 * (log(v) + d * d / v)
     if full:

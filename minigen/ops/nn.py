@@ -1,16 +1,25 @@
 """Neural-network operations, named and shaped as in torch.nn.functional: softmax, log_softmax, dropout,
-linear. (conv2d, conv_transpose2d and pooling come with the kernels.)
+linear, the normalizations, embedding, interpolate, pad. (conv2d, conv_transpose2d and pooling come with
+the kernels.)
 """
 from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
 
 import kernels
 
 from .. import backend
 from ..tensor import Function, Tensor
-from .elementwise import Scale, exp
+from .elementwise import Scale, exp, sqrt
 from .linalg import matmul
+from .reduce import mean as _mean
 from .reduce import sum as _sum
-from .shape import normalize_axes, swapaxes
+from .reduce import var as _var
+from .shape import getitem, normalize_axes, repeat, reshape, swapaxes
+from .shape import pad as _shape_pad
 
 
 class Softmax(Function):
@@ -20,7 +29,7 @@ class Softmax(Function):
         self.axis = axis
 
     def forward(self, x):
-        return kernels.softmax(x, self.axis)
+        return kernels.softmax(x, self.axis) if x.shape[self.axis] else x.copy()   # an empty axis: empty
 
     def backward(self, g):
         return SoftmaxGrad(self.axis)(self.output(), g)
@@ -55,7 +64,7 @@ class LogSoftmax(Function):
         self.axis = axis
 
     def forward(self, x):
-        return kernels.log_softmax(x, self.axis)
+        return kernels.log_softmax(x, self.axis) if x.shape[self.axis] else x.copy()
 
     def backward(self, g):
         return LogSoftmaxGrad(self.axis)(self.output(), g)
@@ -100,6 +109,132 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     return Scale(keep * (0.0 if p == 1 else 1.0 / (1.0 - p)))(x)
 
 
+# --- normalization -----------------------------------------------------------------------------------------
+
+
+def _standardize(x: Tensor, axes: tuple, eps: float, mean: Tensor | None = None,
+                 var: Tensor | None = None) -> Tensor:
+    """(x - mean) / sqrt(var + eps), with the mean and biased variance over `axes` unless given."""
+    if mean is None:
+        mean, var = _mean(x, axes, keepdims=True), _var(x, axes, keepdims=True)
+    return (x - mean) / sqrt(var + eps)
+
+
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, shape: tuple) -> Tensor:
+    """y * weight + bias with both reshaped to `shape` (skipped when absent)."""
+    if weight is not None:
+        y = y * reshape(weight, shape)
+    if bias is not None:
+        y = y + reshape(bias, shape)
+    return y
+
+
+def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Each example standardized over its last dimensions, those of `normalized_shape`, then scaled and
+    shifted elementwise (Ba et al. 2016)."""
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(normalized_shape)
+    if x.shape[x.ndim - k:] != normalized_shape:
+        raise ValueError(f"layer_norm over {normalized_shape} got an input of shape {x.shape}")
+    y = _standardize(x, tuple(range(x.ndim - k, x.ndim)), eps)
+    return _affine(y, weight, bias, normalized_shape)
+
+
+def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """x (N, C, ...): the channels cut into `num_groups` groups, each example's group standardized over
+    its channels and positions, then weight and bias per channel (Wu & He 2018)."""
+    n, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
+    groups = reshape(x, (n, num_groups, (c // num_groups) * math.prod(x.shape[2:])))
+    y = reshape(_standardize(groups, (2,), eps), x.shape)
+    return _affine(y, weight, bias, (1, c) + (1,) * (x.ndim - 2))
+
+
+def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
+               bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
+               eps: float = 1e-5) -> Tensor:
+    """x (N, C, ...) standardized per channel (Ioffe & Szegedy 2015): with the batch's statistics when
+    training, which also moves the running ones in place, r <- (1 - momentum) r + momentum s (the unbiased
+    batch variance); with the running ones otherwise."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    if not training:
+        return _affine(_standardize(x, axes, eps, reshape(running_mean, shape), reshape(running_var, shape)),
+                       weight, bias, shape)
+    n = x.size // x.shape[1]
+    if n < 2:
+        raise ValueError(f"batch_norm needs more than 1 value per channel when training, got input of shape {x.shape}")
+    mean, var = _mean(x, axes, keepdims=True), _var(x, axes, keepdims=True)
+    if running_mean is not None:     # on raw arrays: the running statistics are not part of any graph
+        running_mean.data[...] = (1 - momentum) * running_mean.data + momentum * mean.data.reshape(-1)
+        running_var.data[...] = (1 - momentum) * running_var.data + momentum * var.data.reshape(-1) * (n / (n - 1))
+    return _affine(_standardize(x, axes, eps, mean, var), weight, bias, shape)
+
+
+# --- lookup, resampling, padding ------------------------------------------------------------------------
+
+
+def embedding(indices, weight: Tensor) -> Tensor:
+    """Rows of `weight` (num_embeddings, dim) picked by integer `indices` of any shape: (..., dim)."""
+    idx = indices.data if isinstance(indices, Tensor) else indices
+    return getitem(weight, idx)
+
+
+def interpolate(x: Tensor, size=None, scale_factor=None, mode: str = "nearest") -> Tensor:
+    """Nearest-neighbour resampling of (N, C, *spatial) to `size`, or by `scale_factor`: output index i reads
+    input index floor(i * in / out) (PyTorch's 'nearest'), so the gradient sums each input's copies."""
+    if mode != "nearest":
+        raise NotImplementedError(f"interpolate supports mode='nearest' only, got {mode!r}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: give exactly one of size and scale_factor")
+    spatial = x.shape[2:]
+    if size is not None:
+        size = (size,) * len(spatial) if isinstance(size, int) else tuple(size)
+        ratios = [n / m for n, m in zip(spatial, size)]
+    else:
+        factors = (scale_factor,) * len(spatial) if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
+        size = tuple(int(math.floor(n * f)) for n, f in zip(spatial, factors))
+        ratios = [1 / f for f in factors]
+    xp = backend.get_array_module(x.data)
+    for axis, (n, m, r) in enumerate(zip(spatial, size, ratios), start=2):
+        if m % n == 0 and r == n / m:                # a whole factor: each element repeated m / n times
+            x = repeat(x, m // n, axis)
+        elif m != n:
+            src = xp.minimum(xp.floor(xp.arange(m) * r).astype(np.int64), n - 1)
+            x = getitem(x, (slice(None),) * axis + (src,))
+    return x
+
+
+_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def pad(x: Tensor, pad: Sequence, mode: str = "constant", value: float | None = None) -> Tensor:
+    """PyTorch's F.pad: `pad` = (left, right) for the last axis, then (top, bottom) for the one before, ...;
+    mode 'constant' (with `value`, default 0), 'reflect', 'replicate' or 'circular'. A sequence of
+    (before, after) pairs instead is read as numpy.pad's pad_width, one pair per axis from the first.
+    The last three modes read x at padded index positions, so their gradients sum the copies."""
+    if all(isinstance(p, (tuple, list)) for p in pad):
+        widths = [tuple(p) for p in pad]
+    elif len(pad) % 2 == 0 and len(pad) // 2 <= x.ndim:
+        pairs = [(pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)]
+        widths = [(0, 0)] * (x.ndim - len(pairs)) + pairs[::-1]
+    else:
+        raise ValueError(f"pad: expected (before, after) pairs for at most {x.ndim} axes, got {pad}")
+    if mode == "constant":
+        return _shape_pad(x, widths, value=0.0 if value is None else value)
+    if mode not in _PAD_MODES:
+        raise ValueError(f"pad: mode must be 'constant', 'reflect', 'replicate' or 'circular', got {mode!r}")
+    xp = backend.get_array_module(x.data)
+    for axis, (before, after) in enumerate(widths):
+        if before or after:
+            positions = np.pad(np.arange(x.shape[axis]), (before, after), mode=_PAD_MODES[mode])
+            x = getitem(x, (slice(None),) * axis + (xp.asarray(positions),))
+    return x
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b, with W of shape (out_features, in_features) as in PyTorch."""
     if x.shape[-1] != weight.shape[-1]:
@@ -109,4 +244,6 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return y if bias is None else y + bias
 
 
-__all__ = ["softmax", "log_softmax", "dropout", "linear"]
+# `pad` stays out: minigen.pad is NumPy's; this one is nn.functional's
+__all__ = ["softmax", "log_softmax", "dropout", "linear", "layer_norm", "group_norm", "batch_norm", "embedding",
+           "interpolate"]
