@@ -19,7 +19,8 @@ def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
     out = []
     for a in axes:
         if not isinstance(a, (int, np.integer)) or isinstance(a, bool) or not -ndim <= a < ndim:
-            raise ValueError(f"axis {a!r} is out of bounds for a tensor of {ndim} dimension(s)")
+            hint = " (a 0-d tensor has no axes: use axis=None)" if ndim == 0 else ""
+            raise ValueError(f"axis {a!r} is out of bounds for a tensor of {ndim} dimension(s){hint}")
         out.append(int(a) % ndim)
     if len(set(out)) != len(out):
         raise ValueError(f"repeated axis in {axis}")
