@@ -14,7 +14,8 @@ def main(argv=None):
     for name in args.names:
         module = importlib.import_module(f"{__package__}.{name}")
         rows, extra = module.run(args.quick)
-        paths = harness.write_results(name + args.suffix, rows, harness.metadata(), extra)
+        paths = harness.write_results(name + args.suffix, rows, harness.metadata(), extra,
+                                      peers=getattr(module, "PEERS", ("torch",)))
         print(open(paths[1]).read())
 
 
