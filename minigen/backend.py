@@ -83,8 +83,6 @@ def to_device(array, device: str):
     """Copy `array` to `device`; no copy when it is already there."""
     device = check_device(device)
     if device == "cpu":
-        if isinstance(array, SimArray):
-            return array.view(np.ndarray).copy()
         return array if get_array_module(array) is np else array.get()
     if device == "sim":
         return array if isinstance(array, SimArray) else sim.array(to_device(array, "cpu"))
@@ -121,9 +119,7 @@ class SimArray(np.ndarray):
         return (out[0] if len(out) == 1 else out) if out is not None else _on_sim(result)
 
     def __array_function__(self, func, types, args, kwargs):
-        name = f"numpy.{func.__name__}"
-        result = func(*_plain(args, name), **_plain(kwargs, name))
-        return kwargs["out"] if isinstance(kwargs.get("out"), SimArray) else _on_sim(result)
+        return _call_on_sim(func, f"numpy.{func.__name__}", args, kwargs)
 
     def get(self) -> np.ndarray:
         """A NumPy copy on the CPU (CuPy's name)."""
@@ -158,6 +154,14 @@ def _on_sim(obj):
     return obj
 
 
+def _call_on_sim(f, name: str, args: tuple, kwargs: dict):
+    """f(*args, **kwargs) on plain views of the 'sim' arrays among the arguments (plain arrays refused), its
+    array results on 'sim'."""
+    result = f(*_plain(args, name), **_plain(kwargs, name))
+    out = kwargs.get("out")
+    return out if isinstance(out, SimArray) else _on_sim(result)
+
+
 class _SimModule:
     """The array module of device 'sim', standing for CuPy: numpy's names, whose functions refuse plain
     arrays and return SimArrays (zeros, arange, exp, linalg.norm, ...); `array` / `asarray` copy a NumPy
@@ -180,11 +184,12 @@ class _SimModule:
         return value
 
     @staticmethod
-    def array(a, dtype=None, copy: bool = True, **kwargs) -> SimArray:
-        """`a` copied onto 'sim' (a SimArray, a NumPy array, or nested lists)."""
+    def array(a, dtype=None, copy: bool = True) -> SimArray:
+        """`a` on 'sim' (from a SimArray, a NumPy array or nested lists): a copy, except from a SimArray with
+        copy=False."""
         if isinstance(a, SimArray):
-            return np.array(a.view(np.ndarray), dtype=dtype, copy=copy, **kwargs).view(SimArray)
-        return np.array(a, dtype=dtype, **kwargs).view(SimArray)
+            return np.array(a.view(np.ndarray), dtype=dtype, copy=copy).view(SimArray)
+        return np.array(a, dtype=dtype).view(SimArray)
 
     @staticmethod
     def asarray(a, dtype=None) -> SimArray:
@@ -195,7 +200,7 @@ class _SimModule:
 def _sim_function(f, name: str):
     """numpy function `f` as the 'sim' module's: plain array arguments refused, array results on 'sim'."""
     def on_sim(*args, **kwargs):
-        return _on_sim(f(*_plain(args, name), **_plain(kwargs, name)))
+        return _call_on_sim(f, name, args, kwargs)
     on_sim.__name__ = on_sim.__qualname__ = f.__name__
     return on_sim
 
