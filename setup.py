@@ -9,9 +9,12 @@ setup(
     package_data={"kernels": ["cuda/*.cu"], "minigen": ["assets/*.npz"]},
     install_requires=["numpy>=2.0", "scipy>=1.11", "numba>=0.60", "tqdm>=4.60", "Pillow>=9.0"],
     extras_require={
-        # the CUDA compile checks (NVRTC, NVVM for numba.cuda) run without a GPU, so the tests install them
-        "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3", "threadpoolctl>=3", "numba-cuda>=0.30", "cuda-bindings>=13.0,<14",
-                 "nvidia-cuda-nvrtc>=13.0,<14", "nvidia-nvvm>=13.0,<14"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3", "threadpoolctl>=3"],
+        # the oracle tier: tests that check minigen against PyTorch (CPU wheel); they skip without it
+        "oracle": ["torch==2.13.0"],
+        # the CUDA compile checks (NVRTC, NVVM for numba.cuda) run without a GPU; they skip without these
+        "cuda-compile": ["numba-cuda>=0.30", "cuda-bindings>=13.0,<14", "nvidia-cuda-nvrtc>=13.0,<14",
+                         "nvidia-nvvm>=13.0,<14"],
         "cuda": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13"],
         "bench": ["torch==2.13.0", "autograd", "mygrad", "dezero"],
