@@ -52,6 +52,7 @@ TINY = {
     "markov-mlp": dict(window=4, hidden=8),
     "rnn": dict(hidden=8),
     "nade": dict(hidden=8),
+    "made": dict(hidden=8),
     "pixelcnn": dict(channels=8, layers=2),
     "gated-pixelcnn": dict(channels=8, layers=2),
     "gated-pixelcnn-cond": dict(channels=8, layers=2),
