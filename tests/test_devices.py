@@ -78,6 +78,7 @@ def _small(loader, device: str) -> data.DataLoader:
 
 
 def _states_on(recipe, device: str) -> None:
+    """Every parameter, buffer and optimizer state array of the recipe is on `device`."""
     for name, module in recipe.modules().items():
         for pname, t in list(module.named_parameters()) + list(module.named_buffers()):
             assert t.device == device, f"{name}.{pname} is on {t.device}, not {device}"
@@ -85,6 +86,18 @@ def _states_on(recipe, device: str) -> None:
         for s in opt.state.values():
             for k, v in s.items():
                 assert not hasattr(v, "shape") or backend.device_of(v) == device, f"optimizer {name}: {k}"
+
+
+def _train_sample_evaluate(family: str, device: str, run_dir) -> None:
+    """A few steps through the command's path, then the held-out evaluation and samples, all on `device`."""
+    recipe, loader, test_loader, _ = cli.build(_config(family, device))
+    metrics = train.fit(recipe, loader, STEPS, run_dir, eval_loader=_small(test_loader, device), n_samples=4,
+                        progress=False)
+    assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
+    _states_on(recipe, device)
+    samples = recipe.sample(3)
+    assert type(samples) is np.ndarray, f"sample() gave a {type(samples).__name__}, not a NumPy array"
+    assert len(samples) == 3 and np.isfinite(samples).all()
 
 
 def _families():
@@ -97,20 +110,22 @@ def _families():
 def test_family_trains_samples_and_evaluates_on_device(family, device, tmp_path):
     if device == "cuda" and not backend.cuda_available():
         pytest.skip("no CUDA GPU")
-    recipe, loader, test_loader, _ = cli.build(_config(family, device))
-    metrics = train.fit(recipe, loader, STEPS, tmp_path, eval_loader=_small(test_loader, device), n_samples=4,
-                        progress=False)
-    assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
-    _states_on(recipe, device)
-    samples = recipe.sample(3)
-    assert type(samples) is np.ndarray, f"sample() gave a {type(samples).__name__}, not a NumPy array"
-    assert len(samples) == 3 and np.isfinite(samples).all()
+    _train_sample_evaluate(family, device, tmp_path)
+
+
+def test_the_family_check_catches_an_array_made_on_the_cpu(monkeypatch, tmp_path):
+    """The test of the test: NICE with its base samples drawn on the CPU (the StandardNormal.sample of issue 14)."""
+    from minigen.models import flows
+    monkeypatch.setattr(flows.StandardNormal, "sample",
+                        lambda self, n, temperature=1.0, device="cpu": mg.randn(n, *self.event_shape) * temperature)
+    with pytest.raises(DeviceMismatchError, match="numpy.multiply got a NumPy array"):
+        _train_sample_evaluate("nice", "sim", tmp_path)
 
 
 def test_checkpoint_saved_on_one_device_loads_on_another(tmp_path):
     """A run trained on 'sim' resumes on the CPU and back: parameters and Adam's moments follow the run."""
     config = _config("vae", "sim")
-    recipe, loader, test_loader, _ = cli.build(config)
+    recipe, loader, _, _ = cli.build(config)
     train.fit(recipe, loader, STEPS, tmp_path, n_samples=4, progress=False)
     for steps, device in enumerate(("cpu", "sim"), start=STEPS + 1):
         saved = recipe.model.state_dict()
