@@ -452,6 +452,11 @@ class EMA:
             for p, s in zip(self.params, saved):
                 p.data[...] = s
 
+    def to(self, device: str) -> EMA:
+        """Move the averages to `device`, where `Module.to` moved the parameters; returns self."""
+        self.shadow = [backend.to_device(s, device) for s in self.shadow]
+        return self
+
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": [_to_numpy(s) for s in self.shadow]}
 

@@ -237,3 +237,11 @@ def test_optimizer_state_moves_with_to():
     w.grad = mg.ones(3, device="sim")
     opt.step()
     assert type(w.data) is SimArray and opt.state[w]["step"] == 2
+
+
+def test_parameter_averages_move_with_to():
+    w = nn.Parameter(np.ones(3, np.float32))
+    ema = optim.EMA([w], decay=0.5)
+    w.data = backend.to_device(w.data * 3, "sim")
+    ema.to("sim").update()
+    assert type(ema.shadow[0]) is SimArray and ema.shadow[0].tolist() == [2.0, 2.0, 2.0]
