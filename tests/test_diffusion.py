@@ -103,6 +103,7 @@ def test_ddim_with_eta_one_is_the_ancestral_step(clip_x0):
         if t >= 2:
             np.testing.assert_allclose(ddim_var, var, rtol=1e-12)
         assert np.all(diffusion.ddim_mean_variance(x_t, tt, t - 1, eta=0.0)[1] == 0)
+    assert [s for s, _ in diffusion.reverse_chain(2, (2,), ddim_steps=5)] == ddim_timesteps(T, 5)[1:] + [0]
     mg.manual_seed(3)
     ancestral = diffusion.sample(6, (2,))
     mg.manual_seed(3)
@@ -314,6 +315,8 @@ def test_recipe_rejects_bad_options():
         DDPMRecipe(spec, net="unet")
     with pytest.raises(ValueError, match="sampler"):
         DDPMRecipe(spec, sampler="euler")
+    with pytest.raises(ValueError, match="eta"):
+        DDPMRecipe(spec, eta=1.5)
     assert {"T", "schedule", "lr", "ema", "sampler", "ddim_steps", "eta", "net"} <= set(DDPMRecipe.options())
 
 

@@ -46,6 +46,7 @@ of x_0 and L bounds the negative log-density.
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 
@@ -174,12 +175,13 @@ class Diffusion(nn.Module):
         return mu, self.reverse_variance(t)
 
     def ddim_mean_variance(self, x_t: Tensor, t: Tensor, s: int, eta: float) -> tuple[Tensor, np.ndarray]:
-        """(mean, sigma^2) of the DDIM step from t to s < t (Song et al. 2021, eqs. 12 and 16)."""
+        """(mean, sigma^2) of the DDIM step from t to s < t (Song et al. 2021, eqs. 12 and 16), 0 <= eta <= 1."""
         x0, eps = self.predict(x_t, t)
         _, ab, _ = self.schedule(t)
         ab_s = self.alpha_bar.data[s]
         var = eta ** 2 * (1 - ab_s) / (1 - ab) * (1 - ab / ab_s)
-        mean = float(ab_s) ** 0.5 * x0 + self.coef(np.maximum(1 - ab_s - var, 0) ** 0.5, x_t) * eps
+        xp = backend.get_array_module(var)
+        mean = float(ab_s) ** 0.5 * x0 + self.coef(xp.maximum(1 - ab_s - var, 0) ** 0.5, x_t) * eps
         return mean, var
 
     def loss(self, x0: Tensor) -> Tensor:
@@ -188,9 +190,11 @@ class Diffusion(nn.Module):
         eps = randn_like(x0)
         return ((eps - self.net(self.q_sample(x0, t, eps), t)) ** 2).mean()
 
-    def sample(self, n: int, shape: tuple, ddim_steps: int | None = None, eta: float = 0.0) -> Tensor:
-        """n samples from x_T ~ N(0, I): ancestral (Algorithm 2) when ddim_steps is None, else DDIM over
-        `ddim_timesteps(T, ddim_steps)` with this eta. No noise enters the last step, to x_0."""
+    def reverse_chain(self, n: int, shape: tuple, ddim_steps: int | None = None,
+                      eta: float = 0.0) -> Iterator[tuple[int, Tensor]]:
+        """(s, x_s) after each step of the reverse process from x_T ~ N(0, I), ending at s = 0: ancestral
+        (Algorithm 2) when ddim_steps is None, else DDIM over `ddim_timesteps(T, ddim_steps)` with this eta.
+        No noise enters the last step, to x_0."""
         ts = list(range(self.T, 0, -1)) if ddim_steps is None else ddim_timesteps(self.T, ddim_steps)
         x = randn((n,) + tuple(shape), device=self.beta.device)
         for t, s in zip(ts, ts[1:] + [0]):
@@ -198,6 +202,12 @@ class Diffusion(nn.Module):
             mean, var = (self.p_mean_variance(x, tt) if ddim_steps is None
                          else self.ddim_mean_variance(x, tt, s, eta))
             x = mean + self.coef(var ** 0.5, x) * randn_like(x) if s > 0 else mean
+            yield s, x
+
+    def sample(self, n: int, shape: tuple, ddim_steps: int | None = None, eta: float = 0.0) -> Tensor:
+        """n samples x_0: the end of `reverse_chain`."""
+        for _, x in self.reverse_chain(n, shape, ddim_steps, eta):
+            pass
         return x
 
     # -- the variational bound ------------------------------------------------------------------------------
@@ -230,7 +240,6 @@ class Diffusion(nn.Module):
         terms = k > 0 estimates their sum without bias from k times t ~ U{2..T} per example, scaled by
         (T - 1) / k (cheaper, the same in expectation)."""
         n = len(x0)
-        xp = backend.get_array_module(x0.data)
         total = self.prior_kl(x0).data.astype(np.float64) + self.decoder_nll(x0).data.astype(np.float64)
         if terms:
             draws = [randint(2, self.T + 1, (n,), device=x0.device) for _ in range(terms)]
@@ -240,7 +249,7 @@ class Diffusion(nn.Module):
             weight = 1.0
         for t in draws:
             total = total + weight * self.kl_term(x0, t).data.astype(np.float64)
-        return backend.to_device(xp.asarray(total), "cpu")
+        return backend.to_device(total, "cpu")
 
 
 # --- noise predictors eps_theta(x_t, t) ------------------------------------------------------------------
@@ -396,6 +405,8 @@ class DDPMRecipe(Recipe):
             raise ValueError(f"net must be 'mlp' or (for images) 'unet', got {net!r}")
         if sampler not in ("ancestral", "ddim"):
             raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {sampler!r}")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must lie in [0, 1], got {eta}")
         self.spec, self.ema_decay, self.bound_terms = spec, ema, bound_terms
         self.ddim_steps = ddim_steps if sampler == "ddim" else None
         self.eta = eta
