@@ -8,15 +8,14 @@ two consecutive steps from the same weights (the second depends on the first ste
 
 Timings are interleaved (harness.measure_interleaved: each engine once per round), so load from other
 processes falls on both alike; the medians and their ratio are reported, with the load average at the
-start. Both engines run with the same number of threads (--threads, default 1: BLAS, Numba and PyTorch's
+start. Both engines run with the same number of threads (`run(threads=1)`: BLAS, Numba and PyTorch's
 intra-op pool).
 
     python -m benchmarks unet_step [--quick]
-    python benchmarks/unet_step.py [--quick] [--threads N]
+    python benchmarks/unet_step.py [--quick]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -168,11 +167,5 @@ def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:
 
 
 if __name__ == "__main__":
-    from benchmarks import harness
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    rows, extra = run(args.quick, args.threads)
-    paths = harness.write_results("unet_step", rows, harness.metadata(), extra)
-    print(open(paths[1]).read())
+    from benchmarks.__main__ import main
+    main(["unet_step", *sys.argv[1:]])
