@@ -446,9 +446,12 @@ def test_gradcheck_piecewise_linear_activations_and_embedding():
 
 
 def made(n_in: int, hidden: list[int], rng) -> nn.Sequential:
-    """MADE (Germain et al. 2015): input d gets degree d (1..D), each hidden unit a degree in 1..D-1; a hidden
-    unit sees inputs of degree <= its own, an output of degree d sees hidden units of degree < d."""
-    degrees = [np.arange(1, n_in + 1)] + [rng.integers(1, n_in, size=h) for h in hidden]
+    """MADE (Germain et al. 2015): input d gets degree d (1..D), each hidden unit a degree from the previous
+    layer's smallest to D-1 (so that no unit is cut off); a hidden unit sees inputs of degree <= its own, an
+    output of degree d sees hidden units of degree < d."""
+    degrees = [np.arange(1, n_in + 1)]
+    for h in hidden:
+        degrees.append(rng.integers(degrees[-1].min(), n_in, size=h))
     layers = []
     for d_in, d_out in zip(degrees, degrees[1:] + [np.arange(1, n_in + 1)]):
         layer = nn.MaskedLinear(len(d_in), len(d_out))

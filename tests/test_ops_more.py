@@ -183,3 +183,240 @@ def test_interpolate_nearest(data):
     cols = np.minimum(np.floor(np.arange(size[1]) * x.shape[3] / size[1]).astype(int), x.shape[3] - 1)
     check(lambda t: F.interpolate(t, size), [x], lambda a: a[:, :, rows][:, :, :, cols])
     check(lambda t: F.interpolate(t, scale_factor=2), [x], lambda a: a.repeat(2, axis=2).repeat(2, axis=3))
+
+
+# --- the ops a generative-model engine is expected to have (point 7) ----------------------------------------
+
+# name: (minigen fn, SciPy / NumPy reference, (low, high), kinks to avoid, second order)
+UNARY_MORE = {
+    "lgamma": (mg.lgamma, scipy.special.gammaln, (0.2, 5), (), True),
+    "digamma": (mg.digamma, scipy.special.digamma, (0.2, 5), (), True),
+    "polygamma1": (lambda x: mg.polygamma(1, x), lambda x: scipy.special.polygamma(1, x), (0.3, 5), (), True),
+    "erfinv": (mg.erfinv, scipy.special.erfinv, (-0.9, 0.9), (), True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY_MORE))
+@given(data=st.data())
+def test_special_functions(name, data):
+    fn, ref, (low, high), avoid, second = UNARY_MORE[name]
+    x = data.draw(mt.arrays(mt.shapes(max_dims=3), low=low, high=high, avoid=avoid))
+    check(fn, [x], ref, second)
+
+
+BINARY_MORE = {   # name: (fn, reference, (low, high) of a, (low, high) of b)
+    "logaddexp": (mg.logaddexp, np.logaddexp, (-3, 3), (-3, 3)),
+    "xlogy": (mg.xlogy, scipy.special.xlogy, (-3, 3), (0.2, 3)),
+    "atan2": (mg.atan2, np.arctan2, (-3, 3), (0.3, 3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY_MORE))
+@given(data=st.data())
+def test_binary_more(name, data):
+    fn, ref, (la, ha), (lb, hb) = BINARY_MORE[name]
+    shape_a, shape_b = data.draw(mt.broadcastable_shapes(2, max_dims=3))
+    check(fn, [data.draw(mt.arrays(shape_a, low=la, high=ha)), data.draw(mt.arrays(shape_b, low=lb, high=hb))], ref)
+
+
+def test_xlogy_and_logaddexp_at_their_edges():
+    x, y = leaf([0.0, 0.0, 2.0]), mg.tensor([0.0, 3.0, 1.0], dtype="float64")
+    np.testing.assert_array_equal(mg.xlogy(x, y).numpy(), [0.0, 0.0, 0.0])         # 0 log 0 = 0
+    gx, = mg.grad(mg.xlogy(x, y).sum(), [x])
+    np.testing.assert_array_equal(gx.numpy(), [0.0, 0.0, 0.0])                     # PyTorch's convention
+    big = leaf([1e4, -1e4])
+    np.testing.assert_allclose(mg.logaddexp(big, big).numpy(), big.data + np.log(2))
+    assert mg.atan2(mg.tensor(1.0), mg.tensor(-1.0)).item() == pytest.approx(3 * np.pi / 4)
+
+
+@given(data=st.data())
+def test_scans_cumprod_logcumsumexp(data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3, max_side=4)))
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    check(lambda t: mg.cumprod(t, axis), [x], lambda a: np.cumprod(a, axis))
+    check(lambda t: mg.logcumsumexp(t, axis), [x], lambda a: np.logaddexp.accumulate(a, axis))
+
+
+def test_cumprod_with_zeros_and_logcumsumexp_of_huge_values():
+    x = np.array([[2.0, 0.0, 3.0, 0.5], [0.0, 0.0, 1.5, 2.0]])
+    check(lambda t: mg.cumprod(t, 1), [x], lambda a: np.cumprod(a, 1))
+    y = mg.logcumsumexp(mg.tensor(np.array([1e4, 1e4, -1e4], dtype=np.float32)), 0)
+    np.testing.assert_allclose(y.numpy(), [1e4, 1e4 + np.log(2), 1e4 + np.log(2)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("ord", [2, 1, 3, np.inf, -np.inf])
+@given(data=st.data())
+def test_vector_norm(ord, data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3), avoid=(0,)))
+    axis = data.draw(st.one_of(st.none(), st.integers(-x.ndim, x.ndim - 1)))
+    keepdims = data.draw(st.booleans())
+    reference = (lambda a: np.linalg.norm(a.reshape(-1), ord, keepdims=False).reshape((1,) * a.ndim if keepdims else ())) \
+        if axis is None else (lambda a: np.linalg.norm(a, ord, axis, keepdims))
+    if ord in (np.inf, -np.inf):       # max / min of |x|: ties would make the first derivative jump
+        x = np.argsort(np.argsort(x, axis=None)).reshape(x.shape) * 0.1 + 0.05
+    check(lambda t: mg.vector_norm(t, ord, axis, keepdims), [x], reference)
+
+
+def test_norm_is_numpys_and_zero_has_a_zero_gradient():
+    x = np.random.default_rng(2).standard_normal((3, 4))
+    np.testing.assert_allclose(mg.norm(mg.tensor(x)).item(), np.linalg.norm(x))
+    np.testing.assert_allclose(mg.norm(mg.tensor(x), 1, axis=0).numpy(), np.linalg.norm(x, 1, axis=0))
+    z = leaf(np.zeros(3))
+    mg.norm(z).backward()
+    np.testing.assert_array_equal(z.grad.numpy(), 0.0)
+    with pytest.raises(NotImplementedError, match="matrix norms"):
+        mg.norm(mg.tensor(x), 2)
+
+
+def test_argmax_argmin_sort_argsort_topk():
+    x = np.array([[3.0, 1.0, 2.0, 1.0], [0.5, 4.0, 4.0, -1.0]])
+    t = leaf(x)
+    np.testing.assert_array_equal(mg.argmax(t, 1).numpy(), [0, 1])
+    np.testing.assert_array_equal(mg.argmin(t, axis=1, keepdims=True).numpy(), [[1], [3]])
+    assert mg.argmax(t).item() == 5 and mg.argmax(t).dtype.kind == "i"
+    values, indices = mg.sort(t, 1)
+    np.testing.assert_array_equal(values.numpy(), np.sort(x, 1))
+    np.testing.assert_array_equal(indices.numpy(), np.argsort(x, 1, kind="stable"))
+    np.testing.assert_array_equal(mg.argsort(t, 0, descending=True).numpy(), [[0, 1, 1, 0], [1, 0, 0, 1]])
+    values, indices = mg.topk(t, 2, 1)
+    np.testing.assert_array_equal(values.numpy(), [[3.0, 2.0], [4.0, 4.0]])
+    np.testing.assert_array_equal(indices.numpy(), [[0, 2], [1, 2]])
+    distinct = np.random.default_rng(3).permutation(12).reshape(3, 4) * 0.5
+    check(lambda s: mg.sort(s, 0)[0], [distinct], lambda a: np.sort(a, 0))
+    check(lambda s: mg.topk(s, 3, largest=False)[0] ** 2, [distinct], lambda a: np.sort(a, 1)[:, :3] ** 2)
+
+
+@given(data=st.data())
+def test_tril_triu_diagonal_roll(data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=2, max_dims=3)))
+    k = data.draw(st.integers(-2, 2))
+    check(lambda t: mg.tril(t, k), [x], lambda a: np.tril(a, k))
+    check(lambda t: mg.triu(t, k), [x], lambda a: np.triu(a, k))
+    a1, a2 = data.draw(st.sampled_from([(0, 1), (-1, -2), (0, -1)]))
+    check(lambda t: mg.diagonal(t, k, a1, a2), [x], lambda a: np.diagonal(a, k, a1, a2))
+    shift = data.draw(st.integers(-5, 5))
+    axis = data.draw(st.one_of(st.none(), st.integers(-x.ndim, x.ndim - 1)))
+    check(lambda t: mg.roll(t, shift, axis), [x], lambda a: np.roll(a, shift, axis))
+
+
+@given(data=st.data())
+def test_scatter_add_and_index_add(data):
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3, max_side=4)))
+    axis = data.draw(st.integers(0, x.ndim - 1))
+    rng = np.random.default_rng(data.draw(st.integers(0, 99)))
+    index = rng.integers(0, x.shape[axis], size=x.shape)
+    src = data.draw(mt.arrays(x.shape))
+
+    def reference_scatter(a, s):
+        out = a.copy()
+        for pos in np.ndindex(index.shape):
+            target = list(pos)
+            target[axis] = index[pos]
+            out[tuple(target)] += s[pos]
+        return out
+    check(lambda a, s: mg.scatter_add(a, axis, index, s), [x, src], reference_scatter)
+    picks = rng.integers(0, x.shape[axis], size=3)
+    source = data.draw(mt.arrays(x.shape[:axis] + (3,) + x.shape[axis + 1:]))
+
+    def reference_index_add(a, s):
+        out = np.moveaxis(a.copy(), axis, 0)
+        np.add.at(out, picks, np.moveaxis(s, axis, 0))
+        return np.moveaxis(out, 0, axis)
+    check(lambda a, s: mg.index_add(a, axis, picks, s), [x, source], reference_index_add)
+
+
+def test_pixel_shuffle_round_trip():
+    x = np.random.default_rng(4).standard_normal((2, 8, 3, 2))
+    y = F.pixel_shuffle(leaf(x), 2)
+    assert y.shape == (2, 2, 6, 4)
+    np.testing.assert_array_equal(F.pixel_unshuffle(y, 2).numpy(), x)
+    np.testing.assert_array_equal(y.numpy()[0, 1, 2 * 1 + 1, 2 * 0 + 0], x[0, 1 * 4 + 1 * 2 + 0, 1, 0])
+    check(lambda t: F.pixel_shuffle(t, 2) ** 2, [x])
+
+
+@given(data=st.data())
+def test_cholesky_and_qr(data):
+    n = data.draw(st.integers(1, 4))
+    batch = data.draw(st.sampled_from([(), (2,)]))
+    a = data.draw(mt.matrices(n, batch_shape=batch))
+    eye = np.eye(n)
+
+    def spd(t):             # symmetric positive definite, also under the checks' perturbations
+        return t @ t.mT + eye
+    check(lambda t: mg.cholesky(spd(t)), [a], lambda m: np.linalg.cholesky(m @ np.swapaxes(m, -1, -2) + eye))
+    m = data.draw(st.integers(n, n + 2))
+    tall = data.draw(mt.arrays(batch + (m, n)))
+    tall[..., :n, :] += 3 * eye               # full column rank
+    q, r = mg.qr(mg.tensor(tall))
+    np.testing.assert_allclose((q @ r).numpy(), tall, atol=1e-12)
+    np.testing.assert_allclose(r.numpy(), np.linalg.qr(tall)[1], atol=1e-12)
+    check(lambda t: mg.qr(t), [tall])
+
+
+@given(data=st.data())
+def test_conv1d_and_adaptive_avg_pool2d(data):
+    groups = data.draw(st.integers(1, 2))
+    x = data.draw(mt.arrays((2, 2 * groups, data.draw(st.integers(3, 7)))))
+    w = data.draw(mt.arrays((2 * groups, 2, data.draw(st.integers(1, 3)))))
+    stride, padding, dilation = data.draw(st.integers(1, 2)), data.draw(st.integers(0, 1)), data.draw(st.integers(1, 2))
+
+    def reference(x, w):
+        x4, w4 = x[:, :, None], w[:, :, None]
+        from kernels import reference as kref
+        return kref.conv2d(x4, w4, None, stride=(1, stride), padding=(0, padding), dilation=(1, dilation),
+                           groups=groups)[:, :, 0]
+    check(lambda x, w: F.conv1d(x, w, None, stride, padding, dilation, groups), [x, w], reference)
+    image = data.draw(mt.arrays((1, 2, data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6)))))
+    size = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
+    check(lambda t: F.adaptive_avg_pool2d(t, size), [image])
+    np.testing.assert_allclose(F.adaptive_avg_pool2d(mg.tensor(image), 1).numpy(), image.mean((2, 3), keepdims=True))
+
+
+def test_scaled_dot_product_attention_is_the_formula():
+    rng = np.random.default_rng(5)
+    q, k, v = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 2))
+    weights = scipy.special.softmax(q @ np.swapaxes(k, 1, 2) / 2.0, axis=-1)
+    check(F.scaled_dot_product_attention, [q, k, v], lambda q, k, v: weights @ v)
+    causal = np.where(np.tri(3, 5, dtype=bool), q @ np.swapaxes(k, 1, 2) / 2.0, -np.inf)
+    np.testing.assert_allclose(F.scaled_dot_product_attention(mg.tensor(q), mg.tensor(k), mg.tensor(v),
+                                                              is_causal=True).numpy(),
+                               scipy.special.softmax(causal, axis=-1) @ v)
+
+
+LOSSES_MORE = {   # name: (loss(input, target, reduction), input range, target range)
+    "l1": (F.l1_loss, (-3, 3), (-3, 3)),
+    "smooth_l1": (lambda x, t, reduction: F.smooth_l1_loss(x, t, reduction, beta=0.7), (-3, 3), (-3, 3)),
+    "kl_div": (F.kl_div, (-3, -0.1), (0, 1)),
+    "kl_div_log_target": (lambda x, t, reduction: F.kl_div(x, t, reduction, log_target=True), (-3, -0.1), (-3, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES_MORE))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@given(data=st.data())
+def test_losses_more(name, reduction, data):
+    fn, (lx, hx), (lt, ht) = LOSSES_MORE[name]
+    shape = data.draw(mt.shapes(min_dims=1, max_dims=3))
+    avoid = (0,) if name == "l1" else (-0.7, 0.7) if name == "smooth_l1" else ()
+    t = data.draw(mt.arrays(shape, low=lt, high=ht))
+    x = t + data.draw(mt.arrays(shape, low=lx, high=hx, avoid=avoid)) if name in ("l1", "smooth_l1") else \
+        data.draw(mt.arrays(shape, low=lx, high=hx))
+    check(lambda a, b: fn(a, b, reduction=reduction), [x, t])
+
+
+@given(data=st.data())
+def test_nll_loss_with_weights_and_ignore_index(data):
+    n, c = data.draw(st.integers(1, 4)), data.draw(st.integers(2, 4))
+    x = data.draw(mt.arrays((n, c, 2)))
+    rng = np.random.default_rng(data.draw(st.integers(0, 99)))
+    labels = rng.integers(0, c, size=(n, 2))
+    labels[0, 0] = -100
+    w = rng.uniform(0.5, 2.0, size=c)
+    kept = labels != -100
+    picked = np.take_along_axis(x, np.where(kept, labels, 0)[:, None], 1)[:, 0]
+    weights = np.where(kept, w[np.where(kept, labels, 0)], 0.0)
+    expected = -(picked * weights).sum() / weights.sum() if weights.sum() else np.nan
+    check(lambda t: F.nll_loss(t, labels, w), [x], lambda a: expected)
+    check(lambda t: F.cross_entropy(t, labels, w, reduction="sum"), [x],
+          lambda a: -(np.take_along_axis(scipy.special.log_softmax(a, 1), np.where(kept, labels, 0)[:, None], 1)[:, 0]
+                      * weights).sum())

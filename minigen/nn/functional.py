@@ -5,11 +5,12 @@ meaning (`pad` pairs from the last axis, losses with `weight` third), except tha
 throughout minigen (`F.softmax(x, 1)` as in PyTorch, `F.softmax(x, axis=1)` for its `dim=1`). The rest
 (`upsample_nearest2d`, `kl_normal`) are minigen's own names that say what they do.
 """
-from ..ops.conv import avg_pool2d, conv2d, conv_transpose2d, max_pool2d, upsample_nearest2d  # noqa: F401
+from ..ops.conv import (adaptive_avg_pool2d, avg_pool2d, conv1d, conv2d, conv_transpose2d,  # noqa: F401
+                       max_pool2d, upsample_nearest2d)
 from ..ops.elementwise import (elu, gelu, hardtanh, leaky_relu, logsigmoid, relu, relu6, sigmoid, silu,  # noqa: F401
                                softplus, tanh)
 from ..ops.losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,  # noqa: F401
-                          gaussian_nll_loss, kl_normal, mse_loss)
+                          gaussian_nll_loss, kl_div, kl_normal, l1_loss, mse_loss, nll_loss, smooth_l1_loss)
 from ..ops.nn import (batch_norm, dropout, embedding, group_norm, interpolate, layer_norm, linear,  # noqa: F401
-                      log_softmax, pad, softmax)
+                      log_softmax, pad, pixel_shuffle, pixel_unshuffle, scaled_dot_product_attention, softmax)
 from ..ops.shape import one_hot  # noqa: F401

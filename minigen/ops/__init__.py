@@ -8,11 +8,13 @@ from .elementwise import *  # noqa: F401,F403
 from .linalg import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
 from .nn import *  # noqa: F401,F403
-from .reduce import cumsum, logsumexp, max, mean, min, prod, std, sum, var  # noqa: A004
+from .reduce import (argmax, argmin, argsort, cumprod, cumsum, logcumsumexp, logsumexp, max, mean, min,  # noqa: A004
+                     norm, prod, sort, std, sum, topk, var, vector_norm)
 from .shape import *  # noqa: F401,F403
 
 __all__ = (conv.__all__ + elementwise.__all__ + linalg.__all__ + losses.__all__ + nn.__all__ + shape.__all__
-           + ["cumsum", "logsumexp", "max", "mean", "min", "prod", "std", "sum", "var"])
+           + ["argmax", "argmin", "argsort", "sort", "topk", "cumprod", "cumsum", "logcumsumexp", "logsumexp", "max", "mean", "min", "norm",
+              "prod", "std", "sum", "var", "vector_norm"])
 
 
 def _swap(f):
@@ -33,7 +35,8 @@ _methods = {
     "sign": _E.sign, "sin": _E.sin, "cos": _E.cos, "tanh": _E.tanh, "sigmoid": _E.sigmoid, "relu": _E.relu,
     "softplus": _E.softplus, "clip": _E.clip, "astype": _E.astype, "pow": _E.pow,
     "sum": _R.sum, "mean": _R.mean, "var": _R.var, "std": _R.std, "max": _R.max, "min": _R.min,
-    "prod": _R.prod, "logsumexp": _R.logsumexp, "cumsum": _R.cumsum,
+    "prod": _R.prod, "logsumexp": _R.logsumexp, "cumsum": _R.cumsum, "cumprod": _R.cumprod,
+    "argmax": _R.argmax, "argmin": _R.argmin, "norm": _R.norm,
     "reshape": _S.reshape, "flatten": _S.flatten, "transpose": _S.transpose, "permute": _S.permute,
     "swapaxes": _S.swapaxes, "squeeze": _S.squeeze, "expand_dims": _S.expand_dims,
     "broadcast_to": _S.broadcast_to, "flip": _S.flip, "repeat": _S.repeat,

@@ -21,7 +21,8 @@ from .. import backend
 from ..tensor import Function, Tensor
 from .reduce import sum as _sum
 from .elementwise import tie
-from .shape import GetItem, repeat
+from .linalg import einsum
+from .shape import GetItem, expand_dims, repeat, squeeze
 
 
 class _Conv:
@@ -154,6 +155,37 @@ class MaxPool2d(GetItem):
         return tie(super().backward(g), self.inputs[0])
 
 
+def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1, padding: int = 0,
+           dilation: int = 1, groups: int = 1) -> Tensor:
+    """1-D cross-correlation: x (N, C, L), weight (O, C/groups, k) -> (N, O, Lo), as conv2d over a height of 1."""
+    if x.ndim != 3 or weight.ndim != 3:
+        raise ValueError(f"conv1d: expected input (N, C, L) and weight (O, C/groups, k), got shapes {x.shape} "
+                         f"and {weight.shape}")
+    y = conv2d(expand_dims(x, 2), expand_dims(weight, 2), bias, (1, stride), (0, padding), (1, dilation), groups)
+    return squeeze(y, 2)
+
+
+def _adaptive_bins(n: int, m: int, xp) -> np.ndarray:
+    """The (m, n) averaging matrix of adaptive pooling: output i averages inputs floor(i n / m) ..
+    ceil((i + 1) n / m) - 1 (PyTorch's bins, which overlap when m does not divide n)."""
+    i = np.arange(m)
+    start, end = (i * n) // m, -((-(i + 1) * n) // m)
+    j = np.arange(n)
+    inside = (j >= start[:, None]) & (j < end[:, None])
+    return xp.asarray(inside / (end - start)[:, None])
+
+
+def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
+    """Mean over the adaptive bins of each axis, to an (H_out, W_out) map whatever the input size (None
+    keeps that axis): y = P_h x P_w^T with constant averaging matrices, so it differentiates as einsum."""
+    _check_4d("adaptive_avg_pool2d", x)
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    ho, wo = (n if m is None else m for n, m in zip(x.shape[2:], sizes))
+    xp = backend.get_array_module(x.data)
+    p_h, p_w = (Tensor(_adaptive_bins(n, m, xp).astype(x.dtype)) for n, m in zip(x.shape[2:], (ho, wo)))
+    return einsum("ih,nchw,jw->ncij", p_h, x, p_w)
+
+
 def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
     """Mean over each window (zero padding counted, PyTorch's count_include_pad=True): a grouped
     convolution with a constant 1/(kh kw) kernel, so its derivatives come from conv2d's."""
@@ -194,4 +226,5 @@ def upsample_nearest2d(x: Tensor, scale_factor: int = 2) -> Tensor:
     return repeat(repeat(x, sh, axis=2), sw, axis=3)
 
 
-__all__ = ["conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "upsample_nearest2d"]
+__all__ = ["conv1d", "conv2d", "conv_transpose2d", "avg_pool2d", "max_pool2d", "adaptive_avg_pool2d",
+           "upsample_nearest2d"]

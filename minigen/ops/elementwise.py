@@ -393,6 +393,78 @@ class Erf(Function):
         return g * (exp(-(x * x)) * (2 / math.sqrt(math.pi)))
 
 
+class Erfinv(Function):
+    """y = erfinv(x) on (-1, 1);  gx = g * sqrt(pi)/2 * exp(y^2) (the inverse of erf's derivative at y)."""
+
+    def forward(self, x):
+        return _special(x).erfinv(x).astype(x.dtype, copy=False)
+
+    def backward(self, g):
+        y = self.output()
+        return g * (exp(y * y) * (math.sqrt(math.pi) / 2))
+
+
+class Lgamma(Function):
+    """y = log |Gamma(x)|;  gx = g * digamma(x)."""
+
+    def forward(self, x):
+        return _special(x).gammaln(x).astype(x.dtype, copy=False)
+
+    def backward(self, g):
+        return g * polygamma(0, self.inputs[0])
+
+
+class Polygamma(Function):
+    """y = psi^(n)(x), the n-th derivative of digamma (n = 0: digamma itself);  gx = g * psi^(n+1)(x)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def forward(self, x):
+        return _special(x).polygamma(self.n, x).astype(x.dtype, copy=False)
+
+    def backward(self, g):
+        return g * Polygamma(self.n + 1)(self.inputs[0])
+
+
+class LogAddExp(Function):
+    """y = log(exp(a) + exp(b)), finite for any finite a, b;  ga = g exp(a - y), gb = g exp(b - y)."""
+
+    def forward(self, a, b):
+        return np.logaddexp(a, b)
+
+    def backward(self, g):
+        a, b = self.inputs
+        y = self.output()
+        return (g * exp(a - y) if a.requires_grad else None), (g * exp(b - y) if b.requires_grad else None)
+
+
+class Xlogy(Function):
+    """z = x log y, and 0 where x = 0 (even for y = 0: the 0 log 0 = 0 of entropies and KL terms);
+    gx = g log y where x != 0 (else 0, as PyTorch), gy = g x / y."""
+
+    def forward(self, x, y):
+        return _special(x).xlogy(x, y).astype(np.result_type(x, y), copy=False)
+
+    def backward(self, g):
+        x, y = self.inputs
+        gx = g * Xlogy()(Tensor(x.data != 0), y) if x.requires_grad else None
+        gy = g * x / y if y.requires_grad else None
+        return gx, gy
+
+
+class Atan2(Function):
+    """z = atan2(y, x), the angle of the point (x, y);  gy = g x / (x^2 + y^2), gx = -g y / (x^2 + y^2)."""
+
+    def forward(self, y, x):
+        return np.arctan2(y, x)
+
+    def backward(self, g):
+        y, x = self.inputs
+        h = g / (x * x + y * y)
+        return (h * x if y.requires_grad else None), (-h * y if x.requires_grad else None)
+
+
 def _special(x):
     """scipy.special for NumPy arrays, cupyx.scipy.special for CuPy arrays."""
     if backend.device_of(x) != "cuda":
@@ -541,6 +613,44 @@ def erf(x: Tensor) -> Tensor:
     return Erf()(x)
 
 
+def erfinv(x: Tensor) -> Tensor:
+    """The inverse of erf on (-1, 1) (inf at +-1)."""
+    return Erfinv()(x)
+
+
+def lgamma(x: Tensor) -> Tensor:
+    """log |Gamma(x)|: the log-normalizers of the Gamma, Beta, Dirichlet and Poisson likelihoods."""
+    return Lgamma()(x)
+
+
+def digamma(x: Tensor) -> Tensor:
+    """d/dx log Gamma(x)."""
+    return Polygamma(0)(x)
+
+
+def polygamma(n: int, x: Tensor) -> Tensor:
+    """The n-th derivative of digamma (PyTorch's argument order)."""
+    return Polygamma(n)(x)
+
+
+def logaddexp(a, b) -> Tensor:
+    """log(exp(a) + exp(b)) without overflow, broadcasting."""
+    return LogAddExp()(*_pair(a, b))
+
+
+def xlogy(x, y) -> Tensor:
+    """x log y with 0 where x = 0, broadcasting."""
+    return Xlogy()(*_pair(x, y))
+
+
+def arctan2(y, x) -> Tensor:
+    """The angle of (x, y) in (-pi, pi], broadcasting (NumPy's name; atan2 is PyTorch's)."""
+    return Atan2()(*_pair(y, x))
+
+
+atan2 = arctan2
+
+
 def softplus(x: Tensor, beta: float = 1.0, threshold: float | None = None) -> Tensor:
     """log(1 + exp(beta x)) / beta, exact to the dtype's rounding; a given threshold makes it x past
     beta x > threshold (PyTorch's default is 20)."""
@@ -631,5 +741,6 @@ greater, greater_equal = _compare(np.greater), _compare(np.greater_equal)
 
 __all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign",
            "sin", "cos", "tanh", "sigmoid", "logsigmoid", "relu", "leaky_relu", "hardtanh", "relu6", "elu", "silu", "gelu",
-           "softplus", "clip", "maximum", "minimum", "where", "erf", "astype", "equal", "not_equal", "less",
+           "softplus", "clip", "maximum", "minimum", "where", "erf", "erfinv", "lgamma", "digamma", "polygamma",
+           "logaddexp", "xlogy", "arctan2", "atan2", "astype", "equal", "not_equal", "less",
            "less_equal", "greater", "greater_equal"]

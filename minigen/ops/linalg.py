@@ -1,4 +1,4 @@
-"""Linear algebra: matmul, einsum, inv, solve, triangular solve, slogdet / logdet / det, trace.
+"""Linear algebra: matmul, einsum, inv, solve, triangular solve, slogdet / logdet / det, trace, cholesky, qr.
 
 Matrices are the last two axes; leading axes are batch axes that broadcast, as in NumPy. The gradients
 (Giles 2008, "An extended collection of matrix derivative results"):
@@ -16,7 +16,7 @@ import kernels
 from .. import backend
 from ..tensor import Function, Tensor, as_tensor
 from .elementwise import exp
-from .shape import broadcast_to, expand_dims, reshape, sum_to, swapaxes
+from .shape import broadcast_to, expand_dims, reshape, sum_to, swapaxes, tril, triu
 
 
 def _mT(x: Tensor) -> Tensor:
@@ -187,6 +187,47 @@ class Trace(Function):
         return reshape(g, g.shape + (1, 1)) * eye
 
 
+def _phi(x: Tensor) -> Tensor:
+    """The lower triangle of x with its diagonal halved (Murray 2016's Phi)."""
+    return tril(x) - 0.5 * tril(triu(x))
+
+
+class Cholesky(Function):
+    """L = cholesky(A), lower, A = L L^T symmetric positive definite (only A's lower triangle is read);
+    gA = 0.5 (S + S^T) with S = L^-T Phi(L^T G) L^-1 (Murray 2016, eq. 10, symmetrized)."""
+
+    def forward(self, a):
+        return np.linalg.cholesky(a)
+
+    def backward(self, g):
+        lower = self.output()
+        p_linv = _mT(SolveTriangular(False)(_mT(lower), _mT(_phi(matmul(_mT(lower), g)))))   # Phi(L^T G) L^-1
+        s = SolveTriangular(False)(_mT(lower), p_linv)
+        return 0.5 * (s + _mT(s))
+
+
+class QR(Function):
+    """[Q; R] = qr(A) stacked along the row axis (one output, so that either factor keeps both alive for the
+    backward), reduced, for A (..., m, n) with m >= n and R invertible. With M = R gR^T - gQ^T Q,
+    gA = (gQ + Q copyltu(M)) R^-T, copyltu(M) the symmetric matrix with M's lower triangle (Walter &
+    Lehmann 2018; Liao et al. 2019, eq. 5)."""
+
+    def forward(self, a):
+        return np.concatenate(np.linalg.qr(a, mode="reduced"), axis=-2)
+
+    def backward(self, g):
+        m = self.inputs[0].shape[-2]
+        q, r = _split_rows(self.output(), m)
+        g_q, g_r = _split_rows(g, m)
+        mm = matmul(r, _mT(g_r)) - matmul(_mT(g_q), q)
+        sym = tril(mm, -1) + _mT(tril(mm, -1)) + tril(triu(mm))
+        return _mT(SolveTriangular(False)(r, _mT(g_q + matmul(q, sym))))          # (gQ + Q sym) R^-T
+
+
+def _split_rows(x: Tensor, m: int) -> tuple[Tensor, Tensor]:
+    return x[..., :m, :], x[..., m:, :]
+
+
 def _square(name: str, a: Tensor) -> Tensor:
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
         raise ValueError(f"{name}: expected square matrices in the last two axes, got shape {a.shape}")
@@ -232,10 +273,24 @@ def det(a: Tensor) -> Tensor:
     return sign * exp(logabsdet)
 
 
+def cholesky(a: Tensor) -> Tensor:
+    """The lower Cholesky factor L of a symmetric positive-definite a = L L^T, batched."""
+    return Cholesky()(_square("cholesky", a))
+
+
+def qr(a: Tensor) -> tuple[Tensor, Tensor]:
+    """(Q, R) with a = Q R, Q (..., m, n) orthonormal columns and R (..., n, n) upper triangular (NumPy's
+    'reduced' mode); differentiable for m >= n and a of full column rank."""
+    if a.ndim < 2 or a.shape[-2] < a.shape[-1]:
+        raise ValueError(f"qr: expected matrices (..., m, n) with m >= n, got shape {a.shape}")
+    return _split_rows(QR()(a), a.shape[-2])
+
+
 def trace(a: Tensor) -> Tensor:
     if a.ndim < 2:
         raise ValueError(f"trace: expected at least 2 dimensions, got shape {a.shape}")
     return Trace()(a)
 
 
-__all__ = ["matmul", "einsum", "inv", "solve", "solve_triangular", "slogdet", "logdet", "det", "trace"]
+__all__ = ["matmul", "einsum", "inv", "solve", "solve_triangular", "slogdet", "logdet", "det", "trace", "cholesky",
+           "qr"]

@@ -7,12 +7,13 @@ import math
 
 import numpy as np
 
+from .. import backend
 from ..tensor import Function, Tensor, as_tensor
-from .elementwise import clip, exp, log, maximum, softplus
+from .elementwise import abs, clip, exp, log, maximum, softplus, where, xlogy
 from .nn import log_softmax
 from .reduce import mean as _mean
 from .reduce import sum as _sum
-from .shape import expand_dims, squeeze, take_along_axis
+from .shape import reshape, squeeze, take_along_axis
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -58,47 +59,114 @@ def _clamped_log(q: Tensor) -> Tensor:
     return maximum(log(q), -100.0)
 
 
-def binary_cross_entropy(input: Tensor, target, reduction: str = "mean") -> Tensor:
-    """Cross-entropy of probabilities `input` in [0, 1]; prefer binary_cross_entropy_with_logits."""
+def _weighted(loss: Tensor, weight) -> Tensor:
+    return loss if weight is None else loss * weight
+
+
+def binary_cross_entropy(input: Tensor, target, weight=None, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of probabilities `input` in [0, 1], times `weight` (broadcast); prefer
+    binary_cross_entropy_with_logits."""
     target = as_tensor(target, like=input)
     _same_shape("binary_cross_entropy", input, target)
     if input.size and (input.data.min() < 0 or input.data.max() > 1):
         raise ValueError("binary_cross_entropy: input must be probabilities in [0, 1]; for logits use "
                          "binary_cross_entropy_with_logits")
-    return _reduce(BinaryCrossEntropy()(input, target), reduction)
+    return _reduce(_weighted(BinaryCrossEntropy()(input, target), weight), reduction)
 
 
-def binary_cross_entropy_with_logits(input: Tensor, target, reduction: str = "mean",
+def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, reduction: str = "mean",
                                      pos_weight=None) -> Tensor:
     """-(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) = softplus(x) - t x, finite for any x;
-    with pos_weight w: (1 - t) x + (1 + (w - 1) t) softplus(-x)."""
+    with pos_weight w: (1 - t) x + (1 + (w - 1) t) softplus(-x); times `weight` (broadcast)."""
     target = as_tensor(target, like=input)
     _same_shape("binary_cross_entropy_with_logits", input, target)
     if pos_weight is None:
-        return _reduce(softplus(input) - input * target, reduction)
-    return _reduce((1 - target) * input + (1 + (pos_weight - 1) * target) * softplus(-input), reduction)
+        loss = softplus(input) - input * target
+    else:
+        loss = (1 - target) * input + (1 + (pos_weight - 1) * target) * softplus(-input)
+    return _reduce(_weighted(loss, weight), reduction)
 
 
-def cross_entropy(input: Tensor, target, reduction: str = "mean") -> Tensor:
-    """-log softmax(input)[target] with class logits on axis 1: input (N, C) or (N, C, d1, ...), target
-    integer labels (N,) / (N, d1, ...), or class probabilities of input's shape."""
-    target = as_tensor(target)
-    log_p = log_softmax(input, axis=1)
-    if target.dtype.kind == "f":
-        _same_shape("cross_entropy", input, target)
-        return _reduce(-_sum(target * log_p, axis=1), reduction)
+def _labels(name: str, input: Tensor, target: Tensor, ignore_index: int):
+    """The integer labels checked against input (N, C, d1, ...): shape (N, d1, ...), values in [0, C) or
+    ignore_index; returned with the mask of the kept ones."""
     if target.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: target must be integer labels or probabilities, got {target.dtype}")
+        raise TypeError(f"{name}: target must be integer labels, got {target.dtype}")
     expected = input.shape[:1] + input.shape[2:]
     if target.shape != expected:
-        raise ValueError(f"cross_entropy: for input of shape {input.shape} the labels must have shape "
+        raise ValueError(f"{name}: for input of shape {input.shape} the labels must have shape "
                          f"{expected}, got {target.shape}")
     labels = target.data
-    if labels.size and (labels.min() < 0 or labels.max() >= input.shape[1]):
-        raise ValueError(f"cross_entropy: labels must lie in [0, {input.shape[1]}), got range "
-                         f"[{labels.min()}, {labels.max()}]")
-    picked = take_along_axis(log_p, expand_dims(target, 1), axis=1)
-    return _reduce(-squeeze(picked, 1), reduction)
+    kept = labels != ignore_index
+    if kept.any() and (labels[kept].min() < 0 or labels[kept].max() >= input.shape[1]):
+        raise ValueError(f"{name}: labels must lie in [0, {input.shape[1]}), got range "
+                         f"[{labels[kept].min()}, {labels[kept].max()}]")
+    return labels, kept
+
+
+def nll_loss(input: Tensor, target, weight=None, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """-w[t] input[t] for log-probabilities input (N, C) or (N, C, d1, ...) and labels t (N,) / (N, d1, ...);
+    labels equal to ignore_index count for nothing, and 'mean' divides by the kept labels' total weight
+    (PyTorch's convention)."""
+    labels, kept = _labels("nll_loss", input, as_tensor(target), ignore_index)
+    xp = backend.get_array_module(labels)
+    safe = xp.where(kept, labels, 0)
+    picked = squeeze(take_along_axis(input, xp.expand_dims(safe, 1), axis=1), 1)
+    w = kept.astype(input.dtype)
+    if weight is not None:
+        w = w * (weight.data if isinstance(weight, Tensor) else xp.asarray(weight))[safe]
+    loss = -picked * Tensor(w.astype(input.dtype, copy=False))
+    if reduction == "mean":
+        total = float(w.sum())
+        return _sum(loss) * (1.0 / total if total else math.nan)
+    return _reduce(loss, reduction)
+
+
+def cross_entropy(input: Tensor, target, weight=None, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """-log softmax(input)[target] with class logits on axis 1: input (N, C) or (N, C, d1, ...), target
+    integer labels (N,) / (N, d1, ...) (nll_loss of the log-softmax, with its weight and ignore_index), or
+    class probabilities of input's shape (-sum_c w_c t_c log p_c)."""
+    target = as_tensor(target)
+    log_p = log_softmax(input, axis=1)
+    if target.dtype.kind != "f":
+        return nll_loss(log_p, target, weight, ignore_index, reduction)
+    _same_shape("cross_entropy", input, target)
+    if weight is not None:
+        weight = reshape(as_tensor(weight, like=input), (-1,) + (1,) * (input.ndim - 2))
+    return _reduce(-_sum(_weighted(target * log_p, weight), axis=1), reduction)
+
+
+def l1_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
+    """|input - target|."""
+    target = as_tensor(target, like=input)
+    _same_shape("l1_loss", input, target)
+    return _reduce(abs(input - target), reduction)
+
+
+def smooth_l1_loss(input: Tensor, target, reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    """0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere, d = input - target (Girshick 2015's
+    Huber-like loss); beta = 0 is l1_loss."""
+    target = as_tensor(target, like=input)
+    _same_shape("smooth_l1_loss", input, target)
+    d = input - target
+    if beta == 0:
+        return _reduce(abs(d), reduction)
+    return _reduce(where(abs(d).data < beta, d * d * (0.5 / beta), abs(d) - 0.5 * beta), reduction)
+
+
+def kl_div(input: Tensor, target, reduction: str = "mean", log_target: bool = False) -> Tensor:
+    """Pointwise KL(target || q) terms for log-probabilities input = log q: t (log t - input), 0 where t = 0
+    (xlogy); with log_target, target is log t. reduction 'batchmean' divides the sum by the batch size
+    (the true KL per example), 'mean' by the number of elements (PyTorch's default)."""
+    target = as_tensor(target, like=input)
+    _same_shape("kl_div", input, target)
+    if log_target:
+        loss = exp(target) * (target - input)
+    else:
+        loss = xlogy(target, target) - target * input
+    if reduction == "batchmean":
+        return _sum(loss) * (1.0 / input.shape[0])
+    return _reduce(loss, reduction)
 
 
 class ClampStraightThrough(Function):
@@ -140,5 +208,6 @@ def kl_normal(mu_q, log_var_q, mu_p=0.0, log_var_p=0.0) -> Tensor:
     return 0.5 * (log_var_p - log_var_q + (exp(log_var_q) + d * d) * exp(-log_var_p) - 1)
 
 
-__all__ = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
+__all__ = ["mse_loss", "l1_loss", "smooth_l1_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+           "nll_loss", "cross_entropy", "kl_div",
            "gaussian_nll_loss", "kl_normal"]

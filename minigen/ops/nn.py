@@ -13,7 +13,7 @@ import kernels
 
 from .. import backend
 from ..tensor import Function, Tensor
-from .elementwise import Scale, exp, sqrt
+from .elementwise import Scale, exp, sqrt, where
 from .linalg import matmul
 from .reduce import mean as _mean
 from .reduce import sum as _sum
@@ -235,6 +235,44 @@ def pad(x: Tensor, pad: Sequence, mode: str = "constant", value: float | None = 
     return x
 
 
+def pixel_shuffle(x: Tensor, upscale_factor: int) -> Tensor:
+    """(N, C r^2, H, W) -> (N, C, H r, W r): each group of r^2 channels becomes an r x r block of pixels
+    (Shi et al. 2016's sub-pixel convolution); a reshape and a transpose."""
+    n, c, h, w = x.shape
+    r = upscale_factor
+    if c % (r * r):
+        raise ValueError(f"pixel_shuffle: {c} channels are not a multiple of upscale_factor^2 = {r * r}")
+    blocks = reshape(x, (n, c // (r * r), r, r, h, w)).transpose((0, 1, 4, 2, 5, 3))
+    return reshape(blocks, (n, c // (r * r), h * r, w * r))
+
+
+def pixel_unshuffle(x: Tensor, downscale_factor: int) -> Tensor:
+    """(N, C, H r, W r) -> (N, C r^2, H, W), the inverse of pixel_shuffle (a space-to-depth squeeze)."""
+    n, c, hr, wr = x.shape
+    r = downscale_factor
+    if hr % r or wr % r:
+        raise ValueError(f"pixel_unshuffle: spatial size {(hr, wr)} is not a multiple of {r}")
+    blocks = reshape(x, (n, c, hr // r, r, wr // r, r)).transpose((0, 1, 3, 5, 2, 4))
+    return reshape(blocks, (n, c * r * r, hr // r, wr // r))
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
+                                 dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: float | None = None) -> Tensor:
+    """softmax(Q K^T * scale + mask) V over the last two axes, scale = 1/sqrt(d) by default (Vaswani et al.
+    2017, eq. 1). attn_mask: boolean (True where a query may attend) or additive floats; is_causal: query i
+    attends to keys j <= i."""
+    d, (l_q, l_k) = query.shape[-1], (query.shape[-2], key.shape[-2])
+    scores = matmul(query, swapaxes(key, -1, -2)) * (1 / math.sqrt(d) if scale is None else scale)
+    xp = backend.get_array_module(query.data)
+    if is_causal:
+        scores = where(xp.tri(l_q, l_k, dtype=bool), scores, -math.inf)
+    if attn_mask is not None:
+        mask = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
+        scores = where(mask, scores, -math.inf) if mask.dtype == bool else scores + attn_mask
+    return matmul(dropout(softmax(scores, -1), dropout_p), value)
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b, with W of shape (out_features, in_features) as in PyTorch."""
     if x.shape[-1] != weight.shape[-1]:
@@ -246,4 +284,4 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 # `pad` stays out: minigen.pad is NumPy's; this one is nn.functional's
 __all__ = ["softmax", "log_softmax", "dropout", "linear", "layer_norm", "group_norm", "batch_norm", "embedding",
-           "interpolate"]
+           "interpolate", "pixel_shuffle", "pixel_unshuffle", "scaled_dot_product_attention"]

@@ -1,5 +1,5 @@
 """Operations that move, copy or select elements: reshape, transpose, broadcasting, joining, splitting,
-flipping, padding, repeating, indexing. Their backward passes route the gradient back to where each element
+flipping, padding, repeating, rolling, triangles and diagonals, indexing and scatter-adding. Their backward passes route the gradient back to where each element
 came from (summing where one element went to several places), which are again such operations.
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Function, Tensor, as_tensor, broadcast_to, sum_to
+from .elementwise import where
 
 
 def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
@@ -303,10 +304,76 @@ def take_along_axis(x: Tensor, indices, axis: int) -> Tensor:
     axis = axis % x.ndim
     if idx.ndim != x.ndim:
         raise ValueError(f"take_along_axis: indices of {idx.ndim} dimensions for a tensor of {x.ndim}")
-    xp = backend.get_array_module(idx)
-    index = tuple(idx if a == axis else xp.arange(n).reshape([-1 if b == a else 1 for b in range(x.ndim)])
-                  for a, n in enumerate(x.shape))
-    return GetItem(index)(x)
+    return GetItem(_along(idx, axis, x.shape, backend.get_array_module(idx)))(x)
+
+
+def _triangle(x: Tensor, keep) -> Tensor:
+    if x.ndim < 2:
+        raise ValueError(f"tril / triu: expected at least 2 dimensions, got shape {x.shape}")
+    return where(keep, x, 0.0)
+
+
+def tril(x: Tensor, k: int = 0) -> Tensor:
+    """x with the entries above the k-th diagonal of the last two axes zeroed (numpy.tril)."""
+    xp = backend.get_array_module(x.data)
+    return _triangle(x, xp.tri(*x.shape[-2:], k=k, dtype=bool))
+
+
+def triu(x: Tensor, k: int = 0) -> Tensor:
+    """x with the entries below the k-th diagonal of the last two axes zeroed (numpy.triu)."""
+    xp = backend.get_array_module(x.data)
+    return _triangle(x, ~xp.tri(*x.shape[-2:], k=k - 1, dtype=bool))
+
+
+def diagonal(x: Tensor, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Tensor:
+    """numpy.diagonal: the diagonal of axes (axis1, axis2), offset above it when positive, as a new last axis."""
+    x = moveaxis(x, (axis1, axis2), (-2, -1))
+    n, m = x.shape[-2:]
+    start_row, start_col = max(-offset, 0), max(offset, 0)
+    length = max(min(n - start_row, m - start_col), 0)
+    xp = backend.get_array_module(x.data)
+    steps = xp.arange(length)
+    return GetItem((Ellipsis, start_row + steps, start_col + steps))(x)
+
+
+def roll(x: Tensor, shift, axis=None) -> Tensor:
+    """numpy.roll: elements shifted by `shift` along `axis` (of the flattened tensor when None), those
+    falling off the end coming back at the start; the gradient rolls back."""
+    if axis is None:
+        return reshape(roll(reshape(x, -1), shift, 0), x.shape)
+    shifts, axes = (shift, axis) if isinstance(axis, (tuple, list)) else ((shift,), (axis,))
+    xp = backend.get_array_module(x.data)
+    for s, a in zip(shifts, axes):
+        a = a % x.ndim
+        source = (xp.arange(x.shape[a]) - s) % x.shape[a]
+        x = GetItem((slice(None),) * a + (source,))(x)
+    return x
+
+
+def _along(index, axis: int, shape: tuple, xp) -> tuple:
+    """The full index tuple that picks, at each position of `index`'s shape, element index[...] along
+    `axis` and the position itself along every other axis (take_along_axis, scatter_add)."""
+    return tuple(index if a == axis else xp.arange(n).reshape([-1 if b == a else 1 for b in range(len(shape))])
+                 for a, n in enumerate(shape))
+
+
+def scatter_add(x: Tensor, axis: int, index, src: Tensor) -> Tensor:
+    """PyTorch's scatter_add: x with src[i] added at index[i] along `axis` (the other coordinates of i kept),
+    repeated indices accumulating; index and src have x's number of dimensions, index no larger than src.
+    gx = g, gsrc = g gathered at index."""
+    idx = index.data if isinstance(index, Tensor) else np.asarray(index)
+    axis = axis % x.ndim
+    src = as_tensor(src, like=x)
+    picked = src[tuple(slice(0, n) for n in idx.shape)]
+    return x + ScatterAdd(_along(idx, axis, idx.shape, backend.get_array_module(idx)), x.shape)(picked)
+
+
+def index_add(x: Tensor, axis: int, index, source: Tensor) -> Tensor:
+    """PyTorch's index_add: x with the slice source[..., i, ...] added at x[..., index[i], ...] along `axis`,
+    repeated indices accumulating.  gx = g, gsource = g[..., index, ...]."""
+    idx = index.data if isinstance(index, Tensor) else np.asarray(index)
+    axis = axis % x.ndim
+    return x + ScatterAdd((slice(None),) * axis + (idx,), x.shape)(as_tensor(source, like=x))
 
 
 def one_hot(indices, num_classes: int = -1, dtype=np.int64) -> Tensor:
@@ -324,5 +391,5 @@ def one_hot(indices, num_classes: int = -1, dtype=np.int64) -> Tensor:
 
 __all__ = ["reshape", "flatten", "transpose", "permute", "swapaxes", "moveaxis", "squeeze", "expand_dims",
            "broadcast_to", "sum_to", "concatenate", "stack", "split", "flip", "pad", "repeat", "tile",
-           "getitem", "take_along_axis", "one_hot"]
+           "getitem", "take_along_axis", "one_hot", "tril", "triu", "diagonal", "roll", "scatter_add", "index_add"]
 
