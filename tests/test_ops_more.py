@@ -420,3 +420,48 @@ def test_nll_loss_with_weights_and_ignore_index(data):
     check(lambda t: F.cross_entropy(t, labels, w, reduction="sum"), [x],
           lambda a: -(np.take_along_axis(scipy.special.log_softmax(a, 1), np.where(kept, labels, 0)[:, None], 1)[:, 0]
                       * weights).sum())
+
+
+# --- on another device: every op allocates on its input's array module (issue 14) ----------------------------
+
+SIM_CASES = {   # name: (function, input shapes, (low, high))
+    "relu": (mg.relu, [(3, 4)], (-2, 2)), "leaky_relu": (F.leaky_relu, [(3, 4)], (-2, 2)),
+    "clip": (lambda x: mg.clip(x, -1.0, 1.0), [(3, 4)], (-2, 2)), "sign": (lambda x: mg.sign(x) * x, [(3, 4)], (-2, 2)),
+    "max": (lambda x: mg.max(x, 1), [(3, 4)], (-2, 2)), "max_pool2d": (lambda x: F.max_pool2d(x, 2, 1, 1), [(1, 2, 5, 4)], (-2, 2)),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 2), [(1, 2, 4, 4)], (-2, 2)),
+    "logaddexp": (mg.logaddexp, [(3, 4), (4,)], (-2, 2)), "lgamma": (mg.lgamma, [(3,)], (0.5, 3)),
+    "digamma": (mg.digamma, [(3,)], (0.5, 3)), "erfinv": (mg.erfinv, [(3,)], (-0.5, 0.5)),
+    "xlogy": (mg.xlogy, [(3,), (3,)], (0.5, 2)), "atan2": (mg.atan2, [(3,), (3,)], (0.5, 2)),
+    "cumprod": (lambda x: mg.cumprod(x, 1), [(3, 4)], (-2, 2)), "logcumsumexp": (lambda x: mg.logcumsumexp(x, 0), [(3, 4)], (-2, 2)),
+    "vector_norm": (lambda x: mg.vector_norm(x, 3, 1), [(3, 4)], (0.5, 2)), "tril": (lambda x: mg.tril(x) ** 2, [(3, 4)], (-2, 2)),
+    "diagonal": (lambda x: mg.diagonal(x) ** 2, [(3, 4)], (-2, 2)), "roll": (lambda x: mg.roll(x, 1, 0) ** 2, [(3, 4)], (-2, 2)),
+    "sort": (lambda x: mg.sort(x)[0] ** 2, [(3, 4)], (-2, 2)), "topk": (lambda x: mg.topk(x, 2)[0] ** 2, [(3, 4)], (-2, 2)),
+    "scatter_add": (lambda x, s: mg.scatter_add(x, 1, [[0, 1], [2, 3], [1, 1]], s) ** 2, [(3, 4), (3, 2)], (-2, 2)),
+    "index_add": (lambda x, s: mg.index_add(x, 0, [0, 2], s) ** 2, [(3, 4), (2, 4)], (-2, 2)),
+    "take_along_axis": (lambda x: mg.take_along_axis(x, [[0], [2], [1]], 1) ** 2, [(3, 4)], (-2, 2)),
+    "cholesky": (lambda a: mg.cholesky(a @ a.mT + mg.eye(3, dtype="float64", device="sim")), [(3, 3)], (-1, 1)),
+    "qr": (lambda a: mg.qr(a)[1], [(4, 3)], (-1, 1)), "conv1d": (F.conv1d, [(1, 2, 6), (3, 2, 3)], (-2, 2)),
+    "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (2, 3)) ** 2, [(1, 2, 5, 4)], (-2, 2)),
+    "pixel_shuffle": (lambda x: F.pixel_shuffle(x, 2) ** 2, [(1, 4, 2, 2)], (-2, 2)),
+    "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [(2, 3, 4)] * 3, (-2, 2)),
+    "pad_reflect": (lambda x: F.pad(x, (1, 1, 2, 0), mode="reflect") ** 2, [(1, 2, 4, 4)], (-2, 2)),
+    "interpolate": (lambda x: F.interpolate(x, (5, 4)) ** 2, [(1, 2, 3, 3)], (-2, 2)),
+    "group_norm": (lambda x: F.group_norm(x, 2), [(2, 4, 3)], (-2, 2)),
+    "nll_loss": (lambda x: F.nll_loss(mg.log_softmax(x, 1), [0, 1, 2, 4], ignore_index=1), [(4, 5)], (-2, 2)),
+    "kl_div": (F.kl_div, [(3, 4), (3, 4)], (0.1, 1)), "smooth_l1_loss": (F.smooth_l1_loss, [(3, 4), (3, 4)], (-2, 2)),
+    "gaussian_nll_loss": (lambda x, v: F.gaussian_nll_loss(x, x * 0.5, v, eps=0.5), [(3,), (3,)], (0.1, 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIM_CASES))
+def test_ops_to_second_order_on_the_simulated_device(name):
+    """On device 'sim' (NumPy arrays that refuse plain ones) an op that makes an array on the CPU fails."""
+    from minigen.backend import SimArray
+    fn, shapes, (low, high) = SIM_CASES[name]
+    rng = np.random.default_rng(0)
+    xs = [mg.tensor(rng.uniform(low, high, s), dtype="float64", device="sim", requires_grad=True) for s in shapes]
+    y = fn(*xs)
+    gs = mg.grad(y, xs, mg.ones(y.shape, dtype="float64", device="sim"), create_graph=True, allow_unused=True)
+    live = [g.sum() for g in gs if g is not None and g.requires_grad]
+    hs = mg.grad(live, xs, allow_unused=True) if live else []
+    assert all(isinstance(t.data, SimArray) for t in [y, *gs, *hs] if t is not None)

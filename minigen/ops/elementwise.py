@@ -415,13 +415,18 @@ class Lgamma(Function):
 
 
 class Polygamma(Function):
-    """y = psi^(n)(x), the n-th derivative of digamma (n = 0: digamma itself);  gx = g * psi^(n+1)(x)."""
+    """y = psi^(n)(x), the n-th derivative of digamma (n = 0: digamma itself), computed for n >= 1 as
+    (-1)^(n+1) n! zeta(n + 1, x) (ufuncs, so they run on the array's own device);  gx = g * psi^(n+1)(x)."""
 
     def __init__(self, n):
         self.n = n
 
     def forward(self, x):
-        return _special(x).polygamma(self.n, x).astype(x.dtype, copy=False)
+        special = _special(x)
+        if self.n == 0:
+            return special.digamma(x).astype(x.dtype, copy=False)
+        scale = (-1) ** (self.n + 1) * math.factorial(self.n)
+        return (scale * special.zeta(self.n + 1.0, x)).astype(x.dtype, copy=False)
 
     def backward(self, g):
         return g * Polygamma(self.n + 1)(self.inputs[0])

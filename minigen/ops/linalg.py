@@ -213,7 +213,8 @@ class QR(Function):
     Lehmann 2018; Liao et al. 2019, eq. 5)."""
 
     def forward(self, a):
-        return np.concatenate(np.linalg.qr(a, mode="reduced"), axis=-2)
+        q, r = np.linalg.qr(a, mode="reduced")
+        return np.concatenate((q, r), axis=-2)
 
     def backward(self, g):
         m = self.inputs[0].shape[-2]

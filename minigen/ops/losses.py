@@ -108,7 +108,7 @@ def nll_loss(input: Tensor, target, weight=None, ignore_index: int = -100, reduc
     """-w[t] input[t] for log-probabilities input (N, C) or (N, C, d1, ...) and labels t (N,) / (N, d1, ...);
     labels equal to ignore_index count for nothing, and 'mean' divides by the kept labels' total weight
     (PyTorch's convention)."""
-    labels, kept = _labels("nll_loss", input, as_tensor(target), ignore_index)
+    labels, kept = _labels("nll_loss", input, as_tensor(target, like=input), ignore_index)
     xp = backend.get_array_module(labels)
     safe = xp.where(kept, labels, 0)
     picked = squeeze(take_along_axis(input, xp.expand_dims(safe, 1), axis=1), 1)
@@ -126,7 +126,7 @@ def cross_entropy(input: Tensor, target, weight=None, ignore_index: int = -100, 
     """-log softmax(input)[target] with class logits on axis 1: input (N, C) or (N, C, d1, ...), target
     integer labels (N,) / (N, d1, ...) (nll_loss of the log-softmax, with its weight and ignore_index), or
     class probabilities of input's shape (-sum_c w_c t_c log p_c)."""
-    target = as_tensor(target)
+    target = as_tensor(target, like=input)
     log_p = log_softmax(input, axis=1)
     if target.dtype.kind != "f":
         return nll_loss(log_p, target, weight, ignore_index, reduction)

@@ -300,11 +300,16 @@ def getitem(x: Tensor, index) -> Tensor:
 
 def take_along_axis(x: Tensor, indices, axis: int) -> Tensor:
     """numpy.take_along_axis, as indexing with the full index tuple (so its gradient is a scatter-add)."""
-    idx = indices.data if isinstance(indices, Tensor) else backend.get_array_module(indices).asarray(indices)
+    idx = _index_on(x, indices)
     axis = axis % x.ndim
     if idx.ndim != x.ndim:
         raise ValueError(f"take_along_axis: indices of {idx.ndim} dimensions for a tensor of {x.ndim}")
-    return GetItem(_along(idx, axis, x.shape, backend.get_array_module(idx)))(x)
+    return GetItem(_along(idx, axis, x.shape, backend.get_array_module(x.data)))(x)
+
+
+def _index_on(x: Tensor, index):
+    """An integer index (a tensor, an array or a list) as an array on x's device."""
+    return index.data if isinstance(index, Tensor) else backend.get_array_module(x.data).asarray(index)
 
 
 def _triangle(x: Tensor, keep) -> Tensor:
@@ -361,17 +366,17 @@ def scatter_add(x: Tensor, axis: int, index, src: Tensor) -> Tensor:
     """PyTorch's scatter_add: x with src[i] added at index[i] along `axis` (the other coordinates of i kept),
     repeated indices accumulating; index and src have x's number of dimensions, index no larger than src.
     gx = g, gsrc = g gathered at index."""
-    idx = index.data if isinstance(index, Tensor) else np.asarray(index)
+    idx = _index_on(x, index)
     axis = axis % x.ndim
     src = as_tensor(src, like=x)
     picked = src[tuple(slice(0, n) for n in idx.shape)]
-    return x + ScatterAdd(_along(idx, axis, idx.shape, backend.get_array_module(idx)), x.shape)(picked)
+    return x + ScatterAdd(_along(idx, axis, idx.shape, backend.get_array_module(x.data)), x.shape)(picked)
 
 
 def index_add(x: Tensor, axis: int, index, source: Tensor) -> Tensor:
     """PyTorch's index_add: x with the slice source[..., i, ...] added at x[..., index[i], ...] along `axis`,
     repeated indices accumulating.  gx = g, gsource = g[..., index, ...]."""
-    idx = index.data if isinstance(index, Tensor) else np.asarray(index)
+    idx = _index_on(x, index)
     axis = axis % x.ndim
     return x + ScatterAdd((slice(None),) * axis + (idx,), x.shape)(as_tensor(source, like=x))
 
