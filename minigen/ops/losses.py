@@ -110,12 +110,15 @@ def nll_loss(input: Tensor, target, weight=None, ignore_index: int = -100, reduc
     (PyTorch's convention)."""
     labels, kept = _labels("nll_loss", input, as_tensor(target, like=input), ignore_index)
     xp = backend.get_array_module(labels)
-    safe = xp.where(kept, labels, 0)
-    picked = squeeze(take_along_axis(input, xp.expand_dims(safe, 1), axis=1), 1)
+    every_label = bool(kept.all())
+    safe = labels if every_label else xp.where(kept, labels, 0)
+    loss = -squeeze(take_along_axis(input, xp.expand_dims(safe, 1), axis=1), 1)
+    if weight is None and every_label:          # the common case: a plain mean of -input[t]
+        return _reduce(loss, reduction)
     w = kept.astype(input.dtype)
     if weight is not None:
         w = w * (weight.data if isinstance(weight, Tensor) else xp.asarray(weight))[safe]
-    loss = -picked * Tensor(w.astype(input.dtype, copy=False))
+    loss = loss * Tensor(w.astype(input.dtype, copy=False))
     if reduction == "mean":
         total = float(w.sum())
         return _sum(loss) * (1.0 / total if total else math.nan)
