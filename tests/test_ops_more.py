@@ -385,9 +385,10 @@ def test_scaled_dot_product_attention_is_the_formula():
 
 LOSSES_MORE = {   # name: (loss(input, target, reduction), input range, target range)
     "l1": (F.l1_loss, (-3, 3), (-3, 3)),
-    "smooth_l1": (lambda x, t, reduction: F.smooth_l1_loss(x, t, reduction, beta=0.7), (-3, 3), (-3, 3)),
+    "smooth_l1": (lambda x, t, reduction: F.smooth_l1_loss(x, t, reduction=reduction, beta=0.7), (-3, 3), (-3, 3)),
     "kl_div": (F.kl_div, (-3, -0.1), (0, 1)),
-    "kl_div_log_target": (lambda x, t, reduction: F.kl_div(x, t, reduction, log_target=True), (-3, -0.1), (-3, 0)),
+    "kl_div_log_target": (lambda x, t, reduction: F.kl_div(x, t, reduction=reduction, log_target=True), (-3, -0.1),
+                          (-3, 0)),
 }
 
 

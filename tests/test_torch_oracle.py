@@ -240,7 +240,7 @@ NEW_OPS = {
     "l1_loss": (lambda x, t: F.l1_loss(x, t), lambda x, t: TF.l1_loss(x, t), [(3, 4), (3, 4)], (-2, 2), ()),
     "smooth_l1_loss": (lambda x, t: F.smooth_l1_loss(x, t, beta=0.5), lambda x, t: TF.smooth_l1_loss(x, t, beta=0.5),
                        [(3, 4), (3, 4)], (-2, 2), ()),
-    "kl_div": (lambda x, t: F.kl_div(x, t, "batchmean"), lambda x, t: TF.kl_div(x, t, reduction="batchmean"),
+    "kl_div": (lambda x, t: F.kl_div(x, t, reduction="batchmean"), lambda x, t: TF.kl_div(x, t, reduction="batchmean"),
                [(3, 4), (3, 4)], (0.1, 1), ()),
 }
 IDX = np.array([[0, 3, 3, 1, 2], [1, 1, 0, 2, 3], [3, 2, 1, 0, 0]])
@@ -251,3 +251,23 @@ EYE_TALL, T_EYE_TALL = 3 * np.eye(5, 3), 3 * torch.eye(5, 3, dtype=torch.float64
 @pytest.mark.parametrize("name", sorted(NEW_OPS))
 def test_new_ops_to_second_order(name):
     _compare(NEW_OPS[name])
+
+
+def test_nn_functional_takes_pytorchs_positional_arguments():
+    """Every name that torch.nn.functional also has: each positional parameter sits where PyTorch's has the
+    same one (minigen's `axis` for PyTorch's `dim`); the rest is keyword-only."""
+    import inspect
+    alias = {"axis": "dim", "x": "input", "indices": "input"}
+    checked = 0
+    for name in sorted(n for n in dir(F) if not n.startswith("_") and hasattr(TF, n)):
+        try:
+            theirs = list(inspect.signature(getattr(TF, name)).parameters)
+        except (TypeError, ValueError):        # a builtin without a signature
+            continue
+        if theirs[:1] == ["args"]:             # a dispatcher (max_pool2d)
+            continue
+        ours = [alias.get(p.name, p.name) for p in inspect.signature(getattr(F, name)).parameters.values()
+                if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert ours == theirs[:len(ours)], (name, ours, theirs)
+        checked += 1
+    assert checked >= 25

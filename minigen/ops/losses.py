@@ -1,5 +1,6 @@
 """Losses, as in torch.nn.functional, each written in log space where it matters so that it stays finite
-for logits of +-1e4 in float32. `reduction` is 'mean' (default), 'sum' or 'none'.
+for logits of +-1e4 in float32. `reduction` is 'mean' (default), 'sum' or 'none', keyword-only (where
+PyTorch's positions hold its deprecated size_average and reduce).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _same_shape(name: str, input: Tensor, target: Tensor) -> None:
         raise ValueError(f"{name}: input of shape {input.shape} and target of shape {target.shape} differ")
 
 
-def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
+def mse_loss(input: Tensor, target, *, reduction: str = "mean") -> Tensor:
     """(input - target)^2."""
     target = as_tensor(target, like=input)
     _same_shape("mse_loss", input, target)
@@ -63,7 +64,7 @@ def _weighted(loss: Tensor, weight) -> Tensor:
     return loss if weight is None else loss * weight
 
 
-def binary_cross_entropy(input: Tensor, target, weight=None, reduction: str = "mean") -> Tensor:
+def binary_cross_entropy(input: Tensor, target, weight=None, *, reduction: str = "mean") -> Tensor:
     """Cross-entropy of probabilities `input` in [0, 1], times `weight` (broadcast); prefer
     binary_cross_entropy_with_logits."""
     target = as_tensor(target, like=input)
@@ -74,7 +75,7 @@ def binary_cross_entropy(input: Tensor, target, weight=None, reduction: str = "m
     return _reduce(_weighted(BinaryCrossEntropy()(input, target), weight), reduction)
 
 
-def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, reduction: str = "mean",
+def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, *, reduction: str = "mean",
                                      pos_weight=None) -> Tensor:
     """-(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))) = softplus(x) - t x, finite for any x;
     with pos_weight w: (1 - t) x + (1 + (w - 1) t) softplus(-x); times `weight` (broadcast)."""
@@ -104,7 +105,7 @@ def _labels(name: str, input: Tensor, target: Tensor, ignore_index: int):
     return labels, kept
 
 
-def nll_loss(input: Tensor, target, weight=None, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+def nll_loss(input: Tensor, target, weight=None, *, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """-w[t] input[t] for log-probabilities input (N, C) or (N, C, d1, ...) and labels t (N,) / (N, d1, ...);
     labels equal to ignore_index count for nothing, and 'mean' divides by the kept labels' total weight
     (PyTorch's convention)."""
@@ -125,28 +126,29 @@ def nll_loss(input: Tensor, target, weight=None, ignore_index: int = -100, reduc
     return _reduce(loss, reduction)
 
 
-def cross_entropy(input: Tensor, target, weight=None, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+def cross_entropy(input: Tensor, target, weight=None, *, ignore_index: int = -100,
+                  reduction: str = "mean") -> Tensor:
     """-log softmax(input)[target] with class logits on axis 1: input (N, C) or (N, C, d1, ...), target
     integer labels (N,) / (N, d1, ...) (nll_loss of the log-softmax, with its weight and ignore_index), or
     class probabilities of input's shape (-sum_c w_c t_c log p_c)."""
     target = as_tensor(target, like=input)
     log_p = log_softmax(input, axis=1)
     if target.dtype.kind != "f":
-        return nll_loss(log_p, target, weight, ignore_index, reduction)
+        return nll_loss(log_p, target, weight, ignore_index=ignore_index, reduction=reduction)
     _same_shape("cross_entropy", input, target)
     if weight is not None:
         weight = reshape(as_tensor(weight, like=input), (-1,) + (1,) * (input.ndim - 2))
     return _reduce(-_sum(_weighted(target * log_p, weight), axis=1), reduction)
 
 
-def l1_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
+def l1_loss(input: Tensor, target, *, reduction: str = "mean") -> Tensor:
     """|input - target|."""
     target = as_tensor(target, like=input)
     _same_shape("l1_loss", input, target)
     return _reduce(abs(input - target), reduction)
 
 
-def smooth_l1_loss(input: Tensor, target, reduction: str = "mean", beta: float = 1.0) -> Tensor:
+def smooth_l1_loss(input: Tensor, target, *, reduction: str = "mean", beta: float = 1.0) -> Tensor:
     """0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere, d = input - target (Girshick 2015's
     Huber-like loss); beta = 0 is l1_loss."""
     target = as_tensor(target, like=input)
@@ -157,7 +159,7 @@ def smooth_l1_loss(input: Tensor, target, reduction: str = "mean", beta: float =
     return _reduce(where(abs(d).data < beta, d * d * (0.5 / beta), abs(d) - 0.5 * beta), reduction)
 
 
-def kl_div(input: Tensor, target, reduction: str = "mean", log_target: bool = False) -> Tensor:
+def kl_div(input: Tensor, target, *, reduction: str = "mean", log_target: bool = False) -> Tensor:
     """Pointwise KL(target || q) terms for log-probabilities input = log q: t (log t - input), 0 where t = 0
     (xlogy); with log_target, target is log t. reduction 'batchmean' divides the sum by the batch size
     (the true KL per example), 'mean' by the number of elements (PyTorch's default)."""
