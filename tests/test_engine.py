@@ -290,3 +290,12 @@ def test_first_order_backward_records_no_extra_node(monkeypatch):
     assert not calls
     mg.grad(mg.relu(x).sum(), [x], create_graph=True)
     assert calls == [1]
+
+
+def test_an_intermediate_reached_only_through_zero_derivatives_gets_zeros():
+    x = f64([-1.0, 2.0])
+    h = x * 3
+    g, = mg.grad(mg.relu(h).sum(), [h], create_graph=True)
+    gh, gx = mg.grad(g.sum(), [h, x])
+    np.testing.assert_array_equal(gh.data, [0.0, 0.0])
+    np.testing.assert_array_equal(gx.data, [0.0, 0.0])
