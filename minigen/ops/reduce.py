@@ -271,5 +271,6 @@ def topk(x: Tensor, k: int, axis: int = -1, largest: bool = True) -> tuple[Tenso
     (axis,) = normalize_axes(axis, x.ndim)
     if not 0 <= k <= x.shape[axis]:
         raise ValueError(f"topk: k={k} for an axis of length {x.shape[axis]}")
-    indices = Tensor(argsort(x, axis, descending=largest).data.take(range(k), axis=axis))
+    order = argsort(x, axis, descending=largest).data
+    indices = Tensor(order[(slice(None),) * axis + (slice(0, k),)])
     return take_along_axis(x, indices, axis), indices
