@@ -509,7 +509,8 @@ class SumTo(Function):
 
     def forward(self, x):
         lead = x.ndim - len(self.shape)
-        axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(self.shape) if n == 1 and x.shape[lead + i] != 1)
+        axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(self.shape)
+                                          if n == 1 and x.shape[lead + i] != 1)
         y = x.sum(axis=axes, keepdims=True) if axes else x
         if y.shape[lead:] != self.shape:
             raise ValueError(f"a gradient of shape {x.shape} cannot be summed to its input's shape {self.shape}: "

@@ -13,8 +13,8 @@ from .reduce import (argmax, argmin, argsort, cumprod, cumsum, logcumsumexp, log
 from .shape import *  # noqa: F401,F403
 
 __all__ = (conv.__all__ + elementwise.__all__ + linalg.__all__ + losses.__all__ + nn.__all__ + shape.__all__
-           + ["argmax", "argmin", "argsort", "sort", "topk", "cumprod", "cumsum", "logcumsumexp", "logsumexp", "max", "mean", "min", "norm",
-              "prod", "std", "sum", "var", "vector_norm"])
+           + ["argmax", "argmin", "argsort", "sort", "topk", "cumprod", "cumsum", "logcumsumexp", "logsumexp", "max",
+              "mean", "min", "norm", "prod", "std", "sum", "var", "vector_norm"])
 
 
 def _swap(f):

@@ -745,7 +745,7 @@ less, less_equal = _compare(np.less), _compare(np.less_equal)
 greater, greater_equal = _compare(np.greater), _compare(np.greater_equal)
 
 __all__ = ["add", "sub", "mul", "div", "neg", "pow", "exp", "log", "log1p", "expm1", "sqrt", "abs", "sign",
-           "sin", "cos", "tanh", "sigmoid", "logsigmoid", "relu", "leaky_relu", "hardtanh", "relu6", "elu", "silu", "gelu",
-           "softplus", "clip", "maximum", "minimum", "where", "erf", "erfinv", "lgamma", "digamma", "polygamma",
-           "logaddexp", "xlogy", "arctan2", "atan2", "astype", "equal", "not_equal", "less",
+           "sin", "cos", "tanh", "sigmoid", "logsigmoid", "relu", "leaky_relu", "hardtanh", "relu6", "elu", "silu",
+           "gelu", "softplus", "clip", "maximum", "minimum", "where", "erf", "erfinv", "lgamma", "digamma",
+           "polygamma", "logaddexp", "xlogy", "arctan2", "atan2", "astype", "equal", "not_equal", "less",
            "less_equal", "greater", "greater_equal"]

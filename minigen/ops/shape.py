@@ -1,6 +1,7 @@
 """Operations that move, copy or select elements: reshape, transpose, broadcasting, joining, splitting,
-flipping, padding, repeating, rolling, triangles and diagonals, indexing and scatter-adding. Their backward passes route the gradient back to where each element
-came from (summing where one element went to several places), which are again such operations.
+flipping, padding, repeating, rolling, triangles and diagonals, indexing and scatter-adding. Their backward
+passes route the gradient back to where each element came from (summing where one element went to several
+places), which are again such operations.
 """
 from __future__ import annotations
 
