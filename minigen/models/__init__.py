@@ -28,6 +28,8 @@ FAMILIES = {
     "dcgan": ("minigen.models.gan", "DCGANRecipe", "DCGAN: transposed-conv generator, strided-conv discriminator"),
     "wgan": ("minigen.models.gan", "WGANRecipe", "Wasserstein GAN: critic with weight clipping, RMSprop"),
     "wgan-gp": ("minigen.models.gan", "WGANGPRecipe", "WGAN-GP: critic with gradient penalty, Adam(0, 0.9)"),
+    "fgan": ("minigen.models.fgan", "FGANRecipe",
+             "f-GAN: any f-divergence (kl, reverse-kl, js, ...) through its variational bound"),
     "bm": ("minigen.models.boltzmann", "BMRecipe", "fully visible Boltzmann machine: exact or Gibbs statistics, AIS"),
     "rbm": ("minigen.models.boltzmann", "RBMRecipe", "RBM (binary or Gaussian visible) by CD-k / PCD, AIS test NLL"),
     "dbn": ("minigen.models.boltzmann", "DBNRecipe", "deep belief net: greedy RBMs, variational bound with AIS"),
