@@ -32,16 +32,19 @@ def broadcastable_shapes(num_shapes: int = 2, min_dims: int = 0, max_dims: int =
 
 @st.composite
 def arrays(draw, shape, dtype=np.float64, low: float = -3.0, high: float = 3.0, avoid=(),
-           min_distance: float = 0.1, non_contiguous: bool | None = None) -> np.ndarray:
+           min_distance: float = 0.1, non_contiguous: bool | None = None, distinct: bool = False) -> np.ndarray:
     """An array of `shape` (a tuple or a strategy of shapes) with values in [low, high], at least
-    `min_distance` away from each value in `avoid` (kinks and poles: 0 for abs, ties for max, ...).
-    Drawn from a seeded Gaussian/uniform mix rather than element by element, so large arrays are cheap.
-    With non_contiguous (drawn when None), the array is a strided view of a larger one, which catches
-    code that assumes C order."""
+    `min_distance` away from each value in `avoid` (kinks and poles: 0 for abs, ...). With `distinct`, the
+    values are evenly spread over [low, high] in a drawn order, (high - low) / size apart, so no two tie
+    (the kinks of max, sort, max pooling). Drawn from a seeded generator rather than element by element, so
+    large arrays are cheap. With non_contiguous (drawn when None), the array is a strided view of a larger
+    one, which catches code that assumes C order."""
     if isinstance(shape, st.SearchStrategy):
         shape = draw(shape)
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     x = rng.uniform(low, high, size=shape)
+    if distinct:
+        x = low + (rng.permutation(x.size).reshape(x.shape) + 0.5) * ((high - low) / max(x.size, 1))
     for a in avoid:
         near = np.abs(x - a) < min_distance
         x = np.where(near, a + np.copysign(min_distance, np.where(x == a, 1.0, x - a)) * 1.5, x)

@@ -247,7 +247,9 @@ def test_cumprod_with_zeros_and_logcumsumexp_of_huge_values():
 @pytest.mark.parametrize("ord", [2, 1, 3, np.inf, -np.inf])
 @given(data=st.data())
 def test_vector_norm(ord, data):
-    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3), avoid=(0,)))
+    # distinct for the max / min of |x| (inf norms), whose first derivative jumps at ties
+    x = data.draw(mt.arrays(mt.shapes(min_dims=1, max_dims=3), low=0.1, high=3, distinct=True))
+    x = x * np.where(np.arange(x.size).reshape(x.shape) % 2, 1, -1)
     axis = data.draw(st.one_of(st.none(), st.integers(-x.ndim, x.ndim - 1)))
     keepdims = data.draw(st.booleans())
     if axis is None:
@@ -256,8 +258,6 @@ def test_vector_norm(ord, data):
     else:
         def reference(a):
             return np.linalg.norm(a, ord, axis, keepdims)
-    if ord in (np.inf, -np.inf):       # max / min of |x|: ties would make the first derivative jump
-        x = np.argsort(np.argsort(x, axis=None)).reshape(x.shape) * 0.1 + 0.05
     check(lambda t: mg.vector_norm(t, ord, axis, keepdims), [x], reference)
 
 
