@@ -449,6 +449,8 @@ SIM_CASES = {   # name: (function, input shapes, (low, high))
     "scatter_add": (lambda x, s: mg.scatter_add(x, 1, [[0, 1], [2, 3], [1, 1]], s) ** 2, [(3, 4), (3, 2)], (-2, 2)),
     "index_add": (lambda x, s: mg.index_add(x, 0, [0, 2], s) ** 2, [(3, 4), (2, 4)], (-2, 2)),
     "take_along_axis": (lambda x: mg.take_along_axis(x, [[0], [2], [1]], 1) ** 2, [(3, 4)], (-2, 2)),
+    "getitem_list_and_mask": (lambda x: x[[0, 2]] ** 2 + x[np.array([True, False, True])], [(3, 4)], (-2, 2)),
+    "embedding": (lambda w: F.embedding([[0, 2], [2, 1]], w) ** 2, [(3, 4)], (-2, 2)),
     "cholesky": (lambda a: mg.cholesky(a @ a.mT + mg.eye(3, dtype="float64", device="sim")), [(3, 3)], (-1, 1)),
     "qr": (lambda a: mg.qr(a)[1], [(4, 3)], (-1, 1)), "conv1d": (F.conv1d, [(1, 2, 6), (3, 2, 3)], (-2, 2)),
     "adaptive_avg_pool2d": (lambda x: F.adaptive_avg_pool2d(x, (2, 3)) ** 2, [(1, 2, 5, 4)], (-2, 2)),

@@ -179,8 +179,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
 
 def embedding(indices, weight: Tensor) -> Tensor:
     """Rows of `weight` (num_embeddings, dim) picked by integer `indices` of any shape: (..., dim)."""
-    idx = indices.data if isinstance(indices, Tensor) else indices
-    return getitem(weight, idx)
+    return getitem(weight, indices)
 
 
 def interpolate(x: Tensor, size=None, scale_factor=None, mode: str = "nearest") -> Tensor:

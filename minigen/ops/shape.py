@@ -158,13 +158,16 @@ def _is_basic(index) -> bool:
     return all(p is None or p is Ellipsis or isinstance(p, (int, np.integer, slice)) for p in parts)
 
 
-def _index_arrays(index):
-    """Tensors inside an index replaced by their arrays; lists by arrays (NumPy's fancy indexing)."""
+def _index_arrays(index, x: Tensor):
+    """An index with its tensors replaced by their arrays, and its lists and NumPy arrays (fancy indexing)
+    by arrays on x's device."""
+    xp = backend.get_array_module(x.data)
+
     def one(p):
         if isinstance(p, Tensor):
             return p.data
-        if isinstance(p, list):
-            return np.asarray(p)
+        if isinstance(p, (list, np.ndarray)):
+            return xp.asarray(p)
         return p
     return tuple(one(p) for p in index) if isinstance(index, tuple) else one(index)
 
@@ -296,21 +299,16 @@ def tile(x: Tensor, reps) -> Tensor:
 
 
 def getitem(x: Tensor, index) -> Tensor:
-    return GetItem(_index_arrays(index))(x)
+    return GetItem(_index_arrays(index, x))(x)
 
 
 def take_along_axis(x: Tensor, indices, axis: int) -> Tensor:
     """numpy.take_along_axis, as indexing with the full index tuple (so its gradient is a scatter-add)."""
-    idx = _index_on(x, indices)
+    idx = _index_arrays(indices, x)
     axis = axis % x.ndim
     if idx.ndim != x.ndim:
         raise ValueError(f"take_along_axis: indices of {idx.ndim} dimensions for a tensor of {x.ndim}")
     return GetItem(_along(idx, axis, x.shape, backend.get_array_module(x.data)))(x)
-
-
-def _index_on(x: Tensor, index):
-    """An integer index (a tensor, an array or a list) as an array on x's device."""
-    return index.data if isinstance(index, Tensor) else backend.get_array_module(x.data).asarray(index)
 
 
 def _triangle(x: Tensor, keep) -> Tensor:
@@ -367,7 +365,7 @@ def scatter_add(x: Tensor, axis: int, index, src: Tensor) -> Tensor:
     """PyTorch's scatter_add: x with src[i] added at index[i] along `axis` (the other coordinates of i kept),
     repeated indices accumulating; index and src have x's number of dimensions, index no larger than src.
     gx = g, gsrc = g gathered at index."""
-    idx = _index_on(x, index)
+    idx = _index_arrays(index, x)
     axis = axis % x.ndim
     src = as_tensor(src, like=x)
     picked = src[tuple(slice(0, n) for n in idx.shape)]
@@ -377,7 +375,7 @@ def scatter_add(x: Tensor, axis: int, index, src: Tensor) -> Tensor:
 def index_add(x: Tensor, axis: int, index, source: Tensor) -> Tensor:
     """PyTorch's index_add: x with the slice source[..., i, ...] added at x[..., index[i], ...] along `axis`,
     repeated indices accumulating.  gx = g, gsource = g[..., index, ...]."""
-    idx = _index_on(x, index)
+    idx = _index_arrays(index, x)
     axis = axis % x.ndim
     return x + ScatterAdd((slice(None),) * axis + (idx,), x.shape)(as_tensor(source, like=x))
 
