@@ -76,6 +76,19 @@ def test_the_loss_gradient_does_not_flow_through_the_negatives():
 # --- the replay buffer and resume -------------------------------------------------------------------------
 
 
+def test_replay_buffer_draws_fresh_noise_with_probability_reinit():
+    """From a buffer of zeros, draws are 0 (a past negative) or uniform on the box (fresh noise), fresh with
+    probability 5%; stored chains land in their places."""
+    recipe, _, _ = _toy_recipe(hidden=16, buffer_size=100)
+    recipe.buffer.x[:] = 0
+    index, start = recipe.buffer.draw(20000)
+    fresh = np.abs(start.numpy()).max(axis=1) > 0
+    assert abs(fresh.mean() - 0.05) < 4 * np.sqrt(0.05 * 0.95 / 20000)
+    assert np.abs(start.numpy()).max() <= 4.0
+    recipe.buffer.store(index[:3], mg.tensor(np.ones((3, 2), np.float32)))
+    np.testing.assert_array_equal(recipe.buffer.x[index[:3]], 1.0)
+
+
 def test_replay_buffer_round_trips_through_a_checkpoint(tmp_path):
     recipe, x, _ = _toy_recipe(hidden=16, buffer_size=64, langevin_steps=2)
     loader = data.DataLoader(x, batch_size=32, seed=0)
@@ -128,20 +141,21 @@ def test_ebm_trained_on_8_gaussians_covers_every_mode():
 
 def test_recipe_on_images_end_to_end():
     spec, (x, _), (test_x, _) = data.load_dataset("digits")
-    recipe = LangevinEBMRecipe(spec, hidden=32, langevin_steps=3, sample_steps=3, buffer_size=100)
+    recipe = LangevinEBMRecipe(spec, width=8, langevin_steps=3, sample_steps=3, buffer_size=100)
     batches = train._batches(data.DataLoader(x, batch_size=32, seed=0))
     for t in range(1, 4):
         metrics = recipe.step(next(batches), t)
     assert set(metrics) == {"loss", "energy_data", "energy_model"}
     evaluated = recipe.evaluate(data.DataLoader(test_x, batch_size=100, shuffle=False), n_samples=16)
     assert set(evaluated) == {"energy_data", "energy_samples", "energy_gap"}
+    assert (recipe.step_size, recipe.noise) == (2.0, 0.005)       # the decoupled scales on images
     samples = recipe.sample(5)
     assert samples.shape == (5, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 1
 
 
 def test_recipe_declares_its_options():
     assert set(LangevinEBMRecipe.options()) == {"lr", "hidden", "layers", "langevin_steps", "step_size", "noise",
-                                               "buffer_size", "reinit", "alpha", "sample_steps"}
+                                               "buffer_size", "reinit", "alpha", "sample_steps", "width"}
 
 
 def test_command_trains_the_ebm(tmp_path):

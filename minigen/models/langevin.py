@@ -43,6 +43,7 @@ from ..tensor import Tensor, enable_grad, grad, no_grad, randn_like
 from ..train import Recipe
 
 POINT_BOX = 4.0     # 2-D toy sets lie within [-4, 4]^2: the range of the uniform noise and of the chains
+LANGEVIN_SCALES = {"points": (0.01, 1.0), "images": (2.0, 0.005)}   # default (step_size h, noise sigma)
 MIXTURES = {"8gaussians": EIGHT_GAUSSIANS, "25gaussians": TWENTY_FIVE_GAUSSIANS}
 
 
@@ -63,15 +64,29 @@ def langevin(energy: Callable[[Tensor], Tensor], x: Tensor, steps: int, step_siz
     return x.detach()
 
 
-class EnergyMLP(nn.Module):
-    """E_theta(x): an MLP with SiLU units from the flattened example to one real number."""
+class Energy(nn.Module):
+    """E_theta(x), one real number per example: a network `net` whose output (n, 1) is read as (n,)."""
 
-    def __init__(self, dim: int, hidden: int, layers: int):
+    def __init__(self, net: nn.Module):
         super().__init__()
-        self.net = nn.mlp([dim] + [hidden] * layers + [1], activation=nn.SiLU)
+        self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.reshape(len(x), -1)).reshape(len(x))
+        return self.net(x).reshape(len(x))
+
+
+def energy_network(spec, hidden: int, layers: int, width: int) -> Energy:
+    """For vectors an MLP with `layers` hidden layers of `hidden` SiLU units; for images (C, H, W) a 3x3
+    convolution and two strided 4x4 ones (width, 2 width, 2 width channels, each halving H and W) with SiLU
+    units, then a linear map to one number. Smooth units make grad_x E, the Langevin drift, continuous."""
+    if not spec.is_image:
+        return Energy(nn.mlp([spec.dim] + [hidden] * layers + [1], activation=nn.SiLU))
+    c, h, w = spec.shape
+    return Energy(nn.Sequential(
+        nn.Conv2d(c, width, 3, padding=1), nn.SiLU(),
+        nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.SiLU(),
+        nn.Conv2d(2 * width, 2 * width, 4, stride=2, padding=1), nn.SiLU(),
+        nn.Flatten(), nn.Linear(2 * width * (h // 4) * (w // 4), 1)))
 
 
 def contrastive_loss(e_data: Tensor, e_model: Tensor, alpha: float) -> Tensor:
@@ -107,10 +122,13 @@ class ReplayBuffer:
 
 
 class LangevinEBMRecipe(Recipe):
-    """`minigen train ebm`: the energy MLP trained by maximum likelihood with replay-buffer Langevin
+    """`minigen train ebm`: the energy network trained by maximum likelihood with replay-buffer Langevin
     negatives (module docstring), Adam(lr, betas (0, 0.999)) as Du & Mordatch. Options: hidden, layers (the
-    MLP), langevin_steps (K a training step), step_size (h), noise (sigma), buffer_size, reinit, alpha (L2
-    energy penalty), sample_steps (Langevin steps from noise in `sample`), lr."""
+    MLP on vectors), width (the conv net on images), langevin_steps (K a training step), step_size (h),
+    noise (sigma), buffer_size, reinit, alpha (L2 energy penalty), sample_steps (Langevin steps from noise in
+    `sample`), lr. Unset, step_size and noise are Langevin's own on points (h = 0.01, sigma = 1) and the
+    decoupled scales on images (h = 2, sigma = 0.005: a drift of grad_x E, a noise of 0.007 a step), where
+    sigma = 1 would add noise of the order of the pixel range at every step."""
 
     name = "ebm"
     default_dataset = "8gaussians"
@@ -118,15 +136,18 @@ class LangevinEBMRecipe(Recipe):
     kinds = ("continuous", "levels")
 
     def __init__(self, spec, lr: float = 3e-3, hidden: int = 128, layers: int = 3, langevin_steps: int = 20,
-                 step_size: float = 0.01, noise: float = 1.0, buffer_size: int = 10000, reinit: float = 0.05,
-                 alpha: float = 0.01, sample_steps: int = 200):
+                 step_size: float | None = None, noise: float | None = None, buffer_size: int = 10000, reinit: float = 0.05,
+                 alpha: float = 0.01, sample_steps: int = 200, width: int = 32):
         self.spec = spec
-        self.E = EnergyMLP(spec.dim, hidden, layers)
+        self.E = energy_network(spec, hidden, layers, width)
         self.opt = optim.Adam(self.E.parameters(), lr=lr, betas=(0.0, 0.999))
         self.bounds = (0.0, 1.0) if spec.is_image else (-POINT_BOX, POINT_BOX)
         self.buffer = ReplayBuffer(buffer_size, spec.shape, *self.bounds, reinit, spec.device)
         self.langevin_steps, self.sample_steps = langevin_steps, sample_steps
-        self.step_size, self.noise, self.alpha = step_size, noise, alpha
+        h, sigma = LANGEVIN_SCALES["images" if spec.is_image else "points"]
+        self.step_size = h if step_size is None else step_size
+        self.noise = sigma if noise is None else noise
+        self.alpha = alpha
 
     def modules(self) -> dict:
         return {"E": self.E}
