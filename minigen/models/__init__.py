@@ -38,6 +38,12 @@ FAMILIES = {
             "neural energy-based model: maximum likelihood with replay-buffer Langevin negatives"),
     "ddpm": ("minigen.models.diffusion", "DDPMRecipe",
              "denoising diffusion (DDPM): L_simple, variational bound, ancestral or DDIM sampling, EMA"),
+    "pixelcnn": ("minigen.models.pixelcnn", "PixelCNNRecipe", "PixelCNN: masked convolutions (A, B), residual blocks"),
+    "gated-pixelcnn": ("minigen.models.pixelcnn", "GatedPixelCNNRecipe",
+                       "gated PixelCNN: vertical and horizontal stacks, no blind spot"),
+    "gated-pixelcnn-cond": ("minigen.models.pixelcnn", "ConditionalGatedPixelCNNRecipe",
+                            "class-conditional gated PixelCNN (a learned bias per class in every gate)"),
+    "pixelrnn": ("minigen.models.pixelcnn", "PixelRNNRecipe", "PixelRNN with Row LSTM layers"),
 }
 
 
