@@ -9,7 +9,8 @@ order, calling each Function's `backward` with the gradients of its outputs.
 Because `backward` is made of Tensor operations, running it while gradients are recorded
 (`create_graph=True`) builds the graph of the gradient itself: grad-of-grad for free (WGAN-GP, Hessian-vector
 products, Hutchinson trace estimates). With `create_graph=False` it runs under `no_grad`, where an operation
-is one array call and one small wrapper.
+is one array call and one small wrapper. A tensor the outputs were computed from always gets a gradient,
+zeros included (relu's second derivative), as in PyTorch and JAX; only one never used is "unused".
 
 Memory: a Function holds its inputs (it needs them for backward) and only weak references to its outputs,
 so tensor -> function -> tensor chains point one way and free as soon as the last tensor goes.
