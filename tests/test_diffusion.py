@@ -89,8 +89,8 @@ def test_posterior_is_gaussian_conditioning():
 @pytest.mark.parametrize("clip_x0", [False, True])
 def test_ddim_with_eta_one_is_the_ancestral_step(clip_x0):
     """With s = t - 1 and eta = 1, DDIM's step (eq. 12, sigma of eq. 16) has the mean and variance of the
-    ancestral step with sigma_t^2 = beta_tilde_t exactly (t >= 2; at t = 1 both output the mean), so the two samplers draw the same samples from
-    the same noise; with eta = 0 DDIM is deterministic."""
+    ancestral step with sigma_t^2 = beta_tilde_t exactly (t >= 2; at t = 1 both output the mean), so the two
+    samplers draw the same samples from the same noise; with eta = 0 DDIM is deterministic."""
     T = 20
     net = MLPDenoiser(2, hidden=16).to(np.float64)
     diffusion = Diffusion(net, beta_schedule("linear", T), clip_x0=clip_x0, variance="beta_tilde")

@@ -54,7 +54,7 @@ from .. import backend, nn, optim
 from ..distributions import Normal
 from ..metrics import likelihood_metrics
 from ..nn import functional as F
-from ..ops import clip, concatenate, einsum, erf, kl_normal, log, maximum, split, sqrt
+from ..ops import clip, concatenate, einsum, erf, kl_normal, log, maximum, split
 from ..tensor import Tensor, full, no_grad, randint, randn, randn_like
 from ..train import Recipe
 
@@ -138,22 +138,27 @@ class Diffusion(nn.Module):
         _, ab, _ = self.schedule(t)
         return self.coef(ab ** 0.5, x0) * x0 + self.coef((1 - ab) ** 0.5, x0) * eps
 
+    def beta_tilde(self, t: Tensor):
+        """beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t (eq. 7), float64 (n,)."""
+        beta, ab, ab_prev = self.schedule(t)
+        return (1 - ab_prev) / (1 - ab) * beta
+
     def posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, np.ndarray]:
         """(mu_tilde_t, beta_tilde_t) of q(x_{t-1} | x_t, x_0) (eqs. 6-7); beta_tilde_t float64 (n,)."""
         beta, ab, ab_prev = self.schedule(t)
         mu = self.coef(ab_prev ** 0.5 * beta / (1 - ab), x0) * x0 \
             + self.coef((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab), x0) * x_t
-        return mu, (1 - ab_prev) / (1 - ab) * beta
+        return mu, self.beta_tilde(t)
 
     def reverse_variance(self, t: Tensor):
         """sigma_t^2 of p_theta(x_{t-1} | x_t), float64 (n,): beta_t ('beta') or beta_tilde_t ('beta_tilde'),
         Ho et al.'s two fixed choices (sec. 3.2); at t = 1, where beta_tilde_1 = 0, the decoder's variance is
         beta_tilde_2 for both, as in Ho et al.'s code."""
         first = t.data == 1
-        beta, ab, ab_prev = self.schedule(Tensor(t.data + first))
-        if self.variance == "beta":
-            return backend.get_array_module(beta).where(first, (1 - ab_prev) / (1 - ab) * beta, beta)
-        return (1 - ab_prev) / (1 - ab) * beta
+        beta_tilde = self.beta_tilde(Tensor(t.data + first))
+        if self.variance == "beta_tilde":
+            return beta_tilde
+        return backend.get_array_module(first).where(first, beta_tilde, self.beta.data[t.data])
 
     def predict(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(x_0_hat, eps_hat): the network's noise and the x_0 it implies, eq. 4 solved for x_0. With clip_x0
