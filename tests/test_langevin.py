@@ -9,7 +9,6 @@ import pytest
 
 import minigen as mg
 from minigen import data, train
-from minigen.metrics import mode_statistics
 from minigen.models.langevin import LangevinEBMRecipe, contrastive_loss, langevin
 
 SIGMA = np.array([[1.0, 0.6], [0.6, 0.8]])       # eigenvalues 1.51 and 0.29

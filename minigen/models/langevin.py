@@ -1,26 +1,27 @@
 """A neural energy-based model trained by maximum likelihood with short-run Langevin negatives.
 
-The model is a density p_theta(x) = exp(-E_theta(x)) / Z_theta with E_theta an MLP (smooth SiLU units, so
-that grad_x E is smooth) and Z_theta intractable. The gradient of the negative log-likelihood is
+The model is a density p_theta(x) = exp(-E_theta(x)) / Z_theta with E_theta a network (an MLP on points, a
+small conv net on images, both with smooth SiLU units so that grad_x E is smooth) and Z_theta intractable.
+The gradient of the negative log-likelihood is
 
     grad_theta -log p_theta(x) = grad_theta E_theta(x) - E_{x~ ~ p_theta}[grad_theta E_theta(x~)]
 
 (the data term pushes the energy of data down, the model term pushes the energy of the model's own samples
-up; Hinton 2002, Du & Mordatch 2019 eq. 2). Training minimizes its surrogate
+up; Hinton 2002, Du & Mordatch 2019). Training minimizes its surrogate
 
     L = mean E(x+) - mean E(x-) + alpha mean(E(x+)^2 + E(x-)^2)
 
 with x+ a data batch and x- samples held fixed (detached: no gradient flows through the sampler), plus the
-small L2 energy penalty of Du & Mordatch (section 3.3), which keeps the energies near 0.
+small L2 energy penalty of Du & Mordatch, which keeps the energies near 0.
 
 The negatives x- come from K steps of the unadjusted Langevin algorithm on E,
 
     x_{k+1} = x_k - (h / 2) grad_x E(x_k) + sigma sqrt(h) eps_k,      eps_k ~ N(0, I),
 
 with step size h and noise scale sigma. With sigma = 1 this is Langevin dynamics, whose stationary law
-tends to exp(-E) as h -> 0; sigma < 1 is the decoupled step / noise scale common in practice (Du & Mordatch
-use a step of 10 with noise 0.005 on images), which samples roughly exp(-E / sigma^2), a colder model.
-The chains start from a replay buffer (Du & Mordatch 2019, section 3.1): each negative is a past negative
+tends to exp(-E) as h -> 0; sigma < 1 is the decoupled step / noise scale common in practice on images (a
+gradient step far larger than the noise), which samples roughly exp(-E / sigma^2), a colder model.
+The chains start from a replay buffer (Du & Mordatch 2019): each negative is a past negative
 drawn from the buffer, or with probability `reinit` (5%) fresh uniform noise, and is written back after its K
 steps, so that short chains continue each other across updates (persistent chains, Tieleman 2008; the
 short-run view of Nijkamp et al. 2019). `sample(n)` runs longer chains from uniform noise.
@@ -136,8 +137,8 @@ class LangevinEBMRecipe(Recipe):
     kinds = ("continuous", "levels")
 
     def __init__(self, spec, lr: float = 3e-3, hidden: int = 128, layers: int = 3, langevin_steps: int = 20,
-                 step_size: float | None = None, noise: float | None = None, buffer_size: int = 10000, reinit: float = 0.05,
-                 alpha: float = 0.01, sample_steps: int = 200, width: int = 32):
+                 step_size: float | None = None, noise: float | None = None, buffer_size: int = 10000,
+                 reinit: float = 0.05, alpha: float = 0.01, sample_steps: int = 200, width: int = 32):
         self.spec = spec
         self.E = energy_network(spec, hidden, layers, width)
         self.opt = optim.Adam(self.E.parameters(), lr=lr, betas=(0.0, 0.999))
@@ -178,23 +179,25 @@ class LangevinEBMRecipe(Recipe):
         self.opt.step()
         return {"loss": loss.item(), "energy_data": mean(e_data).item(), "energy_model": mean(e_model).item()}
 
+    def langevin_samples(self, n: int) -> Tensor:
+        """n chains of sample_steps Langevin steps from uniform noise, on the data's device."""
+        return self.run_chains(Tensor(self.buffer.noise(n)), self.sample_steps)
+
     def sample(self, n: int) -> np.ndarray:
-        x = self.run_chains(Tensor(self.buffer.noise(n)), self.sample_steps)
-        return backend.to_device(x.data, "cpu")
+        return backend.to_device(self.langevin_samples(n).data, "cpu")
 
     def evaluate(self, loader, n_samples: int = 2000) -> dict:
         """Mean energy of the held-out data and of n_samples Langevin samples from noise, the gap between
         them (0 when the sampler matches the model on the data), and on the 8 / 25 Gaussians the modes the
         samples cover and their high-quality fraction (`metrics.mode_statistics`). No likelihood: log Z is
         not computed."""
-        samples = self.sample(n_samples)
+        x_model = self.langevin_samples(n_samples)
         with no_grad():
-            e_data = np.concatenate([backend.to_device(self.E(b[0]).data, "cpu") for b in loader]).mean()
-            e_model = backend.to_device(self.E(Tensor(backend.to_device(samples, self.spec.device))).data,
-                                        "cpu").mean()
-        metrics = {"energy_data": float(e_data), "energy_samples": float(e_model),
-                   "energy_gap": float(e_data - e_model)}
+            e_data = sum(self.E(b[0]).sum().item() for b in loader) / loader.num_examples
+            e_model = mean(self.E(x_model)).item()
+        metrics = {"energy_data": e_data, "energy_samples": e_model, "energy_gap": e_data - e_model}
         if self.spec.name in MIXTURES:
             mixture = MIXTURES[self.spec.name]
+            samples = backend.to_device(x_model.data, "cpu")
             metrics.update(mode_statistics(samples, mixture.means, mixture.std))
         return metrics
