@@ -355,7 +355,14 @@ def _walk(outputs, grad_outputs, targets, retain_graph, create_graph) -> dict:
                 if f not in needed:
                     continue
             done.append(f)
-            gxs = _backward_of(f, gys)
+            if len(gys) > 1:
+                gys = _fill_missing(f, gys)
+            if gys is None or gys[0] is None:          # f reached only through zero derivatives
+                gxs = (None,) * len(f.inputs)
+            else:
+                gxs = _checked_backward(f, gys) if _Mode.detect_anomaly else f.backward(*gys)
+                if type(gxs) is not tuple:
+                    gxs = (gxs,)
             for x, gx in zip(f.inputs, gxs):
                 if x.requires_grad:
                     if gx is not None and gx.data.shape != x.data.shape:
@@ -365,16 +372,6 @@ def _walk(outputs, grad_outputs, targets, retain_graph, create_graph) -> dict:
         for f in done:
             f.inputs = None
     return grads
-
-
-def _backward_of(f: Function, gys: list) -> tuple:
-    """The input gradients of f, given its output gradients (None where an output got none)."""
-    if len(gys) > 1:
-        gys = _fill_missing(f, gys)
-    if gys is None or gys[0] is None:      # f itself reached only through zero derivatives
-        return (None,) * len(f.inputs)
-    gxs = _checked_backward(f, gys) if _Mode.detect_anomaly else f.backward(*gys)
-    return gxs if type(gxs) is tuple else (gxs,)
 
 
 def _accumulate(pending: dict, grads: dict, x: Tensor, g: Tensor | None) -> None:
