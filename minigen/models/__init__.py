@@ -44,6 +44,13 @@ FAMILIES = {
     "gated-pixelcnn-cond": ("minigen.models.pixelcnn", "ConditionalGatedPixelCNNRecipe",
                             "class-conditional gated PixelCNN (a learned bias per class in every gate)"),
     "pixelrnn": ("minigen.models.pixelcnn", "PixelRNNRecipe", "PixelRNN with Row LSTM layers"),
+    "gmm": ("minigen.models.mixtures", "GMMRecipe", "Gaussian mixture by EM (full / diagonal covariance, k-means++)"),
+    "bernoulli-mixture": ("minigen.models.mixtures", "BernoulliMixtureRecipe", "mixture of Bernoullis by EM"),
+    "fvsbn": ("minigen.models.autoregressive", "FVSBNRecipe", "fully visible sigmoid belief net (per-pixel logistic)"),
+    "markov-mlp": ("minigen.models.autoregressive", "MarkovMLPRecipe", "MLP on a window of the previous pixels"),
+    "rnn": ("minigen.models.autoregressive", "RNNRecipe", "RNN / LSTM / GRU over the pixel sequence (cell=...)"),
+    "nade": ("minigen.models.autoregressive", "NADERecipe", "NADE: shared-weight autoregressive network, O(DH)"),
+    "made": ("minigen.models.autoregressive", "MADERecipe", "MADE density: masked MLP, order-agnostic mask ensembles"),
 }
 
 
