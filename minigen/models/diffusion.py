@@ -384,15 +384,16 @@ class DDPMRecipe(Recipe):
     Options: net ('mlp' | 'unet'; 'auto' picks the U-Net for images), T, schedule ('linear' | 'cosine'),
     hidden (MLP width), channels (the U-Net's widths: channels * 2^i at level i of `depth`), attention,
     ema (the decay), sampler ('ddim' | 'ancestral'), ddim_steps, eta, variance ('beta' | 'beta_tilde', the
-    reverse process's sigma_t^2), bound_terms (KL terms drawn per
-    example in the evaluation's bound; 0 sums all T). The default sampler is deterministic DDIM in 50 steps:
-    ancestral sampling evaluates the network T = 1000 times a sample, minutes on a CPU for a U-Net.
+    reverse process's sigma_t^2), bound_terms (KL terms drawn per example in the evaluation's bound; 0 sums
+    all T). The default sampler is deterministic DDIM in 50 steps: ancestral sampling evaluates the network
+    T = 1000 times a sample, minutes on a CPU for a U-Net.
 
-    The EMA is a second `Diffusion` module, updated as theta_ema <- d theta_ema + (1 - d) theta after each
-    step with d = min(ema, (1 + t) / (10 + t)) (the warm-up of TensorFlow's ExponentialMovingAverage, so
-    that short runs average recent weights, not the initial ones). It is a module rather than
-    `optim.EMA` because the loop saves, restores and moves modules to spec.device: `optim.EMA` keeps its
-    averages in arrays made where the parameters were at construction (the CPU), outside the checkpoint.
+    The EMA is a second `Diffusion` module (its parameters frozen), used for evaluation and sampling and
+    updated as theta_ema <- d theta_ema + (1 - d) theta after each step with d = min(ema, (1 + t) / (10 + t))
+    (the warm-up of TensorFlow's ExponentialMovingAverage, so that short runs average recent weights, not the
+    initial ones). It is a module rather than `optim.EMA` because the loop saves, restores and moves modules
+    to spec.device: `optim.EMA` keeps its averages in arrays made where the parameters were at construction
+    (the CPU), outside the checkpoint.
     """
 
     name = "ddpm"
@@ -454,8 +455,8 @@ class DDPMRecipe(Recipe):
     def evaluate(self, loader) -> dict:
         """The bound in nats per example and bits/dim, and L_simple, of the EMA model on held-out data."""
         nll, loss, n = 0.0, 0.0, 0
-        for (x,) in loader:
-            x0 = self.to_model(x)
+        for batch in loader:
+            x0 = self.to_model(batch[0])
             nll += float(self.ema.bound(x0, self.bound_terms).sum())
             loss += self.ema.loss(x0).item() * len(x0)
             n += len(x0)
