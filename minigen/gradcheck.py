@@ -10,10 +10,11 @@
 'directional' (the default) compares, for each input x on its own, the analytic <v, J u> (one backward pass
 with grad_outputs v, dotted with u) against the central difference (<v, f(x + eps u)> - <v, f(x - eps u)>)
 / 2 eps, for a few random directions u and v, with the tolerance atol + rtol |<v, J u>| of that input: cheap
-for any size, and an input of small effect is checked at its own scale. 'full' builds the whole Jacobian
-both ways (one backward per output element, two forward passes per input element) and on failure names the
-worst element by its indices with both values: for small inputs, when you need to know where a gradient is
-wrong.
+for any size (two forward passes per input and direction: n_directions=1 is PyTorch's fast mode, enough for
+a model with many parameter tensors), and an input of small effect is checked at its own scale. 'full'
+builds the whole Jacobian both ways (one backward per output element, two forward passes per input
+element) and on failure names the worst element by its indices with both values: for small inputs, when you
+need to know where a gradient is wrong.
 
 Checks run in float64; pass float64 tensors (a float32 input is an error, since central differences in
 float32 cannot tell a right gradient from a wrong one).
