@@ -183,15 +183,15 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}({self.num_features}) expects input of "
                              f"{' or '.join(map(str, self.input_ndims))} dimensions with {self.num_features} "
                              f"channels on axis 1, got shape {x.shape}")
-        batch_stats = self.training or not self.track_running_stats
-        update = self.training and self.track_running_stats
+        if not self.track_running_stats:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         momentum = self.momentum
-        if update:
+        if self.training:
             self.num_batches_tracked.data += 1
             if momentum is None:
                 momentum = 1.0 / int(self.num_batches_tracked.data)
-        running = (self.running_mean, self.running_var) if update or not batch_stats else (None, None)
-        return F.batch_norm(x, *running, self.weight, self.bias, batch_stats, momentum, self.eps)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                            momentum, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
