@@ -733,8 +733,8 @@ class DBMRecipe(_BoltzmannRecipe):
 
     name = "dbm"
 
-    def __init__(self, spec, hidden: tuple = (64, 64), mean_field_steps: int = 10, lr: float = 0.05,
-                 momentum: float = 0.5, weight_decay: float = 1e-4, k: int = 1, ais_betas: int = 500,
+    def __init__(self, spec, hidden: tuple = (64, 64), mean_field_steps: int = 10, lr: float = 0.005,
+                 momentum: float = 0.9, weight_decay: float = 1e-4, k: int = 1, ais_betas: int = 500,
                  ais_runs: int = 100, sample_steps: int = 1000):
         super().__init__(spec, k, True, ais_betas, ais_runs, sample_steps)
         self.mean_field_steps = mean_field_steps
