@@ -132,7 +132,7 @@ class MarkovMLP(Autoregressive):
     reading the w previous pixels (zeros before the first) and a one-hot of d, so that it may still learn
     each position's own marginal."""
 
-    def __init__(self, dim: int, levels: int = 2, window: int = 8, hidden: int = 64):
+    def __init__(self, dim: int, levels: int = 2, window: int = 16, hidden: int = 64):
         super().__init__(dim, levels)
         self.window = window
         self.net = nn.mlp([window + dim, hidden, hidden, self.outputs])
@@ -230,7 +230,6 @@ class MADE(Autoregressive):
         self.hidden, self.masks = hidden, masks
         sizes = [dim] + [hidden] * layers + [dim * self.outputs]
         self.net = nn.ModuleList(nn.MaskedLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.current = -1
         self.use_mask(0)
 
     def mask_set(self, k: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -248,9 +247,7 @@ class MADE(Autoregressive):
         return order, degrees
 
     def use_mask(self, k: int) -> None:
-        """Set the layers' masks to mask set k."""
-        if k == self.current:
-            return
+        """Set the layers' masks to mask set k (always rebuilt: a checkpoint's mask buffers may hold any set)."""
         self._order, degrees = self.mask_set(k)
         for layer, d_in, d_out in zip(self.net[:-1], degrees, degrees[1:]):
             layer.set_mask(made_mask(d_in, d_out, strict=False))
@@ -347,7 +344,7 @@ class MarkovMLPRecipe(AutoregressiveRecipe):
 
     name = "markov-mlp"
 
-    def __init__(self, spec: DataSpec, lr: float = 3e-3, window: int = 8, hidden: int = 64):
+    def __init__(self, spec: DataSpec, lr: float = 3e-3, window: int = 16, hidden: int = 64):
         super().__init__(spec, MarkovMLP(spec.dim, spec.levels, window, hidden), lr)
 
 
@@ -356,7 +353,7 @@ class RNNRecipe(AutoregressiveRecipe):
 
     name = "rnn"
 
-    def __init__(self, spec: DataSpec, lr: float = 3e-3, cell: str = "lstm", hidden: int = 64, layers: int = 1):
+    def __init__(self, spec: DataSpec, lr: float = 1e-2, cell: str = "lstm", hidden: int = 64, layers: int = 1):
         super().__init__(spec, PixelSequenceRNN(spec.dim, spec.levels, cell, hidden, layers), lr)
 
 
@@ -365,7 +362,7 @@ class NADERecipe(AutoregressiveRecipe):
 
     name = "nade"
 
-    def __init__(self, spec: DataSpec, lr: float = 3e-3, hidden: int = 64):
+    def __init__(self, spec: DataSpec, lr: float = 1e-2, hidden: int = 64):
         super().__init__(spec, NADE(spec.dim, spec.levels, hidden), lr)
 
 
@@ -375,5 +372,5 @@ class MADERecipe(AutoregressiveRecipe):
 
     name = "made"
 
-    def __init__(self, spec: DataSpec, lr: float = 1e-3, hidden: int = 256, layers: int = 2, masks: int = 1):
+    def __init__(self, spec: DataSpec, lr: float = 3e-3, hidden: int = 256, layers: int = 2, masks: int = 1):
         super().__init__(spec, MADE(spec.dim, spec.levels, hidden, layers, masks), lr)
