@@ -15,8 +15,9 @@ covariance (scikit-learn's reg_covar; with reg > 0 the M step is no longer exact
 up to that perturbation), and Bernoulli probabilities are kept in [min_prob, 1 - min_prob] (the exact M step
 over that box: each pixel's objective is concave in p_kd, so its constrained maximum is the clipped one).
 
-Initialization: k-means++ seeding (Arthur & Vassilvitskii 2007) picks K examples as centres, each example is
-assigned to its nearest centre, and one M step on those hard assignments gives the first parameters.
+Initialization: k-means++ seeding (Arthur & Vassilvitskii 2007) picks K examples as centres, a few k-means
+(Lloyd) iterations move them, and one M step on the hard assignment of each example to its nearest centre
+gives the first parameters (scikit-learn's default).
 
 In the `minigen train` loop a step is one step of stepwise EM (Liang & Klein 2009; Cappé & Moulines 2009) on
 the batch it is given: the running statistics move towards the batch's, s <- (1 - rho_t) s + rho_t s_batch with
@@ -100,13 +101,20 @@ class Mixture(nn.Module):
         r = backend.get_array_module(a).exp(a - log_p[:, None])           # Bishop eq. 9.23, in log space
         return log_p, self.statistics(x, r)
 
-    def initialize(self, x, gen) -> dict:
-        """k-means++ centres, hard assignment of every example to its nearest centre, one M step on that;
-        returns the statistics of the hard assignment."""
+    def initialize(self, x, gen, lloyd: int = 10) -> dict:
+        """k-means++ centres refined by `lloyd` k-means (Lloyd) iterations, then one M step on the hard
+        assignment of every example to its nearest centre; returns the statistics of that assignment."""
         xp = backend.get_array_module(x)
+
+        def assign(centres):                              # one-hot rows: each example's nearest centre
+            return xp.eye(self.components)[((x[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)]
+
         centres = kmeans_pp(x, self.components, gen)
-        nearest = ((x[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
-        stats = self.statistics(x, xp.eye(self.components)[nearest])
+        for _ in range(lloyd):
+            r = assign(centres)
+            count = r.sum(axis=0)[:, None]
+            centres = xp.where(count > 0, r.T @ x / xp.maximum(count, 1), centres)    # an empty cluster stays
+        stats = self.statistics(x, assign(centres))
         self.m_step(stats)
         return stats
 
