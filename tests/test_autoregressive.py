@@ -42,7 +42,7 @@ def _model(name, D=16, L=2):
     return model
 
 
-def _log_prob(model, levels=2):
+def _log_prob(model):
     def log_prob(x):
         with mg.no_grad():
             return model.log_prob(mg.tensor(x.reshape(len(x), -1))).numpy()

@@ -35,7 +35,8 @@ def _bernoulli_mixture_data(n, rng):
 
 def _binary_digits():
     spec, (train_x, _), (test_x, _) = data.load_dataset("binarized-digits")
-    return spec, train_x.reshape(len(train_x), -1).astype(np.float64), test_x.reshape(len(test_x), -1).astype(np.float64)
+    flat = (a.reshape(len(a), -1).astype(np.float64) for a in (train_x, test_x))
+    return (spec, *flat)
 
 
 @pytest.mark.parametrize("make", [lambda: GaussianMixture(2, 5, "full", reg=0.0),
@@ -79,8 +80,8 @@ def test_em_recovers_a_known_bernoulli_mixture():
 
 
 def test_gmm_on_eight_gaussians_reaches_the_data_entropy():
-    """Test NLL of an 8-component full GMM (best of 5 k-means++ starts) within 0.03 nats of H = -E log p(x), estimated by Monte Carlo
-    (200k draws) from the true mixture density."""
+    """Test NLL of an 8-component full GMM (best of 5 starts) within 0.03 nats of the entropy H = -E log p(x),
+    estimated by Monte Carlo (200k draws) from the true mixture density."""
     rng = np.random.default_rng(0)
     truth = data.EIGHT_GAUSSIANS
     entropy = -truth.log_prob(truth.sample(200_000, rng)).mean()
@@ -146,14 +147,13 @@ def test_gmm_recipe_end_to_end():
 
 
 def test_bernoulli_mixture_recipe_end_to_end():
-    spec, train_x, test_x = _binary_digits()
+    spec, (images, _), (test_images, _) = data.load_dataset("binarized-digits")
     mg.manual_seed(0)
     recipe = BernoulliMixtureRecipe(spec)
-    _, (images, _), (test_images, _) = data.load_dataset("binarized-digits")
-    loader = data.DataLoader(images, batch_size=100, seed=0)
-    for t, batch in zip(range(1, 31), loader):
+    for t, batch in zip(range(1, 31), data.DataLoader(images, batch_size=100, seed=0)):
         recipe.step(batch, t)
     nll = recipe.evaluate(data.DataLoader(test_images, batch_size=500, shuffle=False))["nll"]
+    _, train_x, test_x = _binary_digits()
     p = train_x.mean(0).clip(1e-3, 1 - 1e-3)
     independent = -(test_x @ np.log(p) + (1 - test_x) @ np.log1p(-p)).mean()
     assert nll < independent - 2
