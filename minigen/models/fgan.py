@@ -28,6 +28,7 @@ from ..metrics import mode_statistics
 from ..ops import mean
 from ..tensor import Tensor, grad, no_grad, randn, tensor
 from ..train import Recipe
+from .gan import leaky_relu
 
 MIXTURES = {"8gaussians": EIGHT_GAUSSIANS, "25gaussians": TWENTY_FIVE_GAUSSIANS}
 UPDATES = ("alternating", "single")
@@ -52,10 +53,6 @@ def alternative_generator_loss(v_fake: Tensor, div: FDivergence) -> Tensor:
 GENERATOR_LOSSES = {"saddle": saddle_generator_loss, "alternative": alternative_generator_loss}
 
 
-def _leaky_relu() -> nn.Module:
-    return nn.LeakyReLU(0.2)
-
-
 def _set_gradients(params: list, loss: Tensor, retain_graph: bool = False) -> None:
     """p.grad = d loss / d p for each p in params, nothing else touched (the optimizer then steps on it)."""
     for p, g in zip(params, grad(loss, params, retain_graph=retain_graph)):
@@ -75,7 +72,7 @@ class FGANRecipe(Recipe):
     kinds = ("continuous",)
 
     def __init__(self, spec, divergence: str = "kl", updates: str = "alternating", generator_loss: str = "saddle",
-                 latent: int = 2, hidden: int = 64, generator_layers: int = 2, lr: float = 1e-4,
+                 latent: int = 2, hidden: int = 64, generator_layers: int = 2, lr: float = 1e-3,
                  beta1: float = 0.5):
         if updates not in UPDATES:
             raise ValueError(f"updates must be one of {', '.join(UPDATES)}, got {updates!r}")
@@ -85,8 +82,8 @@ class FGANRecipe(Recipe):
         self.spec, self.updates, self.latent = spec, updates, latent
         self.div = divergences.divergence(divergence)
         self.generator_loss = GENERATOR_LOSSES[generator_loss]
-        self.G = nn.mlp([latent] + [hidden] * generator_layers + [spec.dim], _leaky_relu)
-        self.V = nn.mlp([spec.dim, hidden, hidden, 1], _leaky_relu)
+        self.G = nn.mlp([latent] + [hidden] * generator_layers + [spec.dim], leaky_relu)
+        self.V = nn.mlp([spec.dim, hidden, hidden, 1], leaky_relu)
         self.opt_G, self.opt_V = (optim.Adam(m.parameters(), lr=lr, betas=(beta1, 0.999))
                                   for m in (self.G, self.V))
 
