@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 import minigen as mg
-from minigen import backend, data, train
-from minigen.models.boltzmann import (DBM, DBN, RBM, BMRecipe, BoltzmannMachine, DBMRecipe, DBNRecipe,
+from minigen import data, train
+from minigen.models.boltzmann import (DBM, RBM, BMRecipe, BoltzmannMachine, DBMRecipe, DBNRecipe,
                                       RBMRecipe, ais, ais_betas, base_rate, log_mean_exp, save_filters,
                                       save_reconstructions)
 
