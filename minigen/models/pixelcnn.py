@@ -291,7 +291,8 @@ class RowLSTMNet(AutoregressiveImageModel):
 
     def row_logits(self, x: np.ndarray, y) -> Iterator[Callable[[], Tensor]]:
         """The cache: each layer's (h, c) of the previous row; a pixel recomputes only the current row
-        (the first convolution on its last reach + 1 rows, then one LSTM step a layer)."""
+        (the first convolution on its last reach + 1 rows, then one LSTM step a layer), and once the row is
+        drawn one more such pass stores its states."""
         start = Tensor(x[:, :, :1])
         states = [rnn.initial_state(start) for rnn in self.rnns]
         for r in range(self.shape[1]):

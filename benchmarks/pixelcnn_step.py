@@ -1,0 +1,145 @@
+"""One training step of the gated PixelCNN at the MNIST size, minigen against the same network in PyTorch CPU.
+
+The network is `minigen.models.pixelcnn.GatedPixelCNN((1, 28, 28), 2, channels=64, layers=5)` (the
+`gated-pixelcnn` family's defaults: a 7-wide first layer, 3-wide after, Bernoulli outputs), rebuilt in
+PyTorch under the same parameter and buffer names and loaded with minigen's initial weights. A step: the
+exact NLL of a fixed batch of 16 random binary 28x28 images, backward, and an Adam update (lr 1e-3). Before
+timing, both engines' losses are compared on two consecutive steps from the same weights.
+
+Timings are interleaved (harness.measure_interleaved: each engine once per round), so load from other
+processes falls on both alike; the medians and their ratio are reported, with the load average at the start.
+Both engines run with the same number of threads (BLAS, Numba and PyTorch's intra-op pool).
+
+    python -m benchmarks pixelcnn_step [--quick]
+    python benchmarks/pixelcnn_step.py [--quick]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+if not __package__:   # run as a script: make `benchmarks` and `minigen` importable from the checkout
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import minigen as mg  # noqa: E402
+from benchmarks.harness import measure_interleaved  # noqa: E402
+from minigen.models.pixelcnn import GatedPixelCNN  # noqa: E402
+
+SHAPE, BATCH, CHANNELS, LAYERS, KERNEL, FIRST_KERNEL, LR = (1, 28, 28), 16, 64, 5, 3, 7, 1e-3
+
+
+def batch(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2, (BATCH, *SHAPE)).astype(np.float32)
+
+
+def minigen_step(net: GatedPixelCNN, x: np.ndarray):
+    """A closure doing one training step in minigen; returns the loss (nats per image)."""
+    opt = mg.optim.Adam(net.parameters(), lr=LR)
+    x = mg.tensor(x)
+
+    def step() -> float:
+        loss = -net.log_prob(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+def torch_step(state: dict, x: np.ndarray):
+    """The same network and step in PyTorch, loaded with minigen's weights."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    def gate(a):
+        a_f, a_g = a.chunk(2, 1)
+        return torch.tanh(a_f) * torch.sigmoid(a_g)
+
+    class MaskedConv2d(nn.Conv2d):
+        def __init__(self, mask_type, c_in, c_out, kernel, padding):
+            super().__init__(c_in, c_out, kernel, padding=padding)
+            kh, kw = self.kernel_size
+            mask = torch.ones(kh, kw)
+            mask[kh // 2, kw // 2 + (mask_type == "B"):] = 0
+            mask[kh // 2 + 1:] = 0
+            self.register_buffer("mask", mask)
+
+        def forward(self, x):
+            return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+    class GatedLayer(nn.Module):
+        def __init__(self, c_in, c, k, first):
+            super().__init__()
+            self.first = first
+            self.v_conv = nn.Conv2d(c_in, 2 * c, (k // 2 + 1, k), padding=k // 2)
+            self.h_conv = MaskedConv2d("A" if first else "B", c_in, 2 * c, (1, k), padding=(0, k // 2))
+            self.v_to_h, self.h_out = nn.Conv2d(2 * c, 2 * c, 1), nn.Conv2d(c, c, 1)
+
+        def forward(self, v, h):
+            v_pre = self.v_conv(v)[:, :, :v.shape[2]]
+            link = self.v_to_h(F.pad(v_pre, (0, 0, 1, 0))[:, :, :v.shape[2]])
+            h_new = self.h_out(gate(self.h_conv(h) + link))
+            return gate(v_pre), h_new if self.first else h + h_new
+
+    class TorchGatedPixelCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([GatedLayer(1, CHANNELS, FIRST_KERNEL, True)] +
+                                        [GatedLayer(CHANNELS, CHANNELS, KERNEL, False) for _ in range(LAYERS - 1)])
+            self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(CHANNELS, CHANNELS, 1), nn.ReLU(),
+                                      nn.Conv2d(CHANNELS, 1, 1))
+
+        def log_prob(self, x):
+            v, h = x, x
+            for layer in self.layers:
+                v, h = layer(v, h)
+            logits = self.head(h)
+            return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
+
+    net = TorchGatedPixelCNN()
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    x = torch.from_numpy(x)
+
+    def step() -> float:
+        loss = -net.log_prob(x).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+def set_threads(n: int) -> None:
+    """The same thread count for NumPy's BLAS, Numba and PyTorch."""
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(n)
+    numba.set_num_threads(n)
+    torch.set_num_threads(n)
+
+
+def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:
+    set_threads(threads)
+    mg.manual_seed(0)
+    net = GatedPixelCNN(SHAPE, 2, CHANNELS, LAYERS, KERNEL, FIRST_KERNEL)
+    x = batch()
+    steps = {"minigen": minigen_step(net, x), "torch": torch_step(net.state_dict(), x)}
+    losses = {name: [step(), step()] for name, step in steps.items()}   # the check: two steps, same numbers
+    np.testing.assert_allclose(losses["minigen"], losses["torch"], rtol=2e-4)
+    timings = measure_interleaved(steps, repeat=3 if quick else 10, warmup=1)
+    variant = f"batch {BATCH}, {CHANNELS} channels, {LAYERS} layers, {threads} thread(s)"
+    rows = [{"case": "gated pixelcnn training step (28x28)", "variant": variant, "impl": name, **summary}
+            for name, summary in timings.items()]
+    params = sum(v.size for v in net.state_dict().values())
+    return rows, {"check": [{"engine": k, "loss step 1": f"{v[0]:.6f}", "loss step 2": f"{v[1]:.6f}",
+                             "parameters and masks": params} for k, v in losses.items()]}
+
+
+if __name__ == "__main__":
+    from benchmarks.__main__ import main
+    main(["pixelcnn_step", *sys.argv[1:]])
