@@ -106,11 +106,11 @@ def _plain_table(rows: list[dict]) -> str:
 
 
 def write_results(name: str, rows: list[dict], meta: dict, extra_tables: dict | None = None,
-                  peers=("torch",)) -> tuple[str, str]:
-    """Write benchmarks/results/<name>.json and <name>.md; return their paths."""
-    os.makedirs(RESULTS, exist_ok=True)
+                  peers=("torch",), folder: str = RESULTS) -> tuple[str, str]:
+    """Write <folder>/<name>.json and <name>.md (folder: benchmarks/results); return their paths."""
+    os.makedirs(folder, exist_ok=True)
     extra_tables = extra_tables or {}
-    json_path, md_path = (os.path.join(RESULTS, f"{name}.{ext}") for ext in ("json", "md"))
+    json_path, md_path = (os.path.join(folder, f"{name}.{ext}") for ext in ("json", "md"))
     with open(json_path, "w") as f:
         json.dump({"meta": meta, "rows": rows, "extra": extra_tables}, f, indent=1)
     parts = [f"# {name}", "", ", ".join(f"{k}: {v}" for k, v in meta.items() if v is not None), "",

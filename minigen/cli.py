@@ -15,25 +15,60 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 
 from . import backend, data
 from .models import FAMILIES, recipe_class
-from .train import fit, load_checkpoint, restore_training_state, save_samples
+from .train import (Interrupted, NonFiniteError, checkpoint_stems, fit, load_checkpoint, restore_training_state,
+                    save_samples)
+
 
 def _parse_options(pairs: list[str]) -> dict:
     """--opt key=value pairs; values parsed as JSON where they can be (numbers, true/false), else strings."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--opt expects key=value, got {pair!r}")
+        if not sep or not key.strip():
+            raise ValueError(f"--opt expects NAME=VALUE, got {pair!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+def _matches(value, default) -> bool:
+    """Whether an option's value has the kind of its default (None: anything)."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (list, tuple, int))
+    return isinstance(value, type(default))
+
+
+def check_options(cls, options: dict) -> None:
+    """A one-line error for an option the family does not declare (listing those it does), or whose value
+    is not of its default's kind."""
+    declared = cls.options()
+    unknown = [k for k in options if k not in declared]
+    if unknown:
+        listing = ", ".join(f"{k}={v!r}" for k, v in declared.items()) or "none"
+        raise ValueError(f"family {cls.name!r} has no option {', '.join(map(repr, unknown))}; its options "
+                         f"(with defaults): {listing}")
+    for k, v in options.items():
+        if not _matches(v, declared[k]):
+            raise ValueError(f"option {k}={v!r} of family {cls.name!r}: expected a value like its default "
+                             f"{declared[k]!r}")
 
 
 def build(config: dict):
@@ -49,7 +84,11 @@ def build(config: dict):
     if config.get("lr") is not None:
         options["lr"] = config["lr"]
     check_options(cls, options)
-    recipe = cls(spec, **options)
+    try:
+        recipe = cls(spec, **options)
+    except (ArithmeticError, TypeError, ValueError, IndexError) as e:
+        shown = " ".join(f"--opt {k}={json.dumps(v)}" for k, v in config["options"].items()) or "its defaults"
+        raise ValueError(f"family {cls.name!r} cannot be built with {shown}: {type(e).__name__}: {e}") from None
     for module in recipe.modules().values():
         module.to(device)
     train_arrays, test_arrays = ((train_x, train_y), (test_x, test_y)) if cls.needs_labels else ((train_x,), (test_x,))
@@ -58,59 +97,155 @@ def build(config: dict):
     return recipe, loader, test_loader, train_x
 
 
-def check_options(cls, options: dict) -> None:
-    """A one-line error for an option the family does not declare, listing those it does."""
-    declared = cls.options()
-    unknown = [k for k in options if k not in declared]
-    if unknown:
-        listing = ", ".join(f"{k}={v!r}" for k, v in declared.items()) or "none"
-        raise ValueError(f"family {cls.name!r} has no option {', '.join(map(repr, unknown))}; its options "
-                         f"(with defaults): {listing}")
+# --- run folders -------------------------------------------------------------------------------------------
+
+RUN_FILES = ("config.json", "latest.json", "metrics.jsonl")
 
 
-def _train(args) -> int:
-    out = Path(args.out or f"runs/{args.family}-{args.dataset or 'default'}")
-    if args.resume:
-        config = _read_config(out)
-        config["steps"] = args.steps or config["steps"]
-    else:
-        cls = recipe_class(args.family)
-        dataset = args.dataset or cls.default_dataset
-        config = {"family": args.family, "dataset": dataset, "batch_size": args.batch_size, "lr": args.lr,
-                  "device": backend.check_device(args.device), "seed": args.seed, "data_dir": args.data_dir,
-                  "options": _parse_options(args.opt), "steps": None}
-        if dataset not in data.dataset_names():
-            raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(data.dataset_names())}")
-    recipe, loader, test_loader, train_x = build(config)
-    if config["steps"] is None:
-        epochs = args.epochs or recipe.default_epochs
-        config["steps"] = args.steps or math.ceil(epochs * len(loader))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    reference = train_x[:2000] if train_x.ndim == 2 else None
-    metrics = fit(recipe, loader, config["steps"], out, eval_loader=test_loader, resume=args.resume,
-                  eval_every=max(config["steps"] // 10, 1), sample_every=max(config["steps"] // 5, 1),
-                  checkpoint_every=max(config["steps"] // 5, 1), reference=reference)
-    print(json.dumps(metrics))
-    print(f"run folder: {out} (metrics.jsonl, samples/, checkpoints)")
-    return 0
+def _holds_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_FILES) or any(folder.glob("ckpt-*.json"))
+
+
+def _fresh_folder(family: str, dataset: str) -> Path:
+    """runs/FAMILY-DATASET, or the first of runs/FAMILY-DATASET-2, -3, ... that holds no run yet."""
+    base = Path("runs") / f"{family}-{dataset}"
+    folder, k = base, 1
+    while _holds_run(folder):
+        k += 1
+        folder = base.with_name(f"{base.name}-{k}")
+    return folder
+
+
+def _clear_run(folder: Path) -> None:
+    """Remove what a run writes (--overwrite): its checkpoints, config, metrics and samples, nothing else."""
+    for path in [*(folder / n for n in RUN_FILES), *folder.glob("ckpt-*.json"), *folder.glob("ckpt-*.npz")]:
+        path.unlink(missing_ok=True)
+    for png in (folder / "samples").glob("*.png"):
+        png.unlink()
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise ValueError(f"cannot write the run folder {folder}: {e.strerror}") from None
 
 
 def _read_config(run: Path) -> dict:
     path = Path(run) / "config.json"
     if not path.exists():
         raise ValueError(f"{run} is not a minigen run folder (no config.json); make one with `minigen train`")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def _check_device(device: str) -> str:
+    device = backend.check_device(device)
+    if device == "cuda" and not backend.cuda_available():
+        raise ValueError("--device cuda: no usable CUDA GPU here (CuPy is missing or sees no device); "
+                         "use --device cpu")
+    return device
+
+
+def _resumed_config(args, out: Path) -> dict:
+    """The run's saved config with this command's changes: a longer run, another device or data folder;
+    anything else that differs is refused rather than silently dropped."""
+    config = _read_config(out)
+    given = {"family": args.family, "dataset": args.dataset, "batch_size": args.batch_size, "lr": args.lr,
+             "seed": args.seed, "options": _parse_options(args.opt) or None}
+    shown = lambda v: "the family's default" if v is None else repr(v)     # noqa: E731
+    changed = [f"{k} {shown(config.get(k))} -> {v!r}" for k, v in given.items() if v is not None and v != config.get(k)]
+    if changed:
+        raise ValueError(f"--resume continues the run in {out} as it was configured; this command changes "
+                         f"{'; '.join(changed)}. Start a new run (another --out) to change them")
+    if args.device is not None:
+        config["device"] = args.device
+    if args.data_dir is not None:
+        config["data_dir"] = args.data_dir
+    return config
+
+
+def _steps(args, config: dict, loader, recipe) -> int:
+    if args.steps is not None:
+        return args.steps
+    if args.epochs is not None or config["steps"] is None:
+        return math.ceil((args.epochs or recipe.default_epochs) * len(loader))
+    return config["steps"]
+
+
+def _train(args) -> int:
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if args.epochs is not None and args.epochs <= 0:
+        raise ValueError(f"--epochs must be positive, got {args.epochs}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: choose one")
+    cls = recipe_class(args.family)
+    dataset = args.dataset or cls.default_dataset
+    if dataset not in data.dataset_names():
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of: {', '.join(data.dataset_names())}")
+    if args.resume and not args.out:
+        raise ValueError("--resume needs the run folder: --out RUN")
+    out = Path(args.out) if args.out else _fresh_folder(args.family, dataset)
+    if args.resume:
+        config = _resumed_config(args, out)
+    else:
+        if _holds_run(out) and not args.overwrite:
+            raise ValueError(f"{out} already holds a run; continue it with --resume, choose another --out, "
+                             "or replace it with --overwrite")
+        config = {"family": args.family, "dataset": dataset, "batch_size": args.batch_size or 128,
+                  "lr": args.lr, "device": args.device or "cpu", "seed": args.seed or 0, "data_dir": args.data_dir,
+                  "options": _parse_options(args.opt), "steps": None, "eval_every": args.eval_every,
+                  "eval_images": args.eval_images}
+    config["device"] = _check_device(config["device"])
+    for k in ("eval_every", "eval_images"):
+        if getattr(args, k) is not None:
+            config[k] = getattr(args, k)
+    _check_writable(out)
+    recipe, loader, test_loader, train_x = build(config)
+    stems = checkpoint_stems(out) if args.resume else []
+    start = int(stems[0].removeprefix("ckpt-")) if stems else 0
+    config["steps"] = _steps(args, config, loader, recipe)
+    if config["steps"] <= start:
+        raise ValueError(f"the run in {out} is already at step {start}, past --steps {config['steps']}; "
+                         f"give a larger --steps to extend it")
+    if args.overwrite:
+        _clear_run(out)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    if config.get("eval_images"):
+        test_loader = data.DataLoader(*(a[:config["eval_images"]] for a in test_loader.arrays), batch_size=500,
+                                      shuffle=False, device=test_loader.device)
+    reference = train_x[:2000] if train_x.ndim == 2 else None
+    steps = config["steps"]
+    try:
+        metrics = fit(recipe, loader, steps, out, eval_loader=test_loader, resume=args.resume,
+                      eval_every=config.get("eval_every"), sample_every=max(steps // 5, 1),
+                      checkpoint_every=max(steps // 5, 1), reference=reference)
+    except Interrupted as e:
+        print(f"minigen train: interrupted after step {e.step}; checkpoint saved in {out}. Continue with: "
+              f"minigen train {args.family} --out {out} --resume", file=sys.stderr)
+        return 130
+    print(json.dumps(metrics))
+    print(f"run folder: {out} (metrics.jsonl, samples/, checkpoints)")
+    return 0
 
 
 def _restored(run: Path):
     config = _read_config(run)
+    if not _holds_run(Path(run)) or not any(Path(run).glob("ckpt-*.json")):
+        raise ValueError(f"{run} holds no checkpoint yet")
+    config["device"] = _check_device(config["device"])
     recipe, loader, test_loader, train_x = build(config)
     restore_training_state(recipe, loader, load_checkpoint(run))
     return recipe, test_loader, train_x
 
 
 def _sample(args) -> int:
+    if args.n < 1:
+        raise ValueError(f"-n must be at least 1, got {args.n}")
     recipe, _, train_x = _restored(Path(args.run))
     path = Path(args.o or Path(args.run) / "samples" / "sample.png")
     save_samples(recipe.sample(args.n), path, train_x[:2000] if train_x.ndim == 2 else None)
@@ -140,21 +275,30 @@ def _list(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minigen", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a family on a dataset")
+    t = sub.add_parser("train", help="train a family on a dataset",
+                       description="Train a family. `minigen list` shows every family's options (set them with "
+                                   "--opt NAME=VALUE), their defaults and the datasets.")
     t.add_argument("family", help=f"one of: {', '.join(FAMILIES)}")
     t.add_argument("--dataset", help="see `minigen list` (default: the family's own)")
     length = t.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="number of updates")
+    length.add_argument("--steps", type=int, help="number of updates (with --resume: extends the run to this)")
     length.add_argument("--epochs", type=float, help="number of passes over the training set")
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--batch-size", type=int, help="examples per update (default 128)")
     t.add_argument("--lr", type=float, help="learning rate (default: the family's)")
-    t.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    t.add_argument("--out", help="run folder (default runs/FAMILY-DATASET)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=["cpu", "cuda"], help="default cpu")
+    t.add_argument("--out", help="run folder (default runs/FAMILY-DATASET, numbered -2, -3, ... when taken)")
+    t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
+    t.add_argument("--eval-every", type=int, metavar="STEPS",
+                   help="held-out evaluation every STEPS steps (default: every tenth of the run while it takes "
+                        "under a tenth of the time)")
+    t.add_argument("--eval-images", type=int, metavar="N",
+                   help="evaluate during training on the first N test examples (default all; `minigen eval` "
+                        "always uses all)")
     t.add_argument("--data-dir", help="where the datasets are (default $MINIGEN_DATA, else ~/.cache/minigen)")
-    t.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="a family option, e.g. --opt latent=8 (repeatable)")
+    t.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE",
+                   help="a family option, e.g. --opt latent=8 (repeatable; `minigen list` shows them)")
     t.set_defaults(run_command=_train)
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run", help="a run folder")
@@ -172,8 +316,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.run_command(args)
-    except (ValueError, FileNotFoundError, data.DataUnavailableError) as e:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):    # the NaN guard says what went wrong
+            return args.run_command(args)
+    except (ValueError, OSError, NonFiniteError) as e:      # bad input, missing data, a run stopped by NaN
         print(f"minigen {args.command}: {e}", file=sys.stderr)
         return 2
 

@@ -2,7 +2,7 @@
 
 A family provides a `Recipe` (see `minigen.models`): its modules and optimizers, a `step(batch, t) ->
 metrics` for update t, an `evaluate(loader) -> metrics` reporting what its literature reports, and `sample(n)`.
-`fit` runs the steps with a tqdm bar, appends metrics to `metrics.jsonl`, writes sample grids as PNG and
+`fit` runs the steps with a progress bar, appends metrics to `metrics.jsonl`, writes sample grids as PNG and
 checkpoints, and resumes a stopped run exactly where it was:
 
 - a checkpoint is `ckpt-<step>.npz` (every array: parameters, buffers, optimizer moments; loaded with
@@ -12,15 +12,23 @@ checkpoints, and resumes a stopped run exactly where it was:
 - on the CPU, a run resumed from step k ends bit-identical to one never stopped (same parameters, same
   random draws, same batches);
 - a NaN or inf in a step's metrics or parameters stops the run with a message naming the step and the
-  quantity, and leaves the last good checkpoint in place.
+  quantity, and leaves the last good checkpoint in place;
+- every checkpoint records the sha256 of its arrays: a corrupt one is passed over, with a warning, for the
+  newest good one; Ctrl-C ends the current step, saves a checkpoint and stops (`Interrupted`).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
 import json
 import math
 import os
+import signal
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +74,11 @@ def _join_arrays(obj, arrays):
 def _atomic_write(path: Path, write) -> None:
     """Write a file through `write(file_object)` into a temporary file beside `path`, then rename it over
     `path`: readers see the old file or the new one, never half of one. The file gets the permissions
-    `open` would give it (mkstemp makes it private to its owner)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    `open` would give it (mkstemp makes it private to its owner). An error names `path`, not the temporary."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -83,9 +94,35 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+class CheckpointError(ValueError):
+    """No readable checkpoint in a run folder."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from `path`; a missing, empty or truncated file is a one-line CheckpointError naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return value
+
+
 def save_checkpoint(run_dir: Path, state: dict, keep: int = 2) -> Path:
-    """Save `state` (nested dicts of arrays and scalars, with an int "step") as ckpt-<step>.{npz,json}, then
-    point latest.json at it; older checkpoints beyond the newest `keep` are removed."""
+    """Save `state` (nested dicts of arrays and scalars, with an int "step") as ckpt-<step>.{npz,json}, the
+    JSON recording the npz's sha256, then point latest.json at it. latest.json lists the checkpoints this run
+    wrote; those beyond the newest `keep` are removed (never a file the run did not write)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     step = int(state["step"])
@@ -93,25 +130,62 @@ def save_checkpoint(run_dir: Path, state: dict, keep: int = 2) -> Path:
     meta = _split_arrays(state, "state", arrays)
     stem = f"ckpt-{step:08d}"
     _atomic_write(run_dir / f"{stem}.npz", lambda f: np.savez(f, **arrays))
-    _atomic_write(run_dir / f"{stem}.json", lambda f: f.write(json.dumps(meta).encode()))
-    _atomic_write(run_dir / "latest.json", lambda f: f.write(json.dumps({"checkpoint": stem, "step": step}).encode()))
-    for old in sorted(run_dir.glob("ckpt-*.json"))[:-keep]:
-        old.unlink()
-        old.with_suffix(".npz").unlink(missing_ok=True)
+    record = {"npz_sha256": _sha256(run_dir / f"{stem}.npz"), "state": meta}
+    _atomic_write(run_dir / f"{stem}.json", lambda f: f.write(json.dumps(record).encode()))
+    try:
+        written = [s for s in _read_json(run_dir / "latest.json").get("written", []) if s != stem]
+    except CheckpointError:
+        written = []
+    written.append(stem)
+    _atomic_write(run_dir / "latest.json",
+                  lambda f: f.write(json.dumps({"checkpoint": stem, "step": step, "written": written[-keep:]}).encode()))
+    for old in written[:-keep]:
+        (run_dir / f"{old}.json").unlink(missing_ok=True)
+        (run_dir / f"{old}.npz").unlink(missing_ok=True)
     return run_dir / stem
 
 
-def load_checkpoint(run_dir: Path) -> dict:
-    """The state saved by the last completed save_checkpoint in `run_dir`."""
+def _load_one(run_dir: Path, stem: str) -> dict:
+    """The state in checkpoint `stem`, verified against its recorded checksum."""
+    record = _read_json(run_dir / f"{stem}.json")
+    npz = run_dir / f"{stem}.npz"
+    if not npz.exists():
+        raise CheckpointError(f"{npz} is missing")
+    if _sha256(npz) != record.get("npz_sha256"):
+        raise CheckpointError(f"{npz} does not match the checksum recorded in {stem}.json (corrupt or truncated)")
+    with np.load(npz, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    return _join_arrays(record["state"], arrays)
+
+
+def checkpoint_stems(run_dir: Path) -> list[str]:
+    """The checkpoints in `run_dir`, newest first: the one latest.json names, then the others by step."""
     run_dir = Path(run_dir)
-    latest = run_dir / "latest.json"
-    if not latest.exists():
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint (no latest.json): is it a minigen run folder?")
-    stem = json.loads(latest.read_text())["checkpoint"]
-    meta = json.loads((run_dir / f"{stem}.json").read_text())
-    with np.load(run_dir / f"{stem}.npz", allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return _join_arrays(meta, arrays)
+    stems = sorted((p.stem for p in run_dir.glob("ckpt-*.json")), reverse=True)
+    try:
+        named = _read_json(run_dir / "latest.json")["checkpoint"]
+    except (CheckpointError, KeyError):
+        return stems
+    return [named] + [s for s in stems if s != named]
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    """The state of the newest good checkpoint in `run_dir`. A corrupt one (checksum mismatch, truncated,
+    unreadable JSON) is passed over with a one-line warning naming it; none good is a CheckpointError."""
+    run_dir = Path(run_dir)
+    stems = checkpoint_stems(run_dir)
+    if not stems:
+        raise CheckpointError(f"{run_dir} holds no checkpoint: is it a minigen run folder?")
+    problems = []
+    for stem in stems:
+        try:
+            state = _load_one(run_dir, stem)
+        except (CheckpointError, OSError, ValueError, KeyError) as e:     # np.load: BadZipFile is an OSError
+            problems.append(str(e) if isinstance(e, CheckpointError) else f"{run_dir / stem}.npz: {e}")
+            print(f"warning: skipping checkpoint {stem}: {problems[-1]}", file=sys.stderr)
+            continue
+        return state
+    raise CheckpointError(f"no readable checkpoint in {run_dir} ({'; '.join(problems)})")
 
 
 # --- pictures --------------------------------------------------------------------------------------------
@@ -236,15 +310,15 @@ class Recipe:
 # --- the loop --------------------------------------------------------------------------------------------
 
 
-def _check_finite(step: int, metrics: dict, recipe) -> None:
+def _check_finite(step: int, metrics: dict, recipe, saved: int) -> None:
+    kept = f"the last good checkpoint, step {saved}, is kept" if saved else "no checkpoint had been written yet"
     for name, value in metrics.items():
         if not math.isfinite(value):
-            raise NonFiniteError(f"step {step}: {name} is {value}; stopping (the last good checkpoint is kept)")
+            raise NonFiniteError(f"step {step}: {name} is {value}; stopping ({kept})")
     for mname, module in recipe.modules().items():
         for pname, p in module.named_parameters():
             if not bool(backend.get_array_module(p.data).isfinite(p.data).all()):
-                raise NonFiniteError(f"step {step}: parameter {mname}.{pname} holds NaN or inf; stopping "
-                                     "(the last good checkpoint is kept)")
+                raise NonFiniteError(f"step {step}: parameter {mname}.{pname} holds NaN or inf; stopping ({kept})")
 
 
 def training_state(recipe, loader, step: int) -> dict:
@@ -274,38 +348,130 @@ def _batches(loader):
         yield from loader
 
 
-def fit(recipe, loader, steps: int, run_dir: Path, eval_loader=None, eval_every: int = 500,
+class Interrupted(Exception):
+    """Ctrl-C stopped training between two steps; a checkpoint of the last finished step was saved."""
+
+    def __init__(self, step: int, run_dir: Path):
+        super().__init__(f"interrupted after step {step}; checkpoint saved in {run_dir}")
+        self.step, self.run_dir = step, run_dir
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Ctrl-C sets a flag that the loop reads between steps (a checkpoint taken inside an update would hold
+    half of it); a second Ctrl-C stops at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _format(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+class Progress:
+    """A tqdm bar on a terminal; where stderr is not one (a log file, CI), a plain line every `every`
+    seconds instead of thousands of bar updates. `note` prints a line that stays (an evaluation)."""
+
+    def __init__(self, name: str, steps: int, start: int, enabled: bool = True, every: float = 30.0):
+        self.name, self.steps, self.enabled, self.every = name, steps, enabled, every
+        self.bar = tqdm(total=steps, initial=start, desc=f"train {name}", unit="step", dynamic_ncols=True) \
+            if enabled and sys.stderr.isatty() else None
+        self.started = self.printed = time.monotonic()
+
+    def update(self, step: int, metrics: dict) -> None:
+        shown = {k: v for k, v in list(metrics.items())[:3]}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
+        elif self.enabled and (time.monotonic() - self.printed >= self.every or step == self.steps):
+            self.printed = time.monotonic()
+            print(f"train {self.name}: step {step}/{self.steps} ({100 * step / self.steps:.0f}%, "
+                  f"{self.printed - self.started:.0f} s) {_format(shown)}", file=sys.stderr, flush=True)
+
+    def note(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        elif self.enabled:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _keep_rows_up_to(path: Path, step: int) -> None:
+    """Drop the metrics rows past `step` (written after the checkpoint a resumed run starts from)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+        if len(kept) < len(rows):
+            _atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
+
+
+def fit(recipe, loader, steps: int, run_dir: Path, eval_loader=None, eval_every: int | None = None,
         sample_every: int = 500, checkpoint_every: int = 500, resume: bool = False, n_samples: int = 64,
         reference: np.ndarray | None = None, progress: bool = True) -> dict:
     """Train `recipe` for `steps` updates on batches from `loader`; returns the last evaluation metrics.
 
-    Writes to run_dir: metrics.jsonl (one JSON record per evaluation), samples/step-<k>.png,
-    checkpoints (see the module docstring). With resume=True it continues from run_dir's last checkpoint.
+    Writes to run_dir: metrics.jsonl (one JSON record per evaluation), samples/step-<k>.png, checkpoints
+    (see the module docstring). With resume=True it continues from run_dir's last good checkpoint. The
+    held-out evaluation runs every `eval_every` steps and after the last; eval_every=None: at every tenth
+    of the run while evaluating has taken at most a tenth of the training time so far, so that a costly
+    evaluation never dominates a short run. Ctrl-C finishes the current step, saves a checkpoint and
+    raises `Interrupted`.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = restore_training_state(recipe, loader, load_checkpoint(run_dir)) if resume else 0
-    if not resume:
+    if resume:
+        _keep_rows_up_to(run_dir / "metrics.jsonl", start)
+    else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    nominal = eval_every or max(steps // 10, 1)
     last_eval: dict = {}
+    saved, train_seconds, eval_seconds = start, 0.0, 0.0
     batches = _batches(loader)
-    with open(run_dir / "metrics.jsonl", "a") as log, \
-            tqdm(total=steps, initial=start, desc=f"train {recipe.name}", unit="step", disable=not progress,
-                 dynamic_ncols=True) as bar:
-        for step in range(start + 1, steps + 1):
-            metrics = recipe.step(next(batches), step)
-            _check_finite(step, metrics, recipe)
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:3]})
-            done = step == steps
-            with backend.fork_rng(seed=0):      # evaluation and samples leave the training stream alone
-                if step % eval_every == 0 or done:
-                    evaluated = recipe.evaluate(eval_loader) if eval_loader is not None else {}
-                    last_eval = {"step": step, **{f"train_{k}": v for k, v in metrics.items()}, **evaluated}
-                    log.write(json.dumps(last_eval) + "\n")
-                    log.flush()
-                if step % sample_every == 0 or done:
-                    save_samples(recipe.sample(n_samples), run_dir / "samples" / f"step-{step:08d}.png", reference)
-            if step % checkpoint_every == 0 or done:
-                save_checkpoint(run_dir, training_state(recipe, loader, step))
+    bar = Progress(recipe.name, steps, start, progress)
+    with open(run_dir / "metrics.jsonl", "a") as log, _deferred_interrupt() as interrupted:
+        try:
+            for step in range(start + 1, steps + 1):
+                began = time.monotonic()
+                metrics = recipe.step(next(batches), step)
+                train_seconds += time.monotonic() - began
+                _check_finite(step, metrics, recipe, saved)
+                bar.update(step, metrics)
+                done = step == steps
+                due = step % nominal == 0 and (eval_every is not None or eval_seconds <= 0.1 * train_seconds)
+                with backend.fork_rng(seed=0):      # evaluation and samples leave the training stream alone
+                    if eval_loader is not None and (due or done):
+                        began = time.monotonic()
+                        evaluated = recipe.evaluate(eval_loader)
+                        eval_seconds += time.monotonic() - began
+                        last_eval = {"step": step, **{f"train_{k}": v for k, v in metrics.items()}, **evaluated}
+                        log.write(json.dumps(last_eval) + "\n")
+                        log.flush()
+                        bar.note(f"step {step}: held-out {_format(evaluated)}")
+                    if step % sample_every == 0 or done:
+                        save_samples(recipe.sample(n_samples), run_dir / "samples" / f"step-{step:08d}.png",
+                                     reference)
+                if step % checkpoint_every == 0 or done or interrupted.is_set():
+                    save_checkpoint(run_dir, training_state(recipe, loader, step))
+                    saved = step
+                if interrupted.is_set() and not done:
+                    raise Interrupted(step, run_dir)
+        finally:
+            bar.close()
     return last_eval

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .download import FILES, fetch
 from .images import load_binarized_mnist, load_digits, load_fashion_mnist, load_mnist
 from .spec import DataSpec
 from .toy import TOY_DATASETS, sample_toy
@@ -37,8 +38,16 @@ def load_binarized_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]
     return (x[keep] >= 0.5).astype(np.float32), y[keep]       # x = level / 16, so level >= 8 is x >= 1/2
 
 
+def _require(folder: str, data_dir) -> None:
+    """Fetch (or find and verify) all of a dataset's train and test files first, so that a missing-data
+    error lists every file at once."""
+    fetch([k for k in FILES if k.startswith(folder + "/") and "valid" not in k], data_dir)
+
+
 def load_dataset(name: str, seed: int = 0, data_dir: str | None = None, device: str = "cpu"):
     """(spec, (train_x, train_y), (test_x, test_y)) of dataset `name` (see `dataset_names()`)."""
+    if name in ("mnist", "fashion-mnist", "binarized-mnist"):
+        _require(name, data_dir)
     if name == "digits":
         x, y = load_digits()
         order = np.random.default_rng(0).permutation(len(x))     # a fixed split: 1497 train, 300 test

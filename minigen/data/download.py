@@ -17,10 +17,12 @@ the destination, is checked against the checksum in `FILES`, and only then moved
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,10 @@ class DataUnavailableError(FileNotFoundError):
     """Dataset files are missing and could not be downloaded; the message says where to put which file."""
 
 
+class CorruptDataError(ValueError):
+    """A dataset file on disk does not match its published checksum; the message names it and the fix."""
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The data directory: `data_dir`, else `$MINIGEN_DATA`, else `~/.cache/minigen`."""
     return Path(data_dir or os.environ.get("MINIGEN_DATA") or "~/.cache/minigen").expanduser().absolute()
@@ -94,11 +100,62 @@ def local_copy(path: Path) -> Path | None:
     return None
 
 
+def _digest(file: RemoteFile, path: Path) -> str:
+    """The checksum of `path`'s bytes as `file` publishes it (of the uncompressed bytes when `path` is the
+    gzip-compressed copy of a file published uncompressed)."""
+    digest = hashlib.new(file.algorithm)
+    opener = gzip.open if path.suffix == ".gz" and not file.path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _diagnose(path: Path) -> str:
+    """What is wrong with a file whose checksum does not match: not gzip, truncated, or other bytes."""
+    if path.suffix != ".gz":
+        return "checksum mismatch: the file is corrupt or truncated"
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return "not a gzip file"
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except EOFError:
+        return "truncated (the gzip stream ends early)"
+    except (OSError, zlib.error):
+        return "corrupt gzip data"
+    return "checksum mismatch: the file holds other bytes than the published one"
+
+
+_verified: dict[tuple, bool] = {}      # (path, size, mtime) of the files checked in this process
+
+
+def verify(file: RemoteFile, path: Path) -> None:
+    """Check a local copy against its checksum (once per process and file version); a mismatch is a one-line
+    CorruptDataError saying what is wrong: not gzip, truncated, or different bytes."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return
+    try:
+        problem = None if _digest(file, path) == file.digest else _diagnose(path)
+    except (OSError, EOFError, zlib.error):
+        problem = _diagnose(path)
+    if problem:
+        raise CorruptDataError(f"{path}: {problem}. Delete it to download it again, or replace it with a good "
+                               "copy")
+    _verified[key] = True
+
+
 def download_file(file: RemoteFile, dest: Path, url: str) -> None:
     """Stream `url` into a temporary file beside `dest`, check its checksum, then move it to `dest`.
 
-    Nothing is left behind on failure: the temporary file is removed whatever happens.
+    Nothing is left behind on failure: the temporary file is removed whatever happens, and so are the
+    folders made for it.
     """
+    made = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
@@ -120,6 +177,9 @@ def download_file(file: RemoteFile, dest: Path, url: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        for folder in made:                  # innermost first; only the ones still empty
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def fetch(paths: list[str], data_dir: str | os.PathLike | None = None, base_url: str | None = None,
@@ -142,10 +202,11 @@ def fetch(paths: list[str], data_dir: str | os.PathLike | None = None, base_url:
             except OSError as e:   # no network, HTTP error, timeout, unwritable directory
                 missing.append(f"  {dest}\n      from {url}  (download failed: {e})")
                 continue
+        verify(FILES[key], local_copy(dest))
         found.append(local_copy(dest))
     if missing:
         raise DataUnavailableError(
             "dataset files are missing. Put each file at the path shown (a gzip-compressed copy named "
-            "<file>.gz also works), or point MINIGEN_DATA (or data_dir=) at a folder with this layout, such "
-            "as a copy of shared/data:\n" + "\n".join(missing))
+            "<file>.gz also works), or give the folder that holds them with --data-dir (or $MINIGEN_DATA; "
+            "data_dir= in Python), laid out as above:\n" + "\n".join(missing))
     return found
