@@ -435,6 +435,8 @@ def fit(recipe, loader, steps: int, run_dir: Path, eval_loader=None, eval_every:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for holder in [*recipe.modules().values(), *recipe.optimizers().values()]:    # the device is the loop's
+        holder.to(loader.device)
     start = restore_training_state(recipe, loader, load_checkpoint(run_dir)) if resume else 0
     if resume:
         _keep_rows_up_to(run_dir / "metrics.jsonl", start)

@@ -139,8 +139,6 @@ def test_checkpoint_saved_on_one_device_loads_on_another(tmp_path):
         _states_on(recipe, device)
 
 
-@pytest.mark.xfail(strict=True, reason="train.fit does not yet move modules and optimizer state to the "
-                                       "loader's device (issue 14 point 2; train.py is the lead's)")
 def test_fit_moves_modules_and_optimizer_state_to_the_loaders_device(tmp_path):
     recipe, loader, _, _ = cli.build(_config("vae", "cpu"))
     train.fit(recipe, loader, 1, tmp_path / "cpu", n_samples=2, progress=False)     # Adam's moments on the CPU

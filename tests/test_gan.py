@@ -124,5 +124,5 @@ def test_wgan_gp_trains_from_the_command_line(tmp_path):
     assert cli.main(["train", "wgan-gp", "--dataset", "8gaussians", "--steps", "10", "--out", str(out),
                      "--opt", "hidden=16"]) == 0
     assert (out / "samples").exists() and (out / "metrics.jsonl").exists()
-    assert cli.main(["train", "gan", "--dataset", "8gaussians", "--steps", "4", "--out", str(out),
+    assert cli.main(["train", "gan", "--dataset", "8gaussians", "--steps", "4", "--out", str(out), "--overwrite",
                      "--opt", "generator_loss=minimax", "--opt", "hidden=16"]) == 0
