@@ -171,3 +171,25 @@ def append_row(name: str, argv: list[str], row: dict) -> None:
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, f"{name}.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def set_threads(n: int) -> None:
+    """The same thread count for NumPy's BLAS, Numba and PyTorch."""
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(n)
+    numba.set_num_threads(n)
+    torch.set_num_threads(n)
+
+
+def training_step(loss, optimizer):
+    """A closure doing one update, in minigen or PyTorch alike: loss(), zero_grad, backward, step; it returns
+    the loss as a float."""
+    def step() -> float:
+        value = loss()
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        return value.item()
+    return step

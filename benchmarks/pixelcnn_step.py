@@ -24,7 +24,7 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import measure_interleaved  # noqa: E402
+from benchmarks.harness import measure_interleaved, set_threads, training_step  # noqa: E402
 from minigen.models.pixelcnn import GatedPixelCNN  # noqa: E402
 
 SHAPE, BATCH, CHANNELS, LAYERS, KERNEL, FIRST_KERNEL, LR = (1, 28, 28), 16, 64, 5, 3, 7, 1e-3
@@ -38,14 +38,7 @@ def minigen_step(net: GatedPixelCNN, x: np.ndarray):
     """A closure doing one training step in minigen; returns the loss (nats per image)."""
     opt = mg.optim.Adam(net.parameters(), lr=LR)
     x = mg.tensor(x)
-
-    def step() -> float:
-        loss = -net.log_prob(x).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
+    return training_step(lambda: -net.log_prob(x).mean(), opt)
 
 
 def torch_step(state: dict, x: np.ndarray):
@@ -103,24 +96,7 @@ def torch_step(state: dict, x: np.ndarray):
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     x = torch.from_numpy(x)
-
-    def step() -> float:
-        loss = -net.log_prob(x).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
-
-
-def set_threads(n: int) -> None:
-    """The same thread count for NumPy's BLAS, Numba and PyTorch."""
-    import numba
-    import torch
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(n)
-    numba.set_num_threads(n)
-    torch.set_num_threads(n)
+    return training_step(lambda: -net.log_prob(x).mean(), opt)
 
 
 def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:

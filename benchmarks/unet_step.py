@@ -25,8 +25,8 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import measure_interleaved  # noqa: E402
-from minigen.models.diffusion import Diffusion, UNet, beta_schedule  # noqa: E402
+from benchmarks.harness import measure_interleaved, set_threads, training_step  # noqa: E402
+from minigen.models.diffusion import UNet, beta_schedule  # noqa: E402
 
 CHANNELS = (32, 64, 128)
 BATCH, T, LR = 64, 1000, 2e-4
@@ -48,14 +48,7 @@ def minigen_step(net: UNet, p: dict):
     opt = mg.optim.Adam(net.parameters(), lr=LR)
     x_t = mg.tensor(p["a"] * p["x0"] + p["b"] * p["eps"])
     t, eps = mg.Tensor(p["t"]), mg.tensor(p["eps"])
-
-    def step() -> float:
-        loss = ((eps - net(x_t, t)) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
+    return training_step(lambda: ((eps - net(x_t, t)) ** 2).mean(), opt)
 
 
 def torch_step(state: dict, p: dict):
@@ -129,24 +122,7 @@ def torch_step(state: dict, p: dict):
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     x_t = torch.from_numpy(p["a"] * p["x0"] + p["b"] * p["eps"])
     t, eps = torch.from_numpy(p["t"]), torch.from_numpy(p["eps"])
-
-    def step() -> float:
-        loss = ((eps - net(x_t, t)) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
-    return step
-
-
-def set_threads(n: int) -> None:
-    """The same thread count for NumPy's BLAS, Numba and PyTorch."""
-    import numba
-    import torch
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(n)
-    numba.set_num_threads(n)
-    torch.set_num_threads(n)
+    return training_step(lambda: ((eps - net(x_t, t)) ** 2).mean(), opt)
 
 
 def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:
