@@ -3,8 +3,9 @@ one file, to read beside PyTorch's examples/vae/main.py. On scikit-learn's 8x8 d
 
     python examples/vae_minimal.py                  # 20 epochs, about 2 s on one core
 
-Prints the test loss (the negative ELBO with one z per image, nats per example) after every epoch and saves a grid of decoded
-samples from the prior to `--out`. `minigen.models.vae` is the full family (NVAE's parameterization, IWAE bound).
+Prints the test loss (the negative ELBO with one z per image, nats per example) after every epoch and saves a
+grid of decoded samples from the prior to `--out`. `minigen.models.vae` is the full family (NVAE's
+parameterization, IWAE bound).
 """
 from __future__ import annotations
 
