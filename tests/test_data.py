@@ -142,7 +142,7 @@ def test_dequantize_spreads_each_level_over_its_bin():
 
 
 def test_binarization():
-    x = np.array([0.2, 0.5, 0.51, 1.0], np.float32)
+    x = np.array([0.2, 0.49, 0.5, 1.0], np.float32)
     np.testing.assert_array_equal(binarize(x), [0, 0, 1, 1])
     p = np.linspace(0, 1, 11).repeat(20000).astype(np.float32)
     b = binarize_stochastic(p, np.random.default_rng(0))

@@ -13,6 +13,7 @@ from .download import FILES, fetch
 from .images import load_binarized_mnist, load_digits, load_fashion_mnist, load_mnist
 from .spec import DataSpec
 from .toy import TOY_DATASETS, sample_toy
+from .transforms import binarize
 
 IMAGE_DATASETS = {
     "digits": "scikit-learn's 8x8 digits, 17 grey levels (no download)",
@@ -35,7 +36,7 @@ def load_binarized_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]
         raise ValueError(f"split must be one of {', '.join(BINARIZED_DIGITS_SPLITS)}, got {split!r}")
     x, y = load_digits()
     keep = BINARIZED_DIGITS_SPLITS[split]
-    return (x[keep] >= 0.5).astype(np.float32), y[keep]       # x = level / 16, so level >= 8 is x >= 1/2
+    return binarize(x[keep]), y[keep]
 
 
 def _require(folder: str, data_dir) -> None:

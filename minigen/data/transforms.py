@@ -47,8 +47,9 @@ def dequantize_batch(x: Tensor, levels: int = 256) -> Tensor:
 
 
 def binarize(x: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """1 where the intensity in [0, 1] exceeds `threshold`, else 0 (float32)."""
-    return (to_unit(x) > threshold).astype(np.float32)
+    """1 where the intensity in [0, 1] is at least `threshold`, else 0 (float32, NumPy or CuPy as x): the 8x8
+    digits' grey level >= 8 of 0..16 is x >= 1/2."""
+    return (to_unit(x) >= threshold).astype(np.float32)
 
 
 def binarize_stochastic(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -25,6 +25,7 @@ from statistics import NormalDist
 import numpy as np
 
 from .. import backend, nn, optim
+from ..data.transforms import binarize
 from ..metrics import likelihood_metrics
 from ..nn import functional as F
 from ..ops import broadcast_to, concatenate, exp, logsumexp, one_hot, sigmoid, split, stack
@@ -229,7 +230,7 @@ def prepare_pixels(x: Tensor, pixels: str, rng, levels: int = 256) -> Tensor:
     if pixels == "as-is":
         return x
     if pixels == "threshold":
-        return Tensor((x.data >= 0.5).astype(x.dtype))
+        return Tensor(binarize(x.data).astype(x.dtype, copy=False))
     u = backend.to_device(rng.random(x.shape), x.device).astype(x.dtype)
     if pixels == "dynamic":
         return Tensor((u < x.data).astype(x.dtype))
