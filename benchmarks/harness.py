@@ -193,3 +193,17 @@ def training_step(loss, optimizer):
         optimizer.step()
         return value.item()
     return step
+
+
+def compare_training_steps(steps: dict, case: str, variant: str, quick: bool, size: dict) -> tuple[list, dict]:
+    """The protocol of the step benchmarks: two steps of each engine from the same weights must give the same
+    losses (the check), then the steps are timed interleaved. Returns the rows and the check table, with
+    `size` (e.g. {"parameters": n}) in each check row."""
+    import numpy as np
+    losses = {name: [step(), step()] for name, step in steps.items()}
+    np.testing.assert_allclose(losses["minigen"], losses["torch"], rtol=2e-4)
+    timings = measure_interleaved(steps, repeat=3 if quick else 10, warmup=1)
+    rows = [{"case": case, "variant": variant, "impl": name, **summary} for name, summary in timings.items()]
+    return rows, {"check": [{"engine": k, "loss step 1": f"{v[0]:.6f}", "loss step 2": f"{v[1]:.6f}", **size}
+                            for k, v in losses.items()]}
+

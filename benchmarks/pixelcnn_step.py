@@ -24,7 +24,7 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import measure_interleaved, set_threads, training_step  # noqa: E402
+from benchmarks.harness import compare_training_steps, set_threads, training_step  # noqa: E402
 from minigen.models.pixelcnn import GatedPixelCNN  # noqa: E402
 
 SHAPE, BATCH, CHANNELS, LAYERS, KERNEL, FIRST_KERNEL, LR = (1, 28, 28), 16, 64, 5, 3, 7, 1e-3
@@ -105,15 +105,9 @@ def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:
     net = GatedPixelCNN(SHAPE, 2, CHANNELS, LAYERS, KERNEL, FIRST_KERNEL)
     x = batch()
     steps = {"minigen": minigen_step(net, x), "torch": torch_step(net.state_dict(), x)}
-    losses = {name: [step(), step()] for name, step in steps.items()}   # the check: two steps, same numbers
-    np.testing.assert_allclose(losses["minigen"], losses["torch"], rtol=2e-4)
-    timings = measure_interleaved(steps, repeat=3 if quick else 10, warmup=1)
     variant = f"batch {BATCH}, {CHANNELS} channels, {LAYERS} layers, {threads} thread(s)"
-    rows = [{"case": "gated pixelcnn training step (28x28)", "variant": variant, "impl": name, **summary}
-            for name, summary in timings.items()]
-    params = sum(v.size for v in net.state_dict().values())
-    return rows, {"check": [{"engine": k, "loss step 1": f"{v[0]:.6f}", "loss step 2": f"{v[1]:.6f}",
-                             "parameters and masks": params} for k, v in losses.items()]}
+    size = {"parameters and masks": sum(v.size for v in net.state_dict().values())}
+    return compare_training_steps(steps, "gated pixelcnn training step (28x28)", variant, quick, size)
 
 
 if __name__ == "__main__":

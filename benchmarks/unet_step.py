@@ -25,7 +25,7 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import measure_interleaved, set_threads, training_step  # noqa: E402
+from benchmarks.harness import compare_training_steps, set_threads, training_step  # noqa: E402
 from minigen.models.diffusion import UNet, beta_schedule  # noqa: E402
 
 CHANNELS = (32, 64, 128)
@@ -131,15 +131,9 @@ def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:
     net = UNet(1, CHANNELS, attention=True)
     p = problem()
     steps = {"minigen": minigen_step(net, p), "torch": torch_step(net.state_dict(), p)}
-    losses = {name: [step(), step()] for name, step in steps.items()}   # the check: two steps, same numbers
-    np.testing.assert_allclose(losses["minigen"], losses["torch"], rtol=2e-4)
-    timings = measure_interleaved(steps, repeat=3 if quick else 10, warmup=1)
     variant = f"batch {BATCH}, channels {CHANNELS}, {threads} thread(s)"
-    rows = [{"case": "unet training step (28x28)", "variant": variant, "impl": name, **summary}
-            for name, summary in timings.items()]
-    params = sum(v.size for v in net.state_dict().values())
-    return rows, {"check": [{"engine": k, "loss step 1": f"{v[0]:.6f}", "loss step 2": f"{v[1]:.6f}",
-                             "parameters": params} for k, v in losses.items()]}
+    size = {"parameters": sum(v.size for v in net.state_dict().values())}
+    return compare_training_steps(steps, "unet training step (28x28)", variant, quick, size)
 
 
 if __name__ == "__main__":

@@ -235,8 +235,6 @@ def _train(args) -> int:
 
 def _restored(run: Path):
     config = _read_config(run)
-    if not _holds_run(Path(run)) or not any(Path(run).glob("ckpt-*.json")):
-        raise ValueError(f"{run} holds no checkpoint yet")
     config["device"] = _check_device(config["device"])
     recipe, loader, test_loader, train_x = build(config)
     restore_training_state(recipe, loader, load_checkpoint(run))

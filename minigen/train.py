@@ -392,7 +392,7 @@ class Progress:
         self.started = self.printed = time.monotonic()
 
     def update(self, step: int, metrics: dict) -> None:
-        shown = {k: v for k, v in list(metrics.items())[:3]}
+        shown = dict(list(metrics.items())[:3])
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()})
