@@ -200,9 +200,9 @@ class NADE(Autoregressive):
         init.uniform_(self.V, -1 / math.sqrt(hidden), 1 / math.sqrt(hidden))
 
     def logits(self, x: Tensor) -> Tensor:
-        step = x[:, :-1, None] * self.W.T[:-1]                                  # W_{:, j} x_j, j < D-1
-        a = self.c + cumsum(pad(step, ((0, 0), (1, 0), (0, 0))), axis=1)        # a_d: exclusive sum over j < d
-        h = sigmoid(a).swapaxes(0, 1)                                           # (D, n, H)
+        step = x.T[:-1, :, None] * self.W.T[:-1, None]                          # (D-1, n, H): W_{:, j} x_j
+        a = self.c + cumsum(pad(step, ((1, 0), (0, 0), (0, 0))), axis=0)        # a_d: exclusive sum over j < d
+        h = sigmoid(a)                                                          # (D, n, H), pixel-major
         return self.per_pixel(matmul(h, self.V).swapaxes(0, 1) + self.b)
 
     @no_grad()
