@@ -14,6 +14,7 @@ from pathlib import Path
 from minigen.train import load_checkpoint, restore_training_state, save_checkpoint, training_state
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+LOAD_AT_START = os.getloadavg()[0]     # on import, i.e. when `python -m benchmarks ...` starts
 
 
 def _summary(times: list[float]) -> dict:
@@ -66,12 +67,14 @@ def _version(package: str) -> str | None:
 
 
 def metadata() -> dict:
-    """Machine and library versions for a results file."""
+    """Machine and library versions for a results file, and the 1-minute load average when the command
+    started (this module's import) and now, at the end of the run (the runner calls this after it)."""
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "load average (1 min, at start)": round(os.getloadavg()[0], 2),
+        "load average (1 min, at start)": round(LOAD_AT_START, 2),
+        "load average (1 min, at end)": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         **{p: _version(p) for p in ("numpy", "numba", "scipy", "torch", "cupy-cuda12x")},
     }
