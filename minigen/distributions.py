@@ -19,9 +19,10 @@ import math
 import numpy as np
 
 from . import backend
-from .ops import (binary_cross_entropy_with_logits, broadcast_to, exp, log, log1p, log_softmax, sigmoid,
-                  softmax, softplus, squeeze, take_along_axis)
+from .ops import (binary_cross_entropy_with_logits, broadcast_to, exp, kl_normal, log, log1p, log_softmax,
+                  sigmoid, softmax, softplus, squeeze, take_along_axis)
 from .ops import abs as _abs
+from .ops.losses import LOG_2PI
 from .ops import sum as _sum
 from .tensor import Tensor, as_tensor, no_grad
 
@@ -91,6 +92,23 @@ def _uniform_open(like: Tensor, shape: tuple):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The Gaussian log-density, written once
+# ---------------------------------------------------------------------------------------------------------
+
+
+def standard_normal_log_prob(z):
+    """log N(z; 0, 1) = -(z^2 + log 2 pi) / 2 elementwise, for a Tensor or an array."""
+    return -0.5 * (z * z + LOG_2PI)
+
+
+def normal_log_prob(x, mu, log_var) -> Tensor:
+    """log N(x; mu, exp(log_var)) = -(log 2 pi + log_var + (x - mu)^2 exp(-log_var)) / 2 elementwise: the
+    standard density at z = (x - mu) exp(-log_var / 2), less log sigma = log_var / 2. In the log-variance, as
+    a VAE's encoder and decoder give it."""
+    return standard_normal_log_prob((x - mu) * exp(-0.5 * log_var)) - 0.5 * log_var
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Location-scale families: x = loc + scale z with z from a fixed standard distribution
 # ---------------------------------------------------------------------------------------------------------
 
@@ -147,13 +165,13 @@ class Normal(_LocationScale):
     """
 
     _standard_stddev = 1.0
-    _standard_entropy = 0.5 + 0.5 * math.log(2 * math.pi)
+    _standard_entropy = 0.5 + 0.5 * LOG_2PI
 
     def _standard_sample(self, shape):
         return backend.generator(self.loc.device).standard_normal(shape, dtype=self.loc.dtype)
 
     def _standard_log_prob(self, z):
-        return -0.5 * z * z - 0.5 * math.log(2 * math.pi)
+        return standard_normal_log_prob(z)
 
 
 class Laplace(_LocationScale):
@@ -377,10 +395,8 @@ def kl_divergence(p: Distribution, q: Distribution) -> Tensor:
 
 @register_kl(Normal, Normal)
 def _kl_normal_normal(p: Normal, q: Normal) -> Tensor:
-    """log(s_q / s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2."""
-    ratio = p.scale / q.scale
-    d = (p.loc - q.loc) / q.scale
-    return 0.5 * (ratio * ratio + d * d - 1) - log(ratio)
+    """log(s_q / s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2: ops.kl_normal in the log-variances."""
+    return kl_normal(p.loc, 2 * log(p.scale), q.loc, 2 * log(q.scale))
 
 
 @register_kl(Bernoulli, Bernoulli)
@@ -408,4 +424,4 @@ def _kl_independent_independent(p: Independent, q: Independent) -> Tensor:
 
 
 __all__ = ["Distribution", "Normal", "Laplace", "Logistic", "Uniform", "Bernoulli", "Categorical",
-           "Independent", "kl_divergence", "register_kl"]
+           "Independent", "kl_divergence", "register_kl", "LOG_2PI", "standard_normal_log_prob", "normal_log_prob"]

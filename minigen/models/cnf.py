@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import backend, nn, optim
 from ..data import dequantize_batch, logit_inverse, logit_transform
+from ..distributions import standard_normal_log_prob
 from ..metrics import likelihood_metrics
 from ..nn import Parameter
 from ..ops import abs as abs_, concatenate, softplus, tanh
@@ -178,11 +179,6 @@ def probe(shape: tuple, kind: str = "rademacher", dtype=np.float32, device: str 
     raise ValueError(f"unknown probe {kind!r}; choose 'rademacher' or 'gaussian'")
 
 
-def standard_normal_log_prob(z: Tensor) -> Tensor:
-    """log N(z; 0, I) per example."""
-    return (z * z).sum(axis=1) * -0.5 - 0.5 * z.shape[1] * math.log(2 * math.pi)
-
-
 # --- FFJORD ------------------------------------------------------------------------------------------------
 
 
@@ -261,7 +257,7 @@ class FFJORD(nn.Module):
         zero = zeros(len(x), dtype=x.dtype, device=x.device)
         (z, delta, F, E), counts = odeint(cnf_dynamics(self.net, div), (x, zero, zero, zero), 0.0, self.T,
                                           **solver)
-        return standard_normal_log_prob(z) + delta, E, F, counts
+        return standard_normal_log_prob(z).sum(axis=1) + delta, E, F, counts
 
     def log_prob(self, x: Tensor, trace: str | None = None, **solver) -> tuple[Tensor, dict]:
         """(log p(x) per example, the solver's counts). `trace`: "exact" or "hutchinson" (default: the
@@ -380,7 +376,7 @@ class OTFlow(nn.Module):
     def _integrate(self, x: Tensor, **solver):
         zero = zeros(len(x), dtype=x.dtype, device=x.device)
         (z, delta, L, R), counts = odeint(self.dynamics, (x, zero, zero, zero), 0.0, self.T, **solver)
-        return standard_normal_log_prob(z) + delta, L, R, counts
+        return standard_normal_log_prob(z).sum(axis=1) + delta, L, R, counts
 
     def loss(self, x: Tensor, **solver) -> tuple[Tensor, dict]:
         log_p, L, R, counts = self._integrate(x, **solver)

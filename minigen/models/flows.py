@@ -27,6 +27,7 @@ import scipy.linalg
 from .. import backend, nn, optim
 from ..data import (ENERGIES, ENERGY_Z1_MAX, dequantize_batch, energy_log_partition, logit_inverse,
                    logit_transform)
+from ..distributions import standard_normal_log_prob
 from ..metrics import likelihood_metrics
 from ..ops import concatenate, conv2d, flip, inv, logsigmoid, slogdet, softplus, split, sqrt, sum as sum_, tanh
 from ..tensor import Tensor, no_grad, randn, zeros
@@ -66,7 +67,7 @@ class StandardNormal:
         self.event_shape = tuple(event_shape)
 
     def log_prob(self, z: Tensor) -> Tensor:
-        return _sum_per_example(-0.5 * z * z) - 0.5 * math.prod(self.event_shape) * math.log(2 * math.pi)
+        return _sum_per_example(standard_normal_log_prob(z))
 
     def sample(self, n: int, temperature: float = 1.0, device: str = "cpu") -> Tensor:
         return randn(n, *self.event_shape, device=device) * temperature

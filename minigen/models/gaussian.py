@@ -11,12 +11,11 @@ Training is one pass accumulating the sufficient statistics (count, sum x, sum x
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import backend, nn
 from ..data.transforms import dequantize_batch
+from ..distributions import LOG_2PI
 from ..metrics import likelihood_metrics
 from ..tensor import Tensor
 from ..train import Recipe
@@ -62,7 +61,7 @@ class Gaussian(nn.Module):
         """log N(x; mu, Sigma) per example, in nats (x and the result on the model's device)."""
         mu, lam, e = self.fit()
         y = (x.astype(np.float64) - mu) @ e
-        return -0.5 * (self.dim * math.log(2 * math.pi) + backend.get_array_module(lam).log(lam).sum()
+        return -0.5 * (self.dim * LOG_2PI + backend.get_array_module(lam).log(lam).sum()
                        + (y * y / lam).sum(axis=1))
 
     def sample(self, n: int):

@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import backend, nn
 from ..data.spec import DataSpec
+from ..distributions import LOG_2PI
 from ..metrics import likelihood_metrics
 from ..ops import logsumexp
 from ..tensor import Tensor
@@ -175,7 +176,7 @@ class GaussianMixture(Mixture):
             y = xp.einsum("kij,nkj->nki", xp.linalg.inv(L), diff)
             maha = (y ** 2).sum(axis=2)
             log_det = 2 * xp.log(xp.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
-        return -0.5 * (self.dim * math.log(2 * math.pi) + log_det + maha)
+        return -0.5 * (self.dim * LOG_2PI + log_det + maha)
 
     def statistics(self, x, r) -> dict:
         xp = backend.get_array_module(x)

@@ -26,18 +26,17 @@ import numpy as np
 
 from .. import backend, nn, optim
 from ..data.transforms import binarize
+from ..distributions import normal_log_prob
 from ..metrics import likelihood_metrics
 from ..nn import functional as F
 from ..ops import broadcast_to, concatenate, exp, logsumexp, one_hot, sigmoid, split, stack
 from ..tensor import Tensor, no_grad, randn_like, tensor, zeros
 from ..train import Recipe, save_samples
 
-LOG_2PI = math.log(2 * math.pi)
-
 
 def log_normal(x: Tensor, mu, log_var) -> Tensor:
     """log N(x; mu, diag exp(log_var)) summed over the last axis."""
-    return (-0.5 * (LOG_2PI + log_var + (x - mu) ** 2 * exp(-log_var))).sum(axis=-1)
+    return normal_log_prob(x, mu, log_var).sum(axis=-1)
 
 
 def reparameterize(mu: Tensor, log_var: Tensor) -> Tensor:
@@ -48,8 +47,9 @@ def reparameterize(mu: Tensor, log_var: Tensor) -> Tensor:
 def residual_normal_kl(d_mu: Tensor, d_log_var: Tensor, log_var_p) -> Tensor:
     """KL(N(mu_p + d_mu, sigma_p^2 exp(d_log_var)) || N(mu_p, sigma_p^2)) summed over the last axis:
     1/2 (d_mu^2 / sigma_p^2 + exp(d_log_var) - 1 - d_log_var)  (Vahdat & Kautz 2020, eq. 2). With the
-    standard normal prior this is the VAE's 1/2 (mu^2 + sigma^2 - 1 - log sigma^2) (Kingma & Welling, app. B)."""
-    return 0.5 * (d_mu ** 2 * exp(-log_var_p) + exp(d_log_var) - 1 - d_log_var).sum(axis=-1)
+    standard normal prior this is the VAE's 1/2 (mu^2 + sigma^2 - 1 - log sigma^2) (Kingma & Welling, app. B).
+    The KL depends on the means only through their difference, so F.kl_normal takes d_mu against 0."""
+    return F.kl_normal(d_mu, log_var_p + d_log_var, 0.0, log_var_p).sum(axis=-1)
 
 
 # --- networks --------------------------------------------------------------------------------------------

@@ -188,6 +188,9 @@ class ClampStraightThrough(Function):
         return g
 
 
+LOG_2PI = math.log(2 * math.pi)
+
+
 def gaussian_nll_loss(input: Tensor, target, var, full: bool = False, eps: float = 1e-6,
                       reduction: str = "mean") -> Tensor:
     """0.5 (log v + (input - target)^2 / v) with v = max(var, eps) (+ 0.5 log 2 pi when full), as PyTorch,
@@ -198,7 +201,7 @@ def gaussian_nll_loss(input: Tensor, target, var, full: bool = False, eps: float
     d = input - target
     loss = 0.5 * (log(v) + d * d / v)
     if full:
-        loss = loss + 0.5 * math.log(2 * math.pi)
+        loss = loss + 0.5 * LOG_2PI
     return _reduce(loss, reduction)
 
 
