@@ -70,13 +70,9 @@ def mlp_nets(data_shape: tuple, hidden: tuple) -> tuple[nn.Module, nn.Module, in
     """(encoder x -> h, decoder body, their width): Linear + ReLU layers D -> hidden[0] -> .. -> hidden[-1],
     and the mirror image back to D (no hidden layers: both linear)."""
     sizes = [math.prod(data_shape), *hidden]
-    encoder = [nn.Flatten()]
-    for a, b in zip(sizes, sizes[1:]):
-        encoder += [nn.Linear(a, b), nn.ReLU()]
-    decoder = []
-    for a, b in zip(sizes[::-1], sizes[-2::-1]):
-        decoder += [nn.ReLU(), nn.Linear(a, b)]
-    return nn.Sequential(*encoder), nn.Sequential(*decoder, Unflatten(data_shape)), sizes[-1]
+    encoder = nn.Sequential(nn.Flatten(), *nn.mlp(sizes, final_activation=True))
+    decoder = nn.Sequential(*([nn.ReLU()] if hidden else []), *nn.mlp(sizes[::-1]), Unflatten(data_shape))
+    return encoder, decoder, sizes[-1]
 
 
 def conv_nets(data_shape: tuple, hidden: tuple) -> tuple[nn.Module, nn.Module, int]:
