@@ -293,7 +293,8 @@ class MADE(Autoregressive):
 
 class AutoregressiveRecipe(Recipe):
     """What every autoregressive family shares: Adam on the NLL, the exact test NLL (nats per image and
-    bits/dim on the pixels' own scale), sequential samples. A family is its model."""
+    bits/dim on the pixels' own scale), sequential samples. A family is its model; `inputs` says what the
+    model takes of a batch and `loss` its training loss (the image models of pixelcnn.py derive from this)."""
 
     default_dataset = "binarized-digits"
     default_epochs = 20.0
@@ -309,9 +310,16 @@ class AutoregressiveRecipe(Recipe):
     def optimizers(self) -> dict:
         return {"adam": self.optimizer}
 
+    def inputs(self, batch) -> tuple:
+        """The model's arguments for a batch: the images as pixel sequences (n, D)."""
+        return (batch[0].reshape(len(batch[0]), self.spec.dim),)
+
+    def loss(self, batch, t: int) -> Tensor:
+        """The loss of update t: the model's own (MADE's changes its mask set from update to update)."""
+        return self.model.loss(*self.inputs(batch), t)
+
     def step(self, batch, t: int) -> dict:
-        x = batch[0].reshape(len(batch[0]), self.spec.dim)
-        loss = self.model.loss(x, t)
+        loss = self.loss(batch, t)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -321,9 +329,8 @@ class AutoregressiveRecipe(Recipe):
         total, count = 0.0, 0
         with no_grad():
             for batch in loader:
-                x = batch[0].reshape(len(batch[0]), self.spec.dim)
-                total -= self.model.log_prob(x).sum().item()
-                count += len(x)
+                total -= self.model.log_prob(*self.inputs(batch)).sum().item()
+                count += len(batch[0])
         return likelihood_metrics(total / count, self.spec, density=False)
 
     def sample(self, n: int) -> np.ndarray:

@@ -28,13 +28,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .. import backend, nn, optim
+from .. import backend, nn
 from ..distributions import Bernoulli, Categorical
-from ..metrics import likelihood_metrics
 from ..nn import functional as F
 from ..ops import concatenate, sigmoid, split, tanh
 from ..tensor import Tensor, no_grad, zeros
-from ..train import Recipe
+from .autoregressive import AutoregressiveRecipe
 
 
 def shift_down(x: Tensor) -> Tensor:
@@ -303,41 +302,22 @@ class RowLSTMNet(AutoregressiveImageModel):
 # --- recipes -----------------------------------------------------------------------------------------------
 
 
-class _AutoregressiveRecipe(Recipe):
-    """Adam on the exact negative log-likelihood, nats per image; evaluation reports the test NLL and bits
-    per dimension of the discrete pixels."""
+class _ImageRecipe(AutoregressiveRecipe):
+    """autoregressive.py's recipe (Adam on the exact NLL in nats per image; the test NLL and bits per
+    dimension of the discrete pixels) for models of whole images (n, 1, H, W), given the labels when the
+    family is class-conditional."""
 
-    default_dataset = "binarized-digits"
     default_epochs = 30
-    kinds = ("binary", "levels")
-
-    def __init__(self, spec, model: AutoregressiveImageModel, lr: float):
-        self.spec, self.model = spec, model
-        self.optimizer = optim.Adam(self.model.parameters(), lr=lr)
-
-    def modules(self) -> dict:
-        return {"model": self.model}
 
     def optimizers(self) -> dict:
+        """The Adam optimizer under the name these families' checkpoints have always given it."""
         return {"optimizer": self.optimizer}
 
-    def _labels(self, batch):
-        return batch[1].data if self.needs_labels else None
+    def inputs(self, batch) -> tuple:
+        return batch[0], batch[1].data if self.needs_labels else None
 
-    def step(self, batch, t: int) -> dict:
-        loss = -self.model.log_prob(batch[0], self._labels(batch)).mean()
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"nll": loss.item()}
-
-    def evaluate(self, loader) -> dict:
-        total, count = 0.0, 0
-        with no_grad():
-            for batch in loader:
-                total -= float(self.model.log_prob(batch[0], self._labels(batch)).sum().item())
-                count += len(batch[0])
-        return likelihood_metrics(total / count, self.spec, density=False)
+    def loss(self, batch, t: int) -> Tensor:
+        return -self.model.log_prob(*self.inputs(batch)).mean()
 
     def sample(self, n: int) -> np.ndarray:
         """n images; a class-conditional model draws them for the classes 0, 1, 2, ... in turn."""
@@ -345,7 +325,7 @@ class _AutoregressiveRecipe(Recipe):
         return backend.to_device(self.model.sample(n, y), "cpu").astype(np.float32)
 
 
-class PixelCNNRecipe(_AutoregressiveRecipe):
+class PixelCNNRecipe(_ImageRecipe):
     """`minigen train pixelcnn`: PixelCNN with masks A and B and residual blocks."""
 
     name = "pixelcnn"
@@ -354,7 +334,7 @@ class PixelCNNRecipe(_AutoregressiveRecipe):
         super().__init__(spec, PixelCNN(spec.shape, spec.levels, channels, layers), lr)
 
 
-class GatedPixelCNNRecipe(_AutoregressiveRecipe):
+class GatedPixelCNNRecipe(_ImageRecipe):
     """`minigen train gated-pixelcnn`: gated PixelCNN, vertical and horizontal stacks (no blind spot)."""
 
     name = "gated-pixelcnn"
@@ -372,7 +352,7 @@ class ConditionalGatedPixelCNNRecipe(GatedPixelCNNRecipe):
     needs_labels = True
 
 
-class PixelRNNRecipe(_AutoregressiveRecipe):
+class PixelRNNRecipe(_ImageRecipe):
     """`minigen train pixelrnn`: PixelRNN with Row LSTM layers."""
 
     name = "pixelrnn"
