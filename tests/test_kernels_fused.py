@@ -34,7 +34,7 @@ def test_numba_path_matches_float64_reference(name, dtype):
     # relative to the value, or for silu' (which cancels to 0 near x = -1.28) to the size of its terms
     tol, scale = 8 * np.finfo(dtype).eps, np.abs(expected) + (np.abs(x) if name == "silu_backward" else 0)
     assert (np.abs(y - expected) <= tol * scale + np.finfo(dtype).tiny).all()
-    np.testing.assert_allclose(fn(x[:100]), y[:100], rtol=tol, atol=np.finfo(dtype).tiny)   # formula path
+    assert (np.abs(fn(x[:100]) - y[:100]) <= 2 * tol * scale[:100] + np.finfo(dtype).tiny).all()   # formula path
 
 
 @pytest.mark.parametrize("name", CASES)
