@@ -27,7 +27,7 @@ from benchmarks.harness import append_row, timed, train_and_evaluate  # noqa: E4
 from minigen import data  # noqa: E402
 from minigen.metrics import image_metrics  # noqa: E402
 from minigen.models.diffusion import DDPMRecipe  # noqa: E402
-from minigen.train import image_grid, save_samples  # noqa: E402
+from minigen.train import save_samples  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "ddpm_mnist"
 
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     samples, sample_cpu, _ = timed(recipe.sample, args.n_eval)
     OUT.mkdir(parents=True, exist_ok=True)
     save_samples(samples[:64], OUT / f"{args.dataset}-samples.png")
-    strip = image_grid(denoising_strip(recipe, 6), nrow=10)
-    save_samples(strip.transpose(2, 0, 1)[None] / 255.0, OUT / f"{args.dataset}-strip.png")
+    save_samples(denoising_strip(recipe, 6), OUT / f"{args.dataset}-strip.png", nrow=10)
     row = {"dataset": args.dataset, "updates": steps, "epochs": round(steps / len(loader), 2),
            "train_loss_last": round(last["loss"], 4), **{k: round(v, 4) for k, v in evaluated.items()},
            "n_eval": args.n_eval, **seconds, "sample_cpu_s": round(sample_cpu),

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 import minigen as mg
 from minigen import data, optim
 from minigen.models import cnf
 from minigen.models import flows as F
+from minigen.train import save_picture
 
 RESULTS = Path(__file__).parent / "results"
 SIZE = 128                                    # pixels per panel side
@@ -63,8 +63,7 @@ def histogram(x: np.ndarray, extent: float) -> np.ndarray:
 def save_row(panels: list, name: str) -> None:
     gap = np.full((SIZE, 4, 3), 255, np.uint8)
     row = np.concatenate([p for q in panels for p in (q, gap)][:-1], axis=1)
-    (RESULTS / "flows").mkdir(parents=True, exist_ok=True)
-    Image.fromarray(row).save(RESULTS / "flows" / f"{name}.png", optimize=True)
+    save_picture(row, RESULTS / "flows" / f"{name}.png", zoom=1)
 
 
 def entropy_of(name: str, x: np.ndarray) -> float:

@@ -27,7 +27,7 @@ from minigen.data import EIGHT_GAUSSIANS, TWENTY_FIVE_GAUSSIANS
 from minigen.metrics import image_metrics, load_classifier, mode_statistics
 from minigen.models.gan import (DCGANRecipe, GANRecipe, WGANGPRecipe, WGANRecipe, save_line_plot,
                                 simultaneous_gda)
-from minigen.train import image_grid, save_samples
+from minigen.train import save_samples
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = {"dcgan": DCGANRecipe, "wgan": WGANRecipe, "wgan-gp": WGANGPRecipe}
@@ -51,8 +51,7 @@ def train(recipe, loader, steps: int, every: int, fixed: int = 8) -> tuple[list,
 
 def pictures(name: str, recipe, history: list, rows: list, out: Path) -> None:
     save_samples(recipe.sample(64), out / f"{name}-samples.png")
-    grid = image_grid(np.concatenate(rows), nrow=len(rows[0]))
-    save_samples(grid.transpose(2, 0, 1)[None] / 255.0, out / f"{name}-fixed-noise.png")
+    save_samples(np.concatenate(rows), out / f"{name}-fixed-noise.png", nrow=len(rows[0]))
     steps = np.arange(1, len(history) + 1)
     save_line_plot({k: (steps, [h[k] for h in history]) for k in ("d_loss", "g_loss")}, out / f"{name}-losses.png")
 

@@ -24,10 +24,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from minigen.models.texture import adsn, periodic_component, rpn
-from minigen.train import image_grid
+from minigen.train import image_grid, save_picture
 
 
 def foliage() -> np.ndarray:
@@ -79,8 +78,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     for name, u in (("foliage", foliage()), ("stripes", stripes())):
         picture = panel(u, rng)
-        Image.fromarray(picture.squeeze(-1) if picture.shape[-1] == 1 else picture).resize(
-            (2 * picture.shape[1], 2 * picture.shape[0]), Image.NEAREST).save(out / f"{name}.png")
+        save_picture(picture, out / f"{name}.png", zoom=2)
         print(f"{name}: {u.shape}, spectral energy on the axes {axis_energy(u):.3f} in the example, "
               f"{axis_energy(periodic_component(u)[0]):.3f} in its periodic component -> {out / name}.png")
 

@@ -224,16 +224,24 @@ def scatter_plot(points: np.ndarray, size: int = 256, reference: np.ndarray | No
     return image
 
 
-def save_samples(samples: np.ndarray, path: Path, reference: np.ndarray | None = None) -> None:
-    """A PNG of samples: an image grid for (n, [C,] H, W) arrays, a scatter plot for (n, 2) points."""
-    samples = np.asarray(samples)
-    picture = scatter_plot(samples, reference=reference) if samples.ndim == 2 else image_grid(samples)
-    zoom = max(1, 256 // picture.shape[1])            # small images (8x8 digits) drawn bigger
+def save_picture(picture: np.ndarray, path: Path, zoom: int | None = None) -> None:
+    """A uint8 picture (H, W, C) written atomically as a PNG, each pixel drawn zoom x zoom (default: small
+    pictures, such as grids of 8x8 digits, drawn at least 256 pixels wide)."""
+    zoom = zoom or max(1, 256 // picture.shape[1])
     picture = picture.repeat(zoom, axis=0).repeat(zoom, axis=1)
     if picture.shape[-1] == 1:
         picture = picture[..., 0]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(Path(path), lambda f: Image.fromarray(picture).save(f, format="PNG"))
+
+
+def save_samples(samples: np.ndarray, path: Path, reference: np.ndarray | None = None, nrow: int | None = None,
+                 zoom: int | None = None) -> None:
+    """A PNG of samples: an image grid (`nrow` images a row) for (n, [C,] H, W) arrays in [0, 1], a scatter
+    plot for (n, 2) points."""
+    samples = np.asarray(samples)
+    save_picture(scatter_plot(samples, reference=reference) if samples.ndim == 2 else image_grid(samples, nrow),
+                 path, zoom)
 
 
 # --- what a family provides -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import backend, nn, optim
 from ..data import dequantize_batch
+from ..distributions import LOG_2PI
 from ..metrics import likelihood_metrics
 from ..tensor import Tensor
 from ..train import Recipe, save_samples
@@ -282,7 +283,7 @@ class RBM(nn.Module):
 
     def base_log_Z(self, b_A) -> float:
         """log Z_0 of p*_0: the base's visible normalizer times 2^H (the hidden units, uniform at beta 0)."""
-        visible = 0.5 * len(b_A) * math.log(2 * math.pi) if self.gaussian_visible else float(softplus(b_A).sum())
+        visible = 0.5 * len(b_A) * LOG_2PI if self.gaussian_visible else float(softplus(b_A).sum())
         return visible + len(self.c.data) * math.log(2)
 
     def log_Z_exact(self) -> float:
@@ -298,7 +299,7 @@ class RBM(nn.Module):
         def log_f(h):
             a = h @ W.T + b
             if self.gaussian_visible:
-                return h @ c + 0.5 * ((a * a).sum(-1) - (b * b).sum() + dim * math.log(2 * math.pi))
+                return h @ c + 0.5 * ((a * a).sum(-1) - (b * b).sum() + dim * LOG_2PI)
             return h @ c + softplus(a).sum(-1)
         return float(log_sum_states(log_f, hidden, xp, W.dtype))
 
