@@ -18,24 +18,14 @@ from .cpu import _PARALLEL_MIN_SIZE, _exp, _njit_fastmath
 
 
 @_njit_fastmath
-def _map1(kind, x, out):
-    """out = f(x) elementwise on flat arrays; kind 0: sigmoid, 1: silu."""
+def _sigmoid_family(kind, x, g, out):
+    """out = sigmoid(x) (kind 0), silu(x) (kind 1) or g silu'(x) (kind 2), elementwise on flat arrays."""
     one = x.dtype.type(1)
     for i in numba.prange(x.size):
         v = x[i]
         e = _exp(-abs(v))
         s = (one if v >= 0 else e) / (one + e)
-        out[i] = s if kind == 0 else v * s
-
-
-@_njit_fastmath
-def _silu_backward(x, g, out):
-    one = x.dtype.type(1)
-    for i in numba.prange(x.size):
-        v = x[i]
-        e = _exp(-abs(v))
-        s = (one if v >= 0 else e) / (one + e)
-        out[i] = g[i] * s * (one + v * (one - s))
+        out[i] = s if kind == 0 else v * s if kind == 1 else g[i] * s * (one + v * (one - s))
 
 
 def _fast(*arrays) -> bool:
@@ -45,9 +35,10 @@ def _fast(*arrays) -> bool:
             and all(type(b) is np.ndarray and b.dtype == a.dtype and b.shape == a.shape for b in arrays))
 
 
-def _flat_call(kernel, *args, arrays):
-    out = np.empty(arrays[0].shape, dtype=arrays[0].dtype)
-    kernel(*args, *(np.ascontiguousarray(a).reshape(-1) for a in arrays), out.reshape(-1))
+def _fused(kind, x, g):
+    out = np.empty(x.shape, dtype=x.dtype)
+    flat = [np.ascontiguousarray(a).reshape(-1) for a in (x, g)]
+    _sigmoid_family(kind, *flat, out.reshape(-1))
     return out
 
 
@@ -59,17 +50,17 @@ def _sigmoid_formula(x):
 
 def sigmoid(x):
     """1 / (1 + exp(-x))."""
-    return _flat_call(_map1, 0, arrays=(x,)) if _fast(x) else _sigmoid_formula(x)
+    return _fused(0, x, x) if _fast(x) else _sigmoid_formula(x)
 
 
 def silu(x):
     """x sigmoid(x)."""
-    return _flat_call(_map1, 1, arrays=(x,)) if _fast(x) else x * _sigmoid_formula(x)
+    return _fused(1, x, x) if _fast(x) else x * _sigmoid_formula(x)
 
 
 def silu_backward(x, g):
     """g silu'(x) = g s (1 + x (1 - s))."""
     if _fast(x, g):
-        return _flat_call(_silu_backward, arrays=(x, g))
+        return _fused(2, x, g)
     s = _sigmoid_formula(x)
     return g * s * (1 + x * (1 - s))
