@@ -397,7 +397,8 @@ class LeakyReLU(Function):
 
     def backward(self, g):
         x = self.inputs[0]
-        slope = np.where(x.data > 0, 1.0, self.negative_slope)
+        one = x.data.dtype.type(1)                       # typed scalars: a slope array in x's dtype
+        slope = np.where(x.data > 0, one, one * self.negative_slope)
         return tie(Scale(slope)(g), x)
 
 
