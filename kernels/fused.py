@@ -1,6 +1,5 @@
-"""Fused elementwise kernels: sigmoid, SiLU and SiLU's backward (the activations of the U-Net and the gated
-networks), and Adam's update, each one parallel pass over memory where NumPy makes one pass (and one
-temporary) per ufunc.
+"""Fused elementwise kernels for the activations of the U-Net and gated networks: sigmoid, SiLU and SiLU's
+backward, each one parallel pass over memory where NumPy makes one pass (and one temporary) per ufunc.
 
 Every function takes any array: NumPy arrays of float32 / float64 with at least _PARALLEL_MIN_SIZE elements
 go to a Numba kernel, everything else (small arrays, CuPy arrays, other dtypes) to the same formula in
@@ -27,27 +26,6 @@ def _sigmoid_family(kind, x, g, out):
         e = _exp(-abs(v))
         s = (one if v >= 0 else e) / (one + e)
         out[i] = s if kind == 0 else v * s if kind == 1 else g[i] * s * (one + v * (one - s))
-
-
-@_njit_fastmath
-def _adam(p, g, m, v, beta1, beta2, step_size, bias2_sqrt, eps):
-    for i in numba.prange(p.size):
-        m[i] += (1 - beta1) * (g[i] - m[i])
-        v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i]
-        p[i] -= step_size * m[i] / (np.sqrt(v[i]) / bias2_sqrt + eps)
-
-
-def adam_step(p, g, m, v, beta1, beta2, step_size, bias2_sqrt, eps) -> bool:
-    """Adam's update in place, one pass: m <- m + (1 - beta1)(g - m), v <- beta2 v + (1 - beta2) g^2,
-    p <- p - step_size m / (sqrt(v) / bias2_sqrt + eps). Returns False, having done nothing, where the
-    arrays are not all large contiguous NumPy arrays of one float dtype (the caller then uses array
-    operations)."""
-    if not (_fast(p, g, m, v) and all(a.flags.c_contiguous for a in (p, m, v))):
-        return False
-    f = p.dtype.type
-    _adam(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1), f(beta1), f(beta2),
-          f(step_size), f(bias2_sqrt), f(eps))
-    return True
 
 
 def _fast(*arrays) -> bool:

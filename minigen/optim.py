@@ -16,8 +16,6 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from kernels import fused
-
 from . import backend
 from .tensor import Tensor
 
@@ -200,17 +198,14 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
-        step_size, bias2_sqrt = lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t)
-        if not group["amsgrad"] and fused.adam_step(p.data, g, m, v, beta1, beta2, step_size, bias2_sqrt,
-                                                    group["eps"]):
-            return                                # the lines below, in one pass over large arrays
         m += (1 - beta1) * (g - m)
         v *= beta2
         v += (1 - beta2) * g * g
         if group["amsgrad"]:
             xp.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
             v = state["max_exp_avg_sq"]
-        p.data -= step_size * (m / (xp.sqrt(v) / bias2_sqrt + group["eps"]))
+        denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** t) + group["eps"]
+        p.data -= (lr / (1 - beta1 ** t)) * (m / denom)
 
 
 class AdamW(Adam):

@@ -499,24 +499,3 @@ def test_on_gpu_as_on_cpu(name, kw):
 
     for a, b in zip(steps("cuda"), steps("cpu")):
         np.testing.assert_allclose(a, b, rtol=1e-12)
-
-
-@needs_torch
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name,kw", [("Adam", dict(lr=0.01, weight_decay=0.1)), ("AdamW", dict(lr=0.01))])
-def test_adam_fused_update_on_large_parameters_against_torch(name, kw, dtype, monkeypatch):
-    """A parameter this large takes the one-pass Numba update (kernels.fused.adam_step)."""
-    from kernels import fused
-    taken = []
-    monkeypatch.setattr(fused, "adam_step", lambda *a, step=fused.adam_step: taken.append(step(*a)) or taken[-1])
-    rng = np.random.default_rng(0)
-    theta0, grads = rng.standard_normal((256, 160)).astype(dtype), rng.standard_normal((5, 256, 160)).astype(dtype)
-    p, tp = mg.nn.Parameter(theta0.copy()), torch.tensor(theta0.copy(), requires_grad=True)
-    ours, theirs = getattr(optim, name)([p], **kw), getattr(torch.optim, name)([tp], **kw)
-    for g in grads:
-        p.grad, tp.grad = mg.tensor(g), torch.from_numpy(g.copy())
-        ours.step()
-        theirs.step()
-    assert taken == [True] * len(grads)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(p.numpy(), tp.detach().numpy(), rtol=tol, atol=tol)
