@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 import kernels
+from kernels import norm
 
 from .. import backend
 from ..tensor import Function, Tensor
@@ -112,12 +113,46 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 # --- normalization -----------------------------------------------------------------------------------------
 
 
-def _standardize(x: Tensor, axes: tuple, eps: float, mean: Tensor | None = None,
-                 var: Tensor | None = None) -> Tensor:
-    """(x - mean) / sqrt(var + eps), with the mean and biased variance over `axes` unless given."""
-    if mean is None:
-        mean, var = _mean(x, axes, keepdims=True), _var(x, axes, keepdims=True)
-    return (x - mean) / sqrt(var + eps)
+class Standardize(Function):
+    """y = (x - mean) * rstd with rstd = 1 / sqrt(var + eps), the mean and biased variance over `axes`
+    (Ioffe & Szegedy 2015, Algorithm 1; Ba et al. 2016, eq. 4; Wu & He 2018, eqs. 1-2);
+    gx = rstd (g - mean(g) - y mean(g y)) (StandardizeGrad). One fused kernel pass each way; the statistics
+    stay on the node as arrays (`mean`, `var`, `rstd`), for the backward and for batch_norm's running ones."""
+
+    def __init__(self, axes, eps):
+        self.axes, self.eps = axes, eps
+
+    def forward(self, x):
+        y, self.mean, self.var = norm.standardize(x, self.axes, self.eps)
+        self.rstd = 1 / np.sqrt(self.var + self.eps)
+        return y
+
+    def backward(self, g):
+        return StandardizeGrad(self.axes, self.eps, self.output().data, self.rstd)(self.inputs[0], g)
+
+
+class StandardizeGrad(Function):
+    """z = rstd P(g) with P(g) = g - mean(g) - y mean(g y), Standardize's backward as one node (the fused
+    kernel), given the forward's y and rstd. P is symmetric, so gg = StandardizeGrad(x, gz). In x, through y
+    and rstd (drstd/dx = -rstd^2 y / n): gx = StandardizeGrad(x, gy) - rstd y mean(gz z), with
+    gy = -rstd (gz mean(g y) + g mean(gz y)); y and rstd are rebuilt from x there, so every order is right."""
+
+    def __init__(self, axes, eps, y, rstd):
+        self.axes, self.eps, self.y, self.rstd = axes, eps, y, rstd
+
+    def forward(self, x, g):
+        return norm.standardize_backward(self.y, self.rstd, g, self.axes)
+
+    def backward(self, gz):
+        x, g = self.inputs
+        again = StandardizeGrad(self.axes, self.eps, self.y, self.rstd)     # called twice: two nodes
+        gx = None
+        if x.requires_grad:
+            axes = self.axes
+            y, rstd = Standardize(axes, self.eps)(x), 1 / sqrt(_var(x, axes, keepdims=True) + self.eps)
+            gy = -rstd * (gz * _mean(g * y, axes, keepdims=True) + g * _mean(gz * y, axes, keepdims=True))
+            gx = again(x, gy) - rstd * y * _mean(gz * self.output(), axes, keepdims=True)
+        return gx, (again(x, gz) if g.requires_grad else None)
 
 
 def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, shape: tuple) -> Tensor:
@@ -137,7 +172,7 @@ def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: 
     k = len(normalized_shape)
     if x.shape[x.ndim - k:] != normalized_shape:
         raise ValueError(f"layer_norm over {normalized_shape} got an input of shape {x.shape}")
-    y = _standardize(x, tuple(range(x.ndim - k, x.ndim)), eps)
+    y = Standardize(tuple(range(x.ndim - k, x.ndim)), eps)(x)
     return _affine(y, weight, bias, normalized_shape)
 
 
@@ -149,7 +184,7 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
     if c % num_groups:
         raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
     groups = reshape(x, (n, num_groups, (c // num_groups) * math.prod(x.shape[2:])))
-    y = reshape(_standardize(groups, (2,), eps), x.shape)
+    y = reshape(Standardize((2,), eps)(groups), x.shape)
     return _affine(y, weight, bias, (1, c) + (1,) * (x.ndim - 2))
 
 
@@ -162,16 +197,18 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     if not training:
-        return _affine(_standardize(x, axes, eps, reshape(running_mean, shape), reshape(running_var, shape)),
-                       weight, bias, shape)
+        y = (x - reshape(running_mean, shape)) / sqrt(reshape(running_var, shape) + eps)
+        return _affine(y, weight, bias, shape)
     n = x.size // x.shape[1]
     if n < 2:
         raise ValueError(f"batch_norm needs more than 1 value per channel when training, got input of shape {x.shape}")
-    mean, var = _mean(x, axes, keepdims=True), _var(x, axes, keepdims=True)
+    standardize = Standardize(axes, eps)
+    y = standardize(x)
     if running_mean is not None:     # on raw arrays: the running statistics are not part of any graph
-        running_mean.data[...] = (1 - momentum) * running_mean.data + momentum * mean.data.reshape(-1)
-        running_var.data[...] = (1 - momentum) * running_var.data + momentum * var.data.reshape(-1) * (n / (n - 1))
-    return _affine(_standardize(x, axes, eps, mean, var), weight, bias, shape)
+        mean, var = standardize.mean.reshape(-1), standardize.var.reshape(-1)
+        running_mean.data[...] = (1 - momentum) * running_mean.data + momentum * mean
+        running_var.data[...] = (1 - momentum) * running_var.data + momentum * var * (n / (n - 1))
+    return _affine(y, weight, bias, shape)
 
 
 # --- lookup, resampling, padding ------------------------------------------------------------------------
