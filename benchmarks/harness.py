@@ -176,14 +176,18 @@ def append_row(name: str, argv: list[str], row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def set_threads(n: int) -> None:
-    """The same thread count for NumPy's BLAS, Numba and PyTorch."""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def set_threads(n: int, torch: bool = True) -> None:
+    """The same thread count for NumPy's BLAS, Numba and (unless torch=False) PyTorch."""
     import numba
-    import torch
     from threadpoolctl import threadpool_limits
     threadpool_limits(n)
     numba.set_num_threads(n)
-    torch.set_num_threads(n)
+    if torch:
+        import torch as _torch
+        _torch.set_num_threads(n)
 
 
 def training_step(loss, optimizer):
@@ -198,15 +202,112 @@ def training_step(loss, optimizer):
     return step
 
 
-def compare_training_steps(steps: dict, case: str, variant: str, quick: bool, size: dict) -> tuple[list, dict]:
-    """The protocol of the step benchmarks: two steps of each engine from the same weights must give the same
-    losses (the check), then the steps are timed interleaved. Returns the rows and the check table, with
-    `size` (e.g. {"parameters": n}) in each check row."""
+# --- one engine per process ---------------------------------------------------------------------------------
+# Two engines in one process share two cores between their thread pools (NumPy's BLAS, Numba's, PyTorch's
+# OpenMP), whose threads spin-wait after each parallel region and starve the other engine's threads: measured
+# here, PyTorch's own steps ran 10-15 times slower at 2 threads than at 1 in such a process. So each engine
+# runs in a process of its own, started with its thread counts in the environment, and the parent asks the
+# processes in turn for a burst of timed calls, back to back as in training, while the other waits in a
+# blocking read. Before each burst the parent pauses (OpenBLAS's idle threads spin for ~0.1 s before they
+# sleep), and the first calls of a burst, which wake threads and caches, are not counted.
+
+SETTLE_S, BURST_S, BURST_SKIP = 0.15, 0.3, 1
+
+
+def _serve(conn, build, engine: str, threads: int, args: tuple) -> None:
+    """The loop of an engine process: build(engine, *args) -> {name: callable}; then for each request
+    (name, seconds) reply with the call's result (seconds None) or the seconds of each call in a burst of
+    back-to-back calls lasting `seconds` (at least BURST_SKIP + 3 calls); None ends the loop."""
+    set_threads(threads, torch=engine == "torch")
+    fns = build(engine, *args)
+    conn.send(sorted(fns))
+    while (request := conn.recv()) is not None:
+        name, seconds = request
+        if seconds is None:
+            conn.send(fns[name]())
+            continue
+        times, start = [], time.perf_counter()
+        while len(times) < BURST_SKIP + 3 or time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            fns[name]()
+            times.append(time.perf_counter() - t0)
+        conn.send(times[BURST_SKIP:])
+
+
+class EngineProcess:
+    """An engine in a process of its own (spawned, so that no thread pool is inherited), serving the calls
+    that `build(engine, *args)` names: `result(name)` returns a call's result, `burst(name)` times calls
+    back to back inside the process. `build` must be a module-level function (it is pickled by name)."""
+
+    def __init__(self, build, engine: str, threads: int, *args):
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+        os.environ.update({k: str(threads) for k in THREAD_VARIABLES})
+        try:
+            self.process = ctx.Process(target=_serve, args=(child, build, engine, threads, args), daemon=True)
+            self.process.start()
+            child.close()          # the child's end lives in the child: its death then reads as EOF here
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        self.names = self._receive()
+
+    def _receive(self):
+        if not self.conn.poll(600):
+            raise TimeoutError("an engine process gave no answer in 10 minutes")
+        try:
+            return self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"an engine process died (exit code {self.process.exitcode})") from None
+
+    def result(self, name: str):
+        self.conn.send((name, None))
+        return self._receive()
+
+    def burst(self, name: str, seconds: float = BURST_S) -> list[float]:
+        self.conn.send((name, seconds))
+        return self._receive()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join(30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def measure_processes(calls: dict, rounds: int = 5, burst_s: float = BURST_S) -> dict:
+    """Interleaved timing across engine processes: calls = {label: (EngineProcess, call name)}; each round
+    gives every label in turn a pause of SETTLE_S and then a burst of its call. Returns {label: summary}
+    over all counted calls."""
+    times = {label: [] for label in calls}
+    for _ in range(rounds):
+        for label, (proc, name) in calls.items():
+            time.sleep(SETTLE_S)
+            times[label] += proc.burst(name, burst_s)
+    return {label: {**_summary(t), "calls": len(t)} for label, t in times.items()}
+
+
+def compare_training_steps(build, case: str, variant: str, threads: int, quick: bool, *args) -> tuple[list, dict]:
+    """The protocol of the step benchmarks, each engine in its own process with `threads` threads:
+    build("minigen", *args, None) names "step" (one training step, returning the loss), "state" (the initial
+    weights as {name: ndarray}) and "size" (e.g. {"parameters": n}); build("torch", *args, state) is the
+    twin loaded with those weights. Two steps of each engine from the same weights must give the same losses
+    (the check), then the steps are timed in interleaved bursts (measure_processes). Returns the rows and the check table."""
     import numpy as np
-    losses = {name: [step(), step()] for name, step in steps.items()}
-    np.testing.assert_allclose(losses["minigen"], losses["torch"], rtol=2e-4)
-    timings = measure_interleaved(steps, repeat=3 if quick else 10, warmup=1)
-    rows = [{"case": case, "variant": variant, "impl": name, **summary} for name, summary in timings.items()]
+    with EngineProcess(build, "minigen", threads, *args, None) as ours:
+        state, size = ours.result("state"), ours.result("size")
+        with EngineProcess(build, "torch", threads, *args, state) as peer:
+            procs = {"minigen": ours, "torch": peer}
+            losses = {engine: [p.result("step"), p.result("step")] for engine, p in procs.items()}
+            np.testing.assert_allclose(losses["minigen"], losses["torch"], rtol=2e-4)
+            timings = measure_processes({e: (p, "step") for e, p in procs.items()}, rounds=2 if quick else 6)
+    rows = [{"case": case, "variant": variant, "threads": threads, "impl": engine, **summary}
+            for engine, summary in timings.items()]
     return rows, {"check": [{"engine": k, "loss step 1": f"{v[0]:.6f}", "loss step 2": f"{v[1]:.6f}", **size}
                             for k, v in losses.items()]}
-

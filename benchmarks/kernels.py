@@ -1,7 +1,8 @@
 """Kernel benchmark: every available backend of `kernels` side by side with PyTorch CPU.
 
-Implementations are timed in interleaved rounds (harness.measure_interleaved), so that load from
-other jobs on a shared machine hits them alike. Shapes: the DCGAN-on-MNIST layers (batch 64), a U-Net block (batch 32), softmax rows, batched slogdet.
+minigen's backends and PyTorch run in processes of their own (harness.EngineProcess), at 1 and at 2
+threads, and are timed in interleaved rounds of back-to-back calls (harness.measure_processes), so that
+load from other jobs hits them alike and no engine's idle threads spin on the other's cores. Shapes: the DCGAN-on-MNIST layers (batch 64), a U-Net block (batch 32), softmax rows, batched slogdet.
 'forward' times the op; 'forward+backward' adds what its backward needs: for conv2d the input gradient
 (conv_transpose2d) and the weight gradient (conv2d_weight), for conv_transpose2d conv2d and
 conv2d_weight, for softmax softmax_backward, for slogdet the gradient inv(A)^T (the backend's `inv`).
@@ -19,7 +20,7 @@ import numpy as np
 
 import kernels
 
-from .harness import measure_interleaved
+from .harness import EngineProcess, measure_processes
 
 # (name, transposed, N, C_in, H, C_out, k, stride, padding)
 CONVS = [
@@ -52,9 +53,11 @@ def _conv_fns(mod, transposed, x, w, gy, k, s, p):
     return fwd, both
 
 
-def _torch_fns(torch, op, args, grad_out_of):
-    """(forward, forward+backward) for a PyTorch op with autograd."""
+def _torch_fns(torch, op, args, gy=None):
+    """(forward, forward+backward) for a PyTorch op with autograd; gy the upstream gradient (None for a
+    scalar output)."""
     leaves = [torch.from_numpy(a).requires_grad_() for a in args]
+    g = None if gy is None else torch.from_numpy(gy)
 
     def fwd():
         with torch.no_grad():
@@ -63,14 +66,12 @@ def _torch_fns(torch, op, args, grad_out_of):
     def both():
         for t in leaves:
             t.grad = None
-        out = op(*leaves)
-        out, g = grad_out_of(out)
-        out.backward(g)
+        op(*leaves).backward(g)
     return fwd, both
 
 
 def _backends():
-    """(impl name, backend module, array converter, sync) for every backend that runs here."""
+    """(impl name, backend module, array converter, sync) for every backend of `kernels` that runs here."""
     out = [(name, kernels.backend_module(name), lambda a: a, None) for name in kernels.CPU_BACKENDS]
     for name in kernels.GPU_BACKENDS:
         if name in kernels.available_backends():
@@ -79,44 +80,42 @@ def _backends():
     return out
 
 
-def _cases(rng):
-    """(case name, {impl: (forward, forward+backward, sync)}) for every benchmarked shape."""
-    try:
-        import torch
-    except ImportError:
-        torch = None
+def _cases(rng, engine: str):
+    """(case name, {impl: (forward, forward+backward, sync)}) for every benchmarked shape: the backends of
+    `kernels` (engine "minigen") or PyTorch's ops (engine "torch"). The arrays are drawn from `rng` in the
+    same order for both engines."""
+    torch = __import__("torch") if engine == "torch" else None
+    backends = [] if torch else _backends()
     F = torch and torch.nn.functional
     for name, transposed, n, c, h, o, k, s, p in CONVS:
         x, w = _conv_arrays(transposed, n, c, h, o, k, s, p, rng)
         gy = rng.standard_normal(kernels.reference.conv_transpose2d(x, w, None, s, p).shape if transposed
                                  else kernels.reference.conv2d(x, w, None, s, p).shape, dtype=np.float32)
         impls = {i: (*_conv_fns(m, transposed, *map(conv, (x, w, gy)), k, s, p), sync)
-                 for i, m, conv, sync in _backends()}
+                 for i, m, conv, sync in backends}
         if torch:
-            op = (lambda a, b: F.conv_transpose2d(a, b, None, s, p)) if transposed else (lambda a, b: F.conv2d(a, b, None, s, p))
-            impls["torch"] = (*_torch_fns(torch, op, (x, w), lambda y: (y, torch.from_numpy(gy))), None)
+            op = F.conv_transpose2d if transposed else F.conv2d
+            impls["torch"] = (*_torch_fns(torch, lambda a, b, op=op, s=s, p=p: op(a, b, None, s, p), (x, w), gy), None)
         yield name, impls
     for shape in SOFTMAX:
         x, gy = (rng.standard_normal(shape, dtype=np.float32) * 3 for _ in range(2))
         impls = {}
-        for i, m, conv, sync in _backends():
+        for i, m, conv, sync in backends:
             xa, ga = conv(x), conv(gy)
             impls[i] = (lambda m=m, xa=xa: m.softmax(xa),
                         lambda m=m, xa=xa, ga=ga: m.softmax_backward(m.softmax(xa), ga), sync)
         if torch:
-            impls["torch"] = (*_torch_fns(torch, lambda a: torch.softmax(a, -1), (x,),
-                                          lambda y: (y, torch.from_numpy(gy))), None)
+            impls["torch"] = (*_torch_fns(torch, lambda a: torch.softmax(a, -1), (x,), gy), None)
         yield f"softmax {shape[0]}x{shape[1]}", impls
     for shape in SLOGDET:
         a = (rng.standard_normal(shape) + 3 * np.eye(shape[-1])).astype(np.float32)
         impls = {}
-        for i, m, conv, sync in _backends():
+        for i, m, conv, sync in backends:
             aa = conv(a)
             impls[i] = (lambda m=m, aa=aa: m.slogdet(aa),
                         lambda m=m, aa=aa: (m.slogdet(aa), m.inv(aa).swapaxes(-1, -2)), sync)
         if torch:
-            impls["torch"] = (*_torch_fns(torch, lambda t: torch.linalg.slogdet(t)[1].sum(), (a,),
-                                          lambda l: (l, None)), None)
+            impls["torch"] = (*_torch_fns(torch, lambda t: torch.linalg.slogdet(t)[1].sum(), (a,)), None)
         yield "slogdet " + "x".join(map(str, shape)), impls
 
 
@@ -152,15 +151,34 @@ def compile_costs() -> list[dict]:
     return [{"kernel": k, "cold compile s": f"{cold[k]:.2f}", "cached load s": f"{warm[k]:.3f}"} for k in cold]
 
 
+VARIANTS = ("forward", "forward+backward")
+THREADS = (1, 2)
+
+
+def build(engine: str) -> dict:
+    """The calls an engine process serves, named "impl|case|variant"; a GPU backend's call synchronizes."""
+    fns = {}
+    for case, impls in _cases(np.random.default_rng(0), engine):
+        for impl, (*pair, sync) in impls.items():
+            for variant, fn in zip(VARIANTS, pair):
+                fns[f"{impl}|{case}|{variant}"] = fn if sync is None else (lambda fn=fn, sync=sync: (fn(), sync()))
+    return fns
+
+
 def run(quick: bool = False):
-    rng = np.random.default_rng(0)
-    repeat = 3 if quick else 15
     rows = []
-    for case, impls in _cases(rng):
-        syncs = {impl: sync for impl, (_, _, sync) in impls.items()}
-        for k, variant in enumerate(("forward", "forward+backward")):
-            timings = measure_interleaved({impl: fns[k] for impl, fns in impls.items()}, repeat, 2, syncs)
-            for impl, summary in timings.items():
-                rows.append({"case": case, "variant": variant, "impl": impl, **summary})
-                print(f"{case:40s} {variant:17s} {impl:10s} {summary['seconds'] * 1e3:9.3f} ms", file=sys.stderr)
+    for threads in THREADS:
+        with EngineProcess(build, "minigen", threads) as ours, EngineProcess(build, "torch", threads) as peer:
+            calls = {}
+            for proc in (ours, peer):
+                for name in proc.names:
+                    impl, case, variant = name.split("|")
+                    calls.setdefault((case, variant), {})[impl] = (proc, name)
+            for (case, variant), impls in calls.items():
+                timings = measure_processes(impls, rounds=2 if quick else 5, burst_s=0.1 if quick else 0.3)
+                for impl, summary in timings.items():
+                    rows.append({"case": case, "variant": f"{variant}, {threads} thread(s)", "impl": impl,
+                                 "threads": threads, **summary})
+                    print(f"{case:40s} {variant:17s} {threads} {impl:10s} {summary['seconds'] * 1e3:9.3f} ms",
+                          file=sys.stderr)
     return rows, {"Numba first-call cost (compile, then load from cache)": compile_costs()}

@@ -6,7 +6,8 @@ PyTorch under the same parameter and buffer names and loaded with minigen's init
 exact NLL of a fixed batch of 16 random binary 28x28 images, backward, and an Adam update (lr 1e-3). Before
 timing, both engines' losses are compared on two consecutive steps from the same weights.
 
-Timings are interleaved (harness.measure_interleaved: each engine once per round), so load from other
+Each engine runs in a process of its own; timings are interleaved (harness.compare_training_steps: each
+engine once per round), so load from other
 processes falls on both alike; the medians and their ratio are reported, with the load average at the start.
 Both engines run with the same number of threads (BLAS, Numba and PyTorch's intra-op pool).
 
@@ -24,7 +25,7 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import compare_training_steps, set_threads, training_step  # noqa: E402
+from benchmarks.harness import compare_training_steps, training_step  # noqa: E402
 from minigen.models.pixelcnn import GatedPixelCNN  # noqa: E402
 
 SHAPE, BATCH, CHANNELS, LAYERS, KERNEL, FIRST_KERNEL, LR = (1, 28, 28), 16, 64, 5, 3, 7, 1e-3
@@ -99,15 +100,21 @@ def torch_step(state: dict, x: np.ndarray):
     return training_step(lambda: -net.log_prob(x).mean(), opt)
 
 
-def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:
-    set_threads(threads)
+def build(engine: str, state: dict | None) -> dict:
+    """The calls an engine process serves (harness.compare_training_steps): minigen's network from its seed,
+    or PyTorch's twin loaded with minigen's initial weights `state`."""
+    x = batch()
+    if engine == "torch":
+        return {"step": torch_step(state, x)}
     mg.manual_seed(0)
     net = GatedPixelCNN(SHAPE, 2, CHANNELS, LAYERS, KERNEL, FIRST_KERNEL)
-    x = batch()
-    steps = {"minigen": minigen_step(net, x), "torch": torch_step(net.state_dict(), x)}
+    return {"step": minigen_step(net, x), "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
+            "size": lambda: {"parameters and masks": sum(v.size for v in net.state_dict().values())}}
+
+
+def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:
     variant = f"batch {BATCH}, {CHANNELS} channels, {LAYERS} layers, {threads} thread(s)"
-    size = {"parameters and masks": sum(v.size for v in net.state_dict().values())}
-    return compare_training_steps(steps, "gated pixelcnn training step (28x28)", variant, quick, size)
+    return compare_training_steps(build, "gated pixelcnn training step (28x28)", variant, threads, quick)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ shared by both. The workloads:
   to a fixed target, Adam(2e-4).
 - MADE 784-500-784 (masked linear layers, one ordering), batch 100: the Bernoulli NLL, Adam(1e-3).
 
-Protocol (harness.compare_training_steps): two consecutive steps of each engine must give the same losses,
-then the steps are timed interleaved (medians and interquartile spread), at 1 and at 2 threads (BLAS, Numba
-and PyTorch's intra-op pool alike).
+Protocol (harness.compare_training_steps): each engine runs in a process of its own, with 1 or 2 threads (BLAS,
+Numba and PyTorch's intra-op pool alike); two consecutive steps of each engine must give the same losses,
+then the steps are timed interleaved, one step of each engine per round (medians and interquartile spread).
 
     python -m benchmarks training_steps [--quick]
     python benchmarks/training_steps.py [--quick]
@@ -37,19 +37,19 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import compare_training_steps, set_threads, training_step  # noqa: E402
+from benchmarks.harness import compare_training_steps, training_step  # noqa: E402
 
 THREADS = (1, 2)
 LATENT, WIDTH = 64, 32      # the GANs' noise size and conv width
 
 
-def engines() -> dict:
-    """The two engines under one set of names; minigen first, since the torch twin takes its weights."""
+def engine(name: str) -> SimpleNamespace:
+    """minigen or PyTorch under one set of names."""
+    if name == "minigen":
+        return SimpleNamespace(nn=mg.nn, F=mg.nn.functional, optim=mg.optim, grad=mg.grad, tensor=mg.tensor)
     import torch
-    return {"minigen": SimpleNamespace(nn=mg.nn, F=mg.nn.functional, optim=mg.optim, grad=mg.grad,
-                                       tensor=mg.tensor),
-            "torch": SimpleNamespace(nn=torch.nn, F=torch.nn.functional, optim=torch.optim,
-                                     grad=torch.autograd.grad, tensor=torch.from_numpy)}
+    return SimpleNamespace(nn=torch.nn, F=torch.nn.functional, optim=torch.optim, grad=torch.autograd.grad,
+                           tensor=torch.from_numpy)
 
 
 def fixed(e, shape: tuple, seed: int, kind: str = "normal"):
@@ -182,20 +182,16 @@ WORKLOADS = {
 }
 
 
-def compare(case: str, quick: bool, threads: int) -> tuple[list, list]:
-    """One workload in both engines from minigen's initial weights: the check, then the timings."""
-    set_threads(threads)
+def build(name: str, case: str, state: dict | None) -> dict:
+    """The calls an engine process serves (harness.compare_training_steps): workload `case` built in engine
+    `name`, from minigen's seed, or loaded with `state` (minigen's initial weights)."""
+    e = engine(name)
     mg.manual_seed(0)
-    steps, state = {}, None
-    for name, e in engines().items():
-        net, steps[name] = WORKLOADS[case](e)
-        if state is None:
-            state, size = net.state_dict(), {"parameters": sum(p.numpy().size for p in net.parameters())}
-        else:
-            net.load_state_dict({k: e.tensor(np.array(v)) for k, v in state.items()})
-    rows, check = compare_training_steps(steps, case, f"{threads} thread(s)", quick, size)
-    return ([{**r, "threads": threads} for r in rows],
-            [{"case": case, "threads": threads, **c} for c in check["check"]])
+    net, step = WORKLOADS[case](e)
+    if state is not None:
+        net.load_state_dict({k: e.tensor(v) for k, v in state.items()})
+    return {"step": step, "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
+            "size": lambda: {"parameters": sum(p.numpy().size for p in net.parameters())}}
 
 
 def spread_table(rows: list[dict]) -> list[dict]:
@@ -215,9 +211,9 @@ def run(quick: bool = False) -> tuple[list[dict], dict]:
     rows, checks = [], []
     for threads in THREADS:
         for case in WORKLOADS:
-            r, c = compare(case, quick, threads)
+            r, check = compare_training_steps(build, case, f"{threads} thread(s)", threads, quick, case)
             rows += r
-            checks += c
+            checks += [{"case": case, "threads": threads, **c} for c in check["check"]]
     return rows, {"timings: median ms and spread (interquartile range / median)": spread_table(rows),
                   "check: two consecutive steps from the same weights": checks}
 

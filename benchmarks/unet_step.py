@@ -6,7 +6,8 @@ with minigen's initial weights. A step: x_t from a fixed batch of 64 images, tim
 L_simple loss, backward, and an Adam update (lr 2e-4). Before timing, both engines' losses are compared on
 two consecutive steps from the same weights (the second depends on the first step's gradients and update).
 
-Timings are interleaved (harness.measure_interleaved: each engine once per round), so load from other
+Each engine runs in a process of its own; timings are interleaved (harness.compare_training_steps: each
+engine once per round), so load from other
 processes falls on both alike; the medians and their ratio are reported, with the load average at the
 start. Both engines run with the same number of threads (`run(threads=1)`: BLAS, Numba and PyTorch's
 intra-op pool).
@@ -25,7 +26,7 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import compare_training_steps, set_threads, training_step  # noqa: E402
+from benchmarks.harness import compare_training_steps, training_step  # noqa: E402
 from minigen.models.diffusion import UNet, beta_schedule  # noqa: E402
 
 CHANNELS = (32, 64, 128)
@@ -125,15 +126,21 @@ def torch_step(state: dict, p: dict):
     return training_step(lambda: ((eps - net(x_t, t)) ** 2).mean(), opt)
 
 
-def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:
-    set_threads(threads)
+def build(engine: str, state: dict | None) -> dict:
+    """The calls an engine process serves (harness.compare_training_steps): minigen's network from its seed,
+    or PyTorch's twin loaded with minigen's initial weights `state`."""
+    p = problem()
+    if engine == "torch":
+        return {"step": torch_step(state, p)}
     mg.manual_seed(0)
     net = UNet(1, CHANNELS, attention=True)
-    p = problem()
-    steps = {"minigen": minigen_step(net, p), "torch": torch_step(net.state_dict(), p)}
+    return {"step": minigen_step(net, p), "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
+            "size": lambda: {"parameters": sum(v.size for v in net.state_dict().values())}}
+
+
+def run(quick: bool = False, threads: int = 1) -> tuple[list[dict], dict]:
     variant = f"batch {BATCH}, channels {CHANNELS}, {threads} thread(s)"
-    size = {"parameters": sum(v.size for v in net.state_dict().values())}
-    return compare_training_steps(steps, "unet training step (28x28)", variant, quick, size)
+    return compare_training_steps(build, "unet training step (28x28)", variant, threads, quick)
 
 
 if __name__ == "__main__":

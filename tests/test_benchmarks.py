@@ -1,0 +1,45 @@
+"""The benchmark protocol (benchmarks/harness.py): engines in processes of their own, with their thread counts,
+timed in interleaved bursts; and a training-step comparison end to end on a small workload."""
+import os
+
+import pytest
+
+from benchmarks import harness
+
+
+def build(engine: str, fail: bool = False) -> dict:
+    """A toy engine for EngineProcess: it reports its name and its process's thread settings."""
+    if fail:
+        raise ValueError("this engine cannot be built")
+    return {"name": lambda: engine, "threads": lambda: {k: os.environ.get(k) for k in harness.THREAD_VARIABLES},
+            "work": lambda: sum(range(2000))}
+
+
+def test_an_engine_process_serves_results_and_timed_bursts_with_its_threads():
+    before = {k: os.environ.get(k) for k in harness.THREAD_VARIABLES}
+    with harness.EngineProcess(build, "toy", 2) as proc:
+        assert proc.names == ["name", "threads", "work"]
+        assert proc.result("name") == "toy"
+        assert proc.result("threads") == {k: "2" for k in harness.THREAD_VARIABLES}
+        times = proc.burst("work", 0.05)
+        assert len(times) >= 3 and all(t > 0 for t in times)
+        timings = harness.measure_processes({"a": (proc, "work"), "b": (proc, "name")}, rounds=2, burst_s=0.01)
+    assert set(timings) == {"a", "b"} and all(s["calls"] >= 6 and s["seconds"] > 0 for s in timings.values())
+    assert {k: os.environ.get(k) for k in harness.THREAD_VARIABLES} == before   # the parent's is restored
+
+
+def test_an_engine_that_dies_while_building_is_reported():
+    with pytest.raises(RuntimeError, match="an engine process died"):
+        harness.EngineProcess(build, "toy", 1, True)
+
+
+def test_training_steps_compare_minigen_and_torch_from_the_same_weights():
+    pytest.importorskip("torch")
+    from benchmarks import training_steps
+    case = "made 784-500-784, batch 100"
+    rows, check = harness.compare_training_steps(training_steps.build, case, "1 thread(s)", 1, True, case)
+    assert [r["impl"] for r in rows] == ["minigen", "torch"]
+    assert all(r["calls"] >= 6 and r["seconds"] > 0 and r["threads"] == 1 for r in rows)
+    losses = {c["engine"]: (float(c["loss step 1"]), float(c["loss step 2"])) for c in check["check"]}
+    assert losses["minigen"] == pytest.approx(losses["torch"], rel=2e-4)
+    assert losses["minigen"][1] < losses["minigen"][0] and check["check"][0]["parameters"] == 785284
