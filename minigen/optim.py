@@ -16,6 +16,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+import kernels.optim
+
 from . import backend
 from .tensor import Tensor
 
@@ -198,14 +200,17 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
         t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        step_size, bias2_sqrt = lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t)
+        if not group["amsgrad"] and kernels.optim.adam_update(p.data, g, m, v, beta1, beta2, step_size,
+                                                              bias2_sqrt, group["eps"]):
+            return
         m += (1 - beta1) * (g - m)
         v *= beta2
         v += (1 - beta2) * g * g
         if group["amsgrad"]:
             xp.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
             v = state["max_exp_avg_sq"]
-        denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** t) + group["eps"]
-        p.data -= (lr / (1 - beta1 ** t)) * (m / denom)
+        p.data -= step_size * (m / (xp.sqrt(v) / bias2_sqrt + group["eps"]))
 
 
 class AdamW(Adam):

@@ -499,3 +499,22 @@ def test_on_gpu_as_on_cpu(name, kw):
 
     for a, b in zip(steps("cuda"), steps("cpu")):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_pass_adam_kernel_matches_the_array_formulas(dtype):
+    from kernels.optim import adam_update
+    rng = np.random.default_rng(0)
+    p, g, m, v = (rng.standard_normal((300, 70)).astype(dtype) for _ in range(4))
+    v = np.abs(v)
+    ours = [a.copy() for a in (p, m, v)]
+    assert adam_update(ours[0], g, ours[1], ours[2], 0.9, 0.999, 1e-3 / (1 - 0.9 ** 3), np.sqrt(1 - 0.999 ** 3), 1e-8)
+    m += (1 - 0.9) * (g - m)
+    v *= 0.999
+    v += (1 - 0.999) * g * g
+    p -= (1e-3 / (1 - 0.9 ** 3)) * (m / (np.sqrt(v) / np.sqrt(1 - 0.999 ** 3) + 1e-8))
+    for a, b in zip(ours, (p, m, v)):
+        np.testing.assert_allclose(a, b, rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps)
+    # refused (the caller then uses the array formulas): a strided parameter, mixed dtypes
+    assert not adam_update(p.T, g.T, m.T, v.T, 0.9, 0.999, 1e-3, 1.0, 1e-8)
+    assert not adam_update(p, g.astype(np.float16), m, v, 0.9, 0.999, 1e-3, 1.0, 1e-8)
