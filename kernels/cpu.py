@@ -23,16 +23,18 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 from numpy.lib.stride_tricks import as_strided
 
-from . import reference
+from . import reference, winograd
 from ._geometry import check_channels, conv_out_size, conv_transpose_out_size, geometry
 
 
 # ---------------------------------------------------------------------------------------------- convolution
 
-def _padded_nhwc(x, padding):
-    """x (N, C, H, W) -> zero-padded channels-last copy (N, H + 2ph, W + 2pw, C)."""
+def _padded_nhwc(x, padding, size=None):
+    """x (N, C, H, W) -> zero-padded channels-last copy (N, H + 2ph, W + 2pw, C), or of `size` (rows,
+    columns) when given (more zeros at the bottom and right)."""
     (n, c, h, w), (ph, pw) = x.shape, padding
-    xp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    rows, cols = size or (h + 2 * ph, w + 2 * pw)
+    xp = np.zeros((n, rows, cols, c), dtype=x.dtype)
     xp[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
     return xp
 
@@ -52,12 +54,25 @@ def _add_bias(y, b):
     return y if b is None else y + b.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)
 
 
+def _winograd_serves(g, x, og) -> bool:
+    """Whether conv2d takes Winograd's F(2x2, 3x3): a 3x3 kernel at stride 1, undilated, ungrouped, with the
+    channels (its GEMMs' inner and outer sizes) and the map large enough to pay for the transforms. Measured
+    on one thread against im2col: 25-30% faster at 64 channels, even at 32, slower at 16."""
+    n, c, h, w = x.shape
+    return (g.kernel == (3, 3) and g.stride == g.dilation == (1, 1) and g.groups == 1 and min(c, og) >= 64
+            and x.dtype in (np.float32, np.float64) and n * c * h * w >= _PARALLEL_MIN_SIZE)
+
+
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    """y = im2col(x) @ w^T per group: (N*Ho*Wo, kh*kw*Cg) @ (kh*kw*Cg, Og)."""
+    """y = im2col(x) @ w^T per group: (N*Ho*Wo, kh*kw*Cg) @ (kh*kw*Cg, Og); 3x3 stride-1 layers by Winograd."""
     g = geometry(w.shape[2:], stride, padding, dilation, groups)
     (n, c, h, wd), G = x.shape, g.groups
     cg, og = check_channels(c, w.shape, g, transposed=False)
     ho, wo = conv_out_size(h, wd, g)
+    if _winograd_serves(g, x, og):
+        th, tw = winograd.tiles(ho, wo)
+        y = winograd.conv3x3(_padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2)), w, ho, wo)
+        return _add_bias(y.transpose(0, 3, 1, 2), b)
     wm = w.reshape(G, og, cg, -1).transpose(0, 3, 2, 1).reshape(G, -1, og)   # (G, kh*kw*Cg, Og)
     y = np.matmul(_im2col(x, g, ho, wo), wm.astype(x.dtype, copy=False))      # (G, N*Ho*Wo, Og)
     y = y.reshape(G, n, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(n, G * og, ho, wo)

@@ -113,6 +113,35 @@ def test_convolutions_are_adjoint(case, mod):
                       np.vdot(v, mod.conv2d_weight(ga, gy, w.shape[2:], **geo)), rtol=1e-10, atol=1e-10)
 
 
+@settings(max_examples=10)
+@given(n=st.integers(1, 3), c=st.integers(1, 5), o=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9),
+       p=st.integers(0, 2), seed=st.integers(0, 2 ** 16))
+def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
+    """F(2x2, 3x3) on any map (odd sizes crop the last tile, maps smaller than a tile) in float64."""
+    from kernels import cpu, winograd
+    if h + 2 * p < 3 or w + 2 * p < 3:
+        return
+    rng = np.random.default_rng(seed)
+    x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, 3, 3))
+    ho, wo = h + 2 * p - 2, w + 2 * p - 2
+    th, tw = winograd.tiles(ho, wo)
+    y = winograd.conv3x3(cpu._padded_nhwc(x, (p, p), (2 * th + 2, 2 * tw + 2)), wt, ho, wo)
+    np.testing.assert_allclose(y.transpose(0, 3, 1, 2), reference.conv2d(x, wt, None, 1, p), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_conv2d_takes_winograd_on_a_unet_layer(dtype):
+    from kernels import cpu
+    from kernels._geometry import geometry
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((4, 64, 13, 12)), rng.standard_normal((64, 64, 3, 3)) / 24, rng.standard_normal(64)
+    assert cpu._winograd_serves(geometry((3, 3), 1, 1, 1, 1), x.astype(dtype), 64)
+    y = cpu.conv2d(*(a.astype(dtype) for a in (x, w, b)), 1, 1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, reference.conv2d(x, w, b, 1, 1), rtol=tol, atol=tol)
+
+
 def test_conv2d_weight_matches_finite_differences():
     rng = np.random.default_rng(4)
     x, w = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2))
