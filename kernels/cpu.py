@@ -80,11 +80,16 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1):
-    """dw = gy^T @ im2col(x) per group: (Og, N*Ho*Wo) @ (N*Ho*Wo, kh*kw*Cg), reordered to (O, Cg, kh, kw)."""
+    """dw = gy^T @ im2col(x) per group: (Og, N*Ho*Wo) @ (N*Ho*Wo, kh*kw*Cg), reordered to (O, Cg, kh, kw);
+    3x3 stride-1 layers by Winograd."""
     g = geometry(kernel_size, stride, padding, dilation, groups)
     (n, c), G = x.shape[:2], g.groups
     ho, wo = gy.shape[2:]
     og, cg = gy.shape[1] // G, c // G
+    if _winograd_serves(g, x, og):
+        th, tw = winograd.tiles(ho, wo)
+        xp = _padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2))
+        return winograd.conv3x3_weight(xp, np.ascontiguousarray(gy.transpose(0, 2, 3, 1)), ho, wo)
     gym = gy.reshape(n, G, og, ho * wo).transpose(1, 2, 0, 3).reshape(G, og, -1)   # (G, Og, N*Ho*Wo)
     dw = np.matmul(gym, _im2col(x, g, ho, wo))                                      # (G, Og, kh*kw*Cg)
     return dw.reshape(G * og, *g.kernel, cg).transpose(0, 3, 1, 2).copy()

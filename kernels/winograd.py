@@ -31,11 +31,27 @@ def conv3x3(xp, w, ho: int, wo: int):
     th, tw = tiles(ho, wo)
     v = np.empty((16, n * th * tw, c), dtype=xp.dtype)
     _input_transform(xp, v, th, tw)
-    u = np.einsum("ik,ockl,jl->ijco", _G, w, _G).reshape(16, c, -1).astype(xp.dtype)     # G g G^T
-    m = np.matmul(v, u)                                                                   # (16, tiles, O)
+    G = _G.astype(xp.dtype)
+    u = np.einsum("ik,ockl,jl->ijco", G, w.astype(xp.dtype, copy=False), G, optimize=True)    # G g G^T
+    m = np.matmul(v, u.reshape(16, c, -1))                                                  # (16, tiles, O)
     y = np.empty((n, ho, wo, m.shape[2]), dtype=xp.dtype)
     _output_transform(m, y, th, tw)
     return y
+
+
+def conv3x3_weight(xp, gy, ho: int, wo: int):
+    """The weight gradient dw (O, C, 3, 3) of y = conv3x3(xp, w) given gy channels-last (N, ho, wo, O).
+    y is linear in U = G g G^T, y = A^T (U * V) A per tile, so dL/dU = V * (A gy A^T) summed over tiles (16
+    GEMMs V[xi nu]^T @ (A gy A^T)[xi nu]) and dw = G^T (dL/dU) G."""
+    n, _, _, c = xp.shape
+    th, tw = tiles(ho, wo)
+    v = np.empty((16, n * th * tw, c), dtype=xp.dtype)
+    _input_transform(xp, v, th, tw)
+    z = np.empty((16, n * th * tw, gy.shape[3]), dtype=xp.dtype)
+    _gradient_transform(gy, z, th, tw)
+    s = np.matmul(v.transpose(0, 2, 1), z).reshape(4, 4, c, -1)                         # (4, 4, C, O)
+    G = _G.astype(xp.dtype)
+    return np.einsum("ik,ijco,jl->ockl", G, s, G, optimize=True)                         # G^T s G
 
 
 @numba.njit(parallel=True, cache=True)
@@ -86,3 +102,34 @@ def _output_transform(m, y, th, tw):
                     if 2 * j + 1 < wo:
                         for o in range(O):
                             out[2 * j + 1, o] = t[a, 1, o] - t[a, 2, o] - t[a, 3, o]
+
+
+@numba.njit(parallel=True, cache=True)
+def _gradient_transform(gy, z, th, tw):
+    """z[4 r + s, tile] = (A e A^T)[r, s] for the 2x2 block e of gy at (2i, 2j) (zero past gy's edge), with
+    A = [[1, 0], [1, 1], [1, -1], [0, -1]]: the adjoint of the output transform."""
+    O, ho, wo = gy.shape[3], gy.shape[1], gy.shape[2]
+    for row in numba.prange(gy.shape[0] * th):
+        n, i = row // th, row % th
+        e = np.zeros((2, 2, O), dtype=gy.dtype)
+        t = np.empty((4, 2, O), dtype=gy.dtype)
+        for j in range(tw):
+            tile = row * tw + j
+            for a in range(2):
+                for b in range(2):
+                    if 2 * i + a < ho and 2 * j + b < wo:
+                        e[a, b] = gy[n, 2 * i + a, 2 * j + b]
+                    else:
+                        e[a, b] = 0
+            for b in range(2):
+                for o in range(O):
+                    t[0, b, o] = e[0, b, o]
+                    t[1, b, o] = e[0, b, o] + e[1, b, o]
+                    t[2, b, o] = e[0, b, o] - e[1, b, o]
+                    t[3, b, o] = -e[1, b, o]
+            for r in range(4):
+                for o in range(O):
+                    z[4 * r, tile, o] = t[r, 0, o]
+                    z[4 * r + 1, tile, o] = t[r, 0, o] + t[r, 1, o]
+                    z[4 * r + 2, tile, o] = t[r, 0, o] - t[r, 1, o]
+                    z[4 * r + 3, tile, o] = -t[r, 1, o]

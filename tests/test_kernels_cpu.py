@@ -117,7 +117,8 @@ def test_convolutions_are_adjoint(case, mod):
 @given(n=st.integers(1, 3), c=st.integers(1, 5), o=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9),
        p=st.integers(0, 2), seed=st.integers(0, 2 ** 16))
 def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
-    """F(2x2, 3x3) on any map (odd sizes crop the last tile, maps smaller than a tile) in float64."""
+    """F(2x2, 3x3) and its weight gradient on any map (odd sizes crop the last tile, maps smaller than a tile)
+    in float64."""
     from kernels import cpu, winograd
     if h + 2 * p < 3 or w + 2 * p < 3:
         return
@@ -125,12 +126,16 @@ def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
     x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, 3, 3))
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = winograd.tiles(ho, wo)
-    y = winograd.conv3x3(cpu._padded_nhwc(x, (p, p), (2 * th + 2, 2 * tw + 2)), wt, ho, wo)
-    np.testing.assert_allclose(y.transpose(0, 3, 1, 2), reference.conv2d(x, wt, None, 1, p), rtol=1e-10, atol=1e-10)
+    xp = cpu._padded_nhwc(x, (p, p), (2 * th + 2, 2 * tw + 2))
+    np.testing.assert_allclose(winograd.conv3x3(xp, wt, ho, wo).transpose(0, 3, 1, 2),
+                               reference.conv2d(x, wt, None, 1, p), rtol=1e-10, atol=1e-10)
+    gy = rng.standard_normal((n, ho, wo, o))
+    np.testing.assert_allclose(winograd.conv3x3_weight(xp, gy, ho, wo),
+                               reference.conv2d_weight(x, gy.transpose(0, 3, 1, 2), 3, 1, p), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpu_conv2d_takes_winograd_on_a_unet_layer(dtype):
+def test_cpu_conv2d_and_its_weight_gradient_take_winograd_on_a_unet_layer(dtype):
     from kernels import cpu
     from kernels._geometry import geometry
     rng = np.random.default_rng(0)
@@ -140,6 +145,10 @@ def test_cpu_conv2d_takes_winograd_on_a_unet_layer(dtype):
     tol = 1e-5 if dtype == np.float32 else 1e-12
     assert y.dtype == dtype
     np.testing.assert_allclose(y, reference.conv2d(x, w, b, 1, 1), rtol=tol, atol=tol)
+    gy = rng.standard_normal(y.shape)
+    dw = cpu.conv2d_weight(x.astype(dtype), gy.astype(dtype), 3, 1, 1)
+    assert dw.dtype == dtype
+    np.testing.assert_allclose(dw, reference.conv2d_weight(x, gy, 3, 1, 1), rtol=tol, atol=50 * tol)
 
 
 def test_conv2d_weight_matches_finite_differences():
