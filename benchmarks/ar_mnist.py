@@ -22,7 +22,7 @@ from pathlib import Path
 
 import minigen as mg
 from minigen import data
-from minigen.cli import _parse_options, check_options
+from minigen.cli import parse_options, check_options
 from minigen.models import recipe_class
 from minigen.train import save_samples
 
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     mg.manual_seed(args.seed)
     spec, (train_x, _), (test_x, _) = data.load_dataset(args.dataset)
     cls = recipe_class(args.family)
-    options = _parse_options(args.opt)
+    options = parse_options(args.opt)
     check_options(cls, options)
     recipe = cls(spec, **options)
     loader = data.DataLoader(train_x, batch_size=args.batch_size, seed=args.seed)

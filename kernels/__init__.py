@@ -95,7 +95,6 @@ def _is_cupy(a) -> bool:
 
 def _module_for(a):
     """The backend module for a call whose first array is `a`."""
-    global _backend_checked
     if not _backend_checked:   # MINIGEN_KERNELS named a GPU backend: check it on first use, not at import
         set_backend(_backend)
     on_gpu = _is_cupy(a)

@@ -27,7 +27,7 @@ from .train import (Interrupted, NonFiniteError, checkpoint_stems, fit, load_che
                     save_samples)
 
 
-def _parse_options(pairs: list[str]) -> dict:
+def parse_options(pairs: list[str]) -> dict:
     """--opt key=value pairs; values parsed as JSON where they can be (numbers, true/false), else strings."""
     options = {}
     for pair in pairs:
@@ -155,7 +155,7 @@ def _resumed_config(args, out: Path) -> dict:
     anything else that differs is refused rather than silently dropped."""
     config = _read_config(out)
     given = {"family": args.family, "dataset": args.dataset, "batch_size": args.batch_size, "lr": args.lr,
-             "seed": args.seed, "options": _parse_options(args.opt) or None}
+             "seed": args.seed, "options": parse_options(args.opt) or None}
     shown = lambda v: "the family's default" if v is None else repr(v)     # noqa: E731
     changed = [f"{k} {shown(config.get(k))} -> {v!r}" for k, v in given.items() if v is not None and v != config.get(k)]
     if changed:
@@ -198,7 +198,7 @@ def _train(args) -> int:
                              "or replace it with --overwrite")
         config = {"family": args.family, "dataset": dataset, "batch_size": args.batch_size or 128,
                   "lr": args.lr, "device": args.device or "cpu", "seed": args.seed or 0, "data_dir": args.data_dir,
-                  "options": _parse_options(args.opt), "steps": None, "eval_every": args.eval_every,
+                  "options": parse_options(args.opt), "steps": None, "eval_every": args.eval_every,
                   "eval_images": args.eval_images}
     config["device"] = _check_device(config["device"])
     for k in ("eval_every", "eval_images"):
