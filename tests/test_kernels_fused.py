@@ -1,47 +1,94 @@
 """The fused elementwise kernels (kernels/fused.py): the Numba path (large NumPy arrays) against float64
-references, on ordinary values, at +-1e4 (no NaN, exact limits) and on NaN; the small-array formula path
-gives the same values."""
+references, on ordinary values, at +-1e4 (no NaN, exact limits) and on NaN, on non-contiguous inputs; the
+small-array formula path gives the same values; the ops built on them keep their first and second
+derivatives on the Numba path."""
 import numpy as np
 import pytest
-import scipy.special
+from scipy.special import expit
 
+import minigen as mg
 from kernels import fused
 from kernels.cpu import _PARALLEL_MIN_SIZE
 
+G, A = 0.5, 0.2     # the upstream gradient and the slope / alpha the cases use
+
+
+def _g(x):
+    return np.full_like(x, G)
+
 
 def _silu_grad(x):
-    s = scipy.special.expit(x)
+    s = expit(x)
     return s * (1 + x * (1 - s))
 
 
+# name: (fused function of x, float64 reference, size of the terms that cancel in it (None: none do))
 CASES = {
-    "sigmoid": (fused.sigmoid, scipy.special.expit),
-    "silu": (fused.silu, lambda x: x * scipy.special.expit(x)),
-    "silu_backward": (lambda x: fused.silu_backward(x, np.full_like(x, 0.5)), lambda x: 0.5 * _silu_grad(x)),
+    "sigmoid": (fused.sigmoid, expit, None),
+    "silu": (fused.silu, lambda x: x * expit(x), None),
+    "silu_backward": (lambda x: fused.silu_backward(x, _g(x)), lambda x: G * _silu_grad(x), np.abs),  # 0 at x = -1.28
+    "elu": (lambda x: fused.elu(x, A), lambda x: np.where(x > 0, x, A * np.expm1(np.minimum(x, 0))), None),
+    "elu_backward": (lambda x: fused.elu_backward(x, _g(x), A),
+                     lambda x: G * np.where(x > 0, 1, A * np.exp(np.minimum(x, 0))), None),
+    "leaky_relu": (lambda x: fused.leaky_relu(x, A), lambda x: np.where(x > 0, x, A * x), None),
+    "leaky_relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), A),
+                            lambda x: G * np.where(x > 0, 1, A), None),
+    "relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), 0.0), lambda x: G * (x > 0), None),
+    "tanh_backward": (lambda x: fused.tanh_backward(x, _g(x)), lambda x: G * (1 - x * x), np.square),  # 0 at |y| = 1
 }
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", CASES)
 def test_numba_path_matches_float64_reference(name, dtype):
-    fn, ref = CASES[name]
+    fn, ref, terms = CASES[name]
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(_PARALLEL_MIN_SIZE + 7) * 8).astype(dtype)
-    x[:6] = [-1e4, 1e4, -100.0, 100.0, 0.0, -0.0]
+    x[:8] = [-1e4, 1e4, -100.0, 100.0, 0.0, -0.0, 1e-3, -1e-3]
     y = fn(x)
     assert y.dtype == dtype and y.shape == x.shape and np.isfinite(y).all()
     expected = ref(x.astype(np.float64))
-    # relative to the value, or for silu' (which cancels to 0 near x = -1.28) to the size of its terms
-    tol, scale = 8 * np.finfo(dtype).eps, np.abs(expected) + (np.abs(x) if name == "silu_backward" else 0)
+    # relative to the value, or where terms cancel (to 0 in silu' near x = -1.28) to the size of the terms
+    tol, scale = 8 * np.finfo(dtype).eps, np.abs(expected) + (0 if terms is None else terms(x.astype(np.float64)))
     assert (np.abs(y - expected) <= tol * scale + np.finfo(dtype).tiny).all()
     assert (np.abs(fn(x[:100]) - y[:100]) <= 2 * tol * scale[:100] + np.finfo(dtype).tiny).all()   # formula path
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_nan_stays_nan_and_layout_is_kept(name):
-    fn, _ = CASES[name]
+def test_nan_as_in_the_reference_and_a_non_contiguous_input(name):
+    """NaN in x gives NaN where the function has it (not in relu's and leaky_relu's backward, whose x > 0 is
+    simply false there); a non-contiguous input gives the values of its contiguous copy."""
+    fn, ref, _ = CASES[name]
     x = np.random.default_rng(1).standard_normal((64, 1024)).astype(np.float32)
     x[3, 5] = np.nan
-    y = fn(x.T)                                     # a non-contiguous input
-    assert y.shape == (1024, 64) and np.isnan(y[5, 3]) and np.isnan(y).sum() == 1
-    np.testing.assert_array_equal(np.isnan(fn(x)), np.isnan(x))
+    y = fn(x.T)
+    assert y.shape == (1024, 64)
+    np.testing.assert_array_equal(y, fn(np.ascontiguousarray(x.T)))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref(x.T.astype(np.float64))))
+    np.testing.assert_array_equal(np.isnan(fn(x[:4, :8])), np.isnan(ref(x[:4, :8].astype(np.float64))))
+
+
+@pytest.mark.parametrize("fn", [fused.silu_backward, fused.tanh_backward, lambda x, g: fused.elu_backward(x, g, A),
+                                lambda x, g: fused.leaky_relu_backward(x, g, A)])
+def test_inputs_of_different_layouts(fn):
+    """g channels-last (an NCHW view of NHWC memory) and x with gaps (a crop), or x channels-last and g with
+    gaps: the output has g's layout (dense), with the values of contiguous inputs."""
+    rng = np.random.default_rng(3)
+    nhwc = rng.standard_normal((8, 16, 16, 32)).astype(np.float32).transpose(0, 3, 1, 2)
+    crop = rng.standard_normal((8, 32, 18, 18)).astype(np.float32)[:, :, 1:-1, 1:-1]
+    for x, g in [(crop, nhwc), (nhwc, crop)]:
+        y = fn(x, g)
+        assert y.strides == np.empty_like(g).strides
+        np.testing.assert_array_equal(y, fn(np.ascontiguousarray(x), np.ascontiguousarray(g)))
+
+
+OPS = {"sigmoid": mg.sigmoid, "silu": mg.silu, "tanh": mg.tanh, "relu": mg.relu, "elu": lambda x: mg.elu(x, 1.5),
+       "leaky_relu": lambda x: mg.leaky_relu(x, A)}
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_ops_on_the_numba_path_have_right_first_and_second_derivatives(name):
+    """float64, large enough for the kernels, |x| >= 0.1 (away from the kinks at 0 of relu, leaky_relu, elu)."""
+    x = np.random.default_rng(2).standard_normal(_PARALLEL_MIN_SIZE + 7)
+    x = mg.Tensor(x + 0.1 * np.sign(x), requires_grad=True)
+    assert mg.gradcheck(OPS[name], [x]) and mg.gradgradcheck(OPS[name], [x])

@@ -1,8 +1,10 @@
 """Elementwise operations. Each Function's docstring gives its forward and its backward (the vector-Jacobian
 product, with g the gradient of the output); backward is written in Tensor operations, so it is itself
 differentiable. Broadcasting is handled by the engine, which sums each gradient back to its input's shape.
-Operations that are short compositions of others (silu, gelu, elu, ...) are plain functions: their
-derivatives of every order come from their parts.
+Operations that are short compositions of others (gelu, logsigmoid, ...) are plain functions: their
+derivatives of every order come from their parts. The activations that training steps spend time in are
+one node and one fused pass each way (kernels.fused), their backward a node whose own backward is written
+in Tensor operations.
 """
 from __future__ import annotations
 
@@ -36,6 +38,21 @@ class Scale(Function):
 
     def backward(self, g):
         return Scale(self.c)(g)
+
+
+class LeakyScale(Function):
+    """z = g where x > 0, a g elsewhere, for a constant array x and slope a: the backward of leaky_relu, and of
+    relu (a = 0), as Scale by their slope in one fused pass without building the slope array;
+    gg = gz where x > 0, a gz elsewhere (a LeakyScale again)."""
+
+    def __init__(self, x, a):
+        self.x, self.a = x, a
+
+    def forward(self, g):
+        return fused.leaky_relu_backward(self.x, g, self.a)
+
+    def backward(self, gz):
+        return LeakyScale(self.x, self.a)(gz)
 
 
 class Tie(Function):
@@ -313,11 +330,11 @@ class Tanh(Function):
 
 
 class TanhGrad(Function):
-    """The backward of tanh as one node: z = g (1 - y^2) from y = tanh(x);
+    """The backward of tanh as one node and one fused pass: z = g (1 - y^2) from y = tanh(x);
     gy = gz * g * (-2 y),  gg = gz (1 - y^2) (a TanhGrad again)."""
 
     def forward(self, y, g):
-        return g * (1 - y * y)
+        return fused.tanh_backward(y, g)
 
     def backward(self, gz):
         y, g = self.inputs
@@ -376,30 +393,59 @@ class SiLUGrad(Function):
 
 
 class ReLU(Function):
-    """y = max(x, 0);  gx = g * [x > 0]."""
+    """y = max(x, 0);  gx = g * [x > 0] (a LeakyScale of slope 0)."""
 
     def forward(self, x):
         return np.maximum(x, 0)
 
     def backward(self, g):
         x = self.inputs[0]
-        return tie(Scale(x.data > 0)(g), x)
+        return tie(LeakyScale(x.data, 0.0)(g), x)
 
 
 class LeakyReLU(Function):
-    """y = x for x > 0, else a x (a the negative slope);  gx = g * (1 if x > 0 else a)."""
+    """y = x for x > 0, else a x (a the negative slope);  gx = g * (1 if x > 0 else a) (a LeakyScale).
+    The forward is one fused pass (kernels.fused)."""
 
     def __init__(self, negative_slope):
         self.negative_slope = negative_slope
 
     def forward(self, x):
-        return np.where(x > 0, x, x * self.negative_slope)
+        return fused.leaky_relu(x, self.negative_slope)
 
     def backward(self, g):
         x = self.inputs[0]
-        one = x.data.dtype.type(1)                       # typed scalars: a slope array in x's dtype
-        slope = np.where(x.data > 0, one, one * self.negative_slope)
-        return tie(Scale(slope)(g), x)
+        return tie(LeakyScale(x.data, self.negative_slope)(g), x)
+
+
+class ELU(Function):
+    """y = x for x > 0, else alpha (exp(x) - 1);  gx = g elu'(x), elu' = 1 for x > 0, else alpha exp(x) (an
+    ELUGrad node). One fused pass each way, where the composition costs seven nodes."""
+
+    def __init__(self, alpha):
+        self.alpha = alpha
+
+    def forward(self, x):
+        return fused.elu(x, self.alpha)
+
+    def backward(self, g):
+        return ELUGrad(self.alpha)(self.inputs[0], g)
+
+
+class ELUGrad(Function):
+    """The backward of ELU as one node: z = g elu'(x);  gx = gz g elu''(x) with elu'' = 0 for x > 0, else
+    alpha exp(x) = elu(x) + alpha,  gg = gz elu'(x) (an ELUGrad again)."""
+
+    def __init__(self, alpha):
+        self.alpha = alpha
+
+    def forward(self, x, g):
+        return fused.elu_backward(x, g, self.alpha)
+
+    def backward(self, gz):
+        x, g = self.inputs
+        gx = gz * g * where(x.data > 0, 0.0, elu(x, self.alpha) + self.alpha) if x.requires_grad else None
+        return gx, ELUGrad(self.alpha)(x, gz) if g.requires_grad else None
 
 
 class Sign(Function):
@@ -712,9 +758,8 @@ def relu6(x: Tensor) -> Tensor:
 
 
 def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
-    """x for x > 0, alpha (exp(x) - 1) otherwise. expm1 sees min(x, 0) only, so exp never overflows
-    in the branch that `where` discards (whose gradient would otherwise be 0 * inf = NaN)."""
-    return where(x.data > 0, x, expm1(minimum(x, 0.0)) * alpha)
+    """x for x > 0, alpha (exp(x) - 1) otherwise (Clevert et al. 2016)."""
+    return ELU(alpha)(x)
 
 
 def silu(x: Tensor) -> Tensor:
