@@ -395,3 +395,15 @@ def test_environment_variable_is_read_at_import():
     if not _gpu_ready():   # a GPU name imports fine, and the first call says what is missing
         gpu = _run_with_env("cupy", no_cupy + "; import numpy; kernels.softmax(numpy.zeros(3))")
         assert "cupy" in gpu.stdout and "pip install minigen[cuda]" in gpu.stderr
+
+
+def test_parallel_kernels_run_on_workqueue_threads_unless_the_user_chose_a_layer():
+    """OpenMP's spinning threads starve BLAS's between kernels (kernels/__init__.py): workqueue by default."""
+    probe = ("import numpy as np, numba, kernels; kernels.softmax(np.ones((512, 128), np.float32)); "
+             "print(numba.threading_layer())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    for chosen, expected in ((None, "workqueue"), ("omp", "omp")):
+        out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True,
+                             env=env if chosen is None else {**env, "NUMBA_THREADING_LAYER": chosen})
+        assert out.stdout.strip() == expected
