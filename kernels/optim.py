@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")      # no zero-division check: the loop vectorizes (4x faster)
 def _adam(p, g, m, v, beta1, beta2, step_size, bias2_sqrt, eps):
     """In place, elementwise, in the order of optim.Adam's array formulas (so float64 results agree with
     them and with torch.optim to rounding): m <- m + (1 - beta1)(g - m), v <- beta2 v + (1 - beta2) g^2,
