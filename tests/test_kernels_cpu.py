@@ -232,7 +232,7 @@ def test_softmax_and_backward_pieces(shape, data, dtype, mod):
 @given(st.integers(0, 2), st.sampled_from(DTYPES), st.booleans(), st.integers(0, 2**32 - 1))
 def test_cpu_softmax_kernel_on_arrays_large_enough_for_numba(axis, dtype, log, seed):
     """Arrays over _PARALLEL_MIN_SIZE run the Numba row kernels (smaller ones take reference's formulas),
-    including rows of +-1e4, -inf, all -inf and NaN."""
+    including rows of +-1e4, -inf, all -inf and NaN (first, and inside a row)."""
     rng = np.random.default_rng(seed)
     shape = [4, 5, 6]
     shape[axis] = kernels.cpu._PARALLEL_MIN_SIZE // 30 + 7
@@ -240,7 +240,7 @@ def test_cpu_softmax_kernel_on_arrays_large_enough_for_numba(axis, dtype, log, s
     gy = rng.standard_normal(shape).astype(dtype)
     rows = np.moveaxis(x, axis, -1)  # a view: writing rows writes x
     rows[0, 0, ::3], rows[0, 1, :] = -1e4, -np.inf
-    rows[1, 0, 1], rows[1, 1, ::2], rows[1, 2, 0] = 1e4, -np.inf, np.nan
+    rows[1, 0, 1], rows[1, 1, ::2], rows[1, 2, 0], rows[2, 0, 40] = 1e4, -np.inf, np.nan, np.nan
     forward, backward = ((kernels.cpu.log_softmax, kernels.cpu.log_softmax_backward) if log
                          else (kernels.cpu.softmax, kernels.cpu.softmax_backward))
     ref_forward, ref_backward = ((reference.log_softmax, reference.log_softmax_backward) if log
@@ -250,7 +250,7 @@ def test_cpu_softmax_kernel_on_arrays_large_enough_for_numba(axis, dtype, log, s
         gx, want_gx = backward(y, gy, axis), ref_backward(want, gy.astype(np.float64), axis)
     assert y.dtype == gx.dtype == dtype
     nan_rows = np.isnan(np.moveaxis(want, axis, -1)).all(-1)
-    assert nan_rows[0, 1] and nan_rows[1, 2] and nan_rows.sum() == 2
+    assert nan_rows[0, 1] and nan_rows[1, 2] and nan_rows[2, 0] and nan_rows.sum() == 3
     np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
     np.testing.assert_allclose(y, want, **TOL[dtype])
     np.testing.assert_allclose(gx, want_gx, **TOL[dtype])
