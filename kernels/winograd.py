@@ -9,15 +9,13 @@ with the elementwise product * summed over input channels. That sum is a matrix 
 GEMMs of 16/36 = 0.44 times the multiply-adds of the im2col GEMM, and no 9-fold im2col copy. The transforms
 have coefficients 0, +-1 and +-1/2, so float32 loses next to nothing. B^T d B and A^T m A are Numba loops
 with the channels innermost (contiguous in the channels-last layouts, so they vectorize), parallel over rows of
-tiles. The tiles go through in chunks of a few MB, which stay in cache from one transform through the GEMMs to
-the next (and no temporary is large enough to be mapped fresh from the OS, page faults and all, at each call).
+tiles.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-_CHUNK_BYTES = 1 << 22     # transformed tiles per chunk: they stay in cache between the transforms and GEMMs
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
@@ -26,25 +24,18 @@ def tiles(ho: int, wo: int) -> tuple[int, int]:
     return -(-ho // 2), -(-wo // 2)
 
 
-def _chunks(n: int, th: int, tw: int, channels: int):
-    """Ranges of rows of tiles (of the n * th rows) holding about _CHUNK_BYTES of transformed tiles each."""
-    rows = max(1, _CHUNK_BYTES // (64 * channels * tw))
-    return [(r, min(r + rows, n * th)) for r in range(0, n * th, rows)]
-
-
 def conv3x3(xp, w, ho: int, wo: int):
     """y = conv2d(x, w) for w (O, C, 3, 3), stride 1, from xp: x zero-padded, channels-last, with the
     2 * tiles + 2 rows and columns that `tiles(ho, wo)` asks for. Returns y channels-last, (N, ho, wo, O)."""
     n, _, _, c = xp.shape
-    o, (th, tw) = w.shape[0], tiles(ho, wo)
+    th, tw = tiles(ho, wo)
+    v = np.empty((16, n * th * tw, c), dtype=xp.dtype)
+    _input_transform(xp, v, th, tw)
     G = _G.astype(xp.dtype)
     u = np.einsum("ik,ockl,jl->ijco", G, w.astype(xp.dtype, copy=False), G, optimize=True)    # G g G^T
-    u = u.reshape(16, c, o)
-    y = np.empty((n, ho, wo, o), dtype=xp.dtype)
-    for r0, r1 in _chunks(n, th, tw, max(c, o)):
-        v = np.empty((16, (r1 - r0) * tw, c), dtype=xp.dtype)
-        _input_transform(xp, v, th, tw, r0)
-        _output_transform(np.matmul(v, u), y, th, tw, r0)                # (16, tiles, C) @ (16, C, O)
+    m = np.matmul(v, u.reshape(16, c, -1))                                                  # (16, tiles, O)
+    y = np.empty((n, ho, wo, m.shape[2]), dtype=xp.dtype)
+    _output_transform(m, y, th, tw)
     return y
 
 
@@ -53,29 +44,26 @@ def conv3x3_weight(xp, gy, ho: int, wo: int):
     y is linear in U = G g G^T, y = A^T (U * V) A per tile, so dL/dU = V * (A gy A^T) summed over tiles (16
     GEMMs V[xi nu]^T @ (A gy A^T)[xi nu]) and dw = G^T (dL/dU) G."""
     n, _, _, c = xp.shape
-    o, (th, tw) = gy.shape[3], tiles(ho, wo)
-    s = np.zeros((16, c, o), dtype=xp.dtype)
-    for r0, r1 in _chunks(n, th, tw, max(c, o)):
-        v = np.empty((16, (r1 - r0) * tw, c), dtype=xp.dtype)
-        _input_transform(xp, v, th, tw, r0)
-        z = np.empty((16, (r1 - r0) * tw, o), dtype=xp.dtype)
-        _gradient_transform(gy, z, th, tw, r0)
-        s += np.matmul(v.transpose(0, 2, 1), z)                          # (16, C, tiles) @ (16, tiles, O)
+    th, tw = tiles(ho, wo)
+    v = np.empty((16, n * th * tw, c), dtype=xp.dtype)
+    _input_transform(xp, v, th, tw)
+    z = np.empty((16, n * th * tw, gy.shape[3]), dtype=xp.dtype)
+    _gradient_transform(gy, z, th, tw)
+    s = np.matmul(v.transpose(0, 2, 1), z).reshape(4, 4, c, -1)                         # (4, 4, C, O)
     G = _G.astype(xp.dtype)
-    return np.einsum("ik,ijco,jl->ockl", G, s.reshape(4, 4, c, o), G, optimize=True)   # G^T s G
+    return np.einsum("ik,ijco,jl->ockl", G, s, G, optimize=True)                         # G^T s G
 
 
 @numba.njit(parallel=True, cache=True)
-def _input_transform(xp, v, th, tw, row0):
-    """v[4 r + s, tile] = (B^T d B)[r, s] for the tile d at rows 2i.., columns 2j.. (the tiles of this chunk,
-    whose rows of tiles start at row0), with
+def _input_transform(xp, v, th, tw):
+    """v[4 r + s, tile] = (B^T d B)[r, s] for the tile d at rows 2i.., columns 2j.., with
     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]: rows combined first, then columns."""
     C = xp.shape[3]
-    for chunk_row in numba.prange(v.shape[1] // tw):
-        n, i = (row0 + chunk_row) // th, (row0 + chunk_row) % th
+    for row in numba.prange(xp.shape[0] * th):
+        n, i = row // th, row % th
         t = np.empty((4, 4, C), dtype=xp.dtype)
         for j in range(tw):
-            tile = chunk_row * tw + j
+            tile = row * tw + j
             for s in range(4):
                 d0, d1, d2, d3 = xp[n, 2 * i, 2 * j + s], xp[n, 2 * i + 1, 2 * j + s], \
                     xp[n, 2 * i + 2, 2 * j + s], xp[n, 2 * i + 3, 2 * j + s]
@@ -93,15 +81,14 @@ def _input_transform(xp, v, th, tw, row0):
 
 
 @numba.njit(parallel=True, cache=True)
-def _output_transform(m, y, th, tw, row0):
-    """The 2x2 outputs A^T m A of each tile of the chunk at row0, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], cropped
-    to y's size."""
+def _output_transform(m, y, th, tw):
+    """The 2x2 outputs A^T m A of each tile, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], cropped to y's size."""
     O, ho, wo = m.shape[2], y.shape[1], y.shape[2]
-    for chunk_row in numba.prange(m.shape[1] // tw):
-        n, i = (row0 + chunk_row) // th, (row0 + chunk_row) % th
+    for row in numba.prange(y.shape[0] * th):
+        n, i = row // th, row % th
         t = np.empty((2, 4, O), dtype=y.dtype)
         for j in range(tw):
-            tile = chunk_row * tw + j
+            tile = row * tw + j
             for s in range(4):
                 m0, m1, m2, m3 = m[s, tile], m[4 + s, tile], m[8 + s, tile], m[12 + s, tile]
                 for o in range(O):
@@ -118,17 +105,16 @@ def _output_transform(m, y, th, tw, row0):
 
 
 @numba.njit(parallel=True, cache=True)
-def _gradient_transform(gy, z, th, tw, row0):
-    """z[4 r + s, tile] = (A e A^T)[r, s] for the 2x2 block e of gy at (2i, 2j) (zero past gy's edge), for the
-    tiles of the chunk at row0, with
+def _gradient_transform(gy, z, th, tw):
+    """z[4 r + s, tile] = (A e A^T)[r, s] for the 2x2 block e of gy at (2i, 2j) (zero past gy's edge), with
     A = [[1, 0], [1, 1], [1, -1], [0, -1]]: the adjoint of the output transform."""
     O, ho, wo = gy.shape[3], gy.shape[1], gy.shape[2]
-    for chunk_row in numba.prange(z.shape[1] // tw):
-        n, i = (row0 + chunk_row) // th, (row0 + chunk_row) % th
+    for row in numba.prange(gy.shape[0] * th):
+        n, i = row // th, row % th
         e = np.zeros((2, 2, O), dtype=gy.dtype)
         t = np.empty((4, 2, O), dtype=gy.dtype)
         for j in range(tw):
-            tile = chunk_row * tw + j
+            tile = row * tw + j
             for a in range(2):
                 for b in range(2):
                     if 2 * i + a < ho and 2 * j + b < wo:
