@@ -25,6 +25,7 @@ from numba.extending import intrinsic, overload
 from numpy.lib.stride_tricks import as_strided
 
 from . import reference, winograd
+from ._threads import parallel
 from ._geometry import check_channels, conv_out_size, conv_transpose_out_size, geometry
 
 
@@ -125,7 +126,7 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     return _add_bias(y, b)
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel()
 def _col2im(cols, y, sh, sw, ph, pw, dh, dw):
     """y[b, h*sh + i*dh - ph, w*sw + j*dw - pw, :] += cols[b, h, w, i, j, :] over inputs (h, w) and taps (i, j)
     that land inside y: the scatter of conv_transpose2d, one image b at a time (parallel over b), so that
@@ -155,9 +156,9 @@ def _col2im(cols, y, sh, sw, ph, pw, dh, dw):
 # (8.4 ms on 4096x1024 float32, against 5.4 ms for NumPy's AVX-512 exp). `_exp` below is exp written out
 # in float32 arithmetic, which LLVM vectorizes: 1.7 ms. float64 keeps math.exp.
 
-_njit = numba.njit(parallel=True, cache=True)
+_njit = parallel()
 _FASTMATH = {"reassoc", "nsz", "arcp", "contract"}  # reorder sums (so they vectorize); keep inf and NaN
-_njit_fastmath = numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+_njit_fastmath = parallel(fastmath=_FASTMATH)
 
 # Below this many elements a parallel Numba region costs more than it saves: the start-up of its threads
 # (~15 us) and their spinning afterwards, which starves BLAS's threads in the matrix products that follow

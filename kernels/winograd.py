@@ -16,6 +16,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._threads import parallel
+
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
@@ -54,7 +56,7 @@ def conv3x3_weight(xp, gy, ho: int, wo: int):
     return np.einsum("ik,ijco,jl->ockl", G, s, G, optimize=True)                         # G^T s G
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel()
 def _input_transform(xp, v, th, tw):
     """v[4 r + s, tile] = (B^T d B)[r, s] for the tile d at rows 2i.., columns 2j.., with
     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]: rows combined first, then columns."""
@@ -80,7 +82,7 @@ def _input_transform(xp, v, th, tw):
                     v[4 * r + 3, tile, k] = t[r, 1, k] - t[r, 3, k]
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel()
 def _output_transform(m, y, th, tw):
     """The 2x2 outputs A^T m A of each tile, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], cropped to y's size."""
     O, ho, wo = m.shape[2], y.shape[1], y.shape[2]
@@ -104,7 +106,7 @@ def _output_transform(m, y, th, tw):
                             out[2 * j + 1, o] = t[a, 1, o] - t[a, 2, o] - t[a, 3, o]
 
 
-@numba.njit(parallel=True, cache=True)
+@parallel()
 def _gradient_transform(gy, z, th, tw):
     """z[4 r + s, tile] = (A e A^T)[r, s] for the 2x2 block e of gy at (2i, 2j) (zero past gy's edge), with
     A = [[1, 0], [1, 1], [1, -1], [0, -1]]: the adjoint of the output transform."""

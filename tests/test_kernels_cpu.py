@@ -407,3 +407,32 @@ def test_parallel_kernels_run_on_workqueue_threads_unless_the_user_chose_a_layer
         out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True,
                              env=env if chosen is None else {**env, "NUMBA_THREADING_LAYER": chosen})
         assert out.stdout.strip() == expected
+
+
+def test_parallel_and_serial_compilations_of_the_kernels_agree():
+    """Each Numba loop is compiled parallel (run on 2+ threads) and serial (run on 1; kernels/_threads.py):
+    the suite runs on one thread, so here every kernel runs both ways on inputs large enough for Numba."""
+    import numba
+    from kernels import cpu, norm
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here")
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((4, 64, 12, 12), dtype=np.float32), rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
+    wt = rng.standard_normal((64, 32, 4, 4), dtype=np.float32)
+    a = rng.standard_normal((1024, 8, 8)) + 3 * np.eye(8)
+    calls = {"softmax": lambda: cpu.log_softmax(x.reshape(-1, 144) * 3),
+             "softmax_backward": lambda: cpu.softmax_backward(cpu.softmax(x.reshape(256, -1)), x.reshape(256, -1)),
+             "winograd": lambda: cpu.conv2d(x, w, None, 1, 1),
+             "winograd weight": lambda: cpu.conv2d_weight(x, x, 3, 1, 1),
+             "col2im": lambda: cpu.conv_transpose2d(x, wt, None, 2, 1),
+             "slogdet": lambda: cpu.slogdet(a)[1], "inv": lambda: cpu.inv(a),
+             "norm": lambda: norm.standardize(x, (0, 2, 3), 1e-5)[0]}
+    for name, call in calls.items():
+        numba.set_num_threads(1)
+        serial = call()
+        numba.set_num_threads(2)
+        try:
+            parallel = call()
+        finally:
+            numba.set_num_threads(1)
+        np.testing.assert_allclose(parallel, serial, rtol=1e-6, atol=1e-6, err_msg=name)

@@ -1,0 +1,34 @@
+"""Numba's parallel loops, compiled twice: parallel, and serial for when Numba runs on one thread.
+
+On one thread a parallel loop still hands its work to Numba's worker thread and waits for it; measured at
+one thread, that handoff made whole training steps 10-27% slower (DCGAN 81 ms against 64) than the same
+loops compiled without `parallel`, where `prange` is a plain `range`. So each kernel is compiled both ways
+and every call picks by numba.get_num_threads().
+"""
+from __future__ import annotations
+
+import functools
+import types
+
+import numba
+
+
+class _Kernel:
+    """A Python function compiled with parallel=True and without; calls go to the one the thread count asks for."""
+
+    def __init__(self, fn, options: dict):
+        # the serial twin is a copy of the function under its own name, so that Numba's on-disk cache keeps the
+        # two compilations apart (its cache index is keyed by the function's name, not by the parallel flag)
+        serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        serial.__qualname__ = fn.__qualname__ + "__serial"
+        self.parallel = numba.njit(parallel=True, cache=True, **options)(fn)
+        self.serial = numba.njit(cache=True, **options)(serial)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args):
+        return (self.parallel if numba.get_num_threads() > 1 else self.serial)(*args)
+
+
+def parallel(**options):
+    """Decorator: `fn` as a _Kernel with Numba `options` (e.g. fastmath)."""
+    return lambda fn: _Kernel(fn, options)
