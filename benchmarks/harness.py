@@ -243,8 +243,13 @@ class EngineProcess:
         import multiprocessing
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
-        os.environ.update({k: str(threads) for k in THREAD_VARIABLES})
+        # a peer's process imports minigen too (the benchmark modules do): MINIGEN_MALLOC=default keeps minigen
+        # from tuning its malloc (kernels._keep_freed_memory), so that the peer runs as it would on its own
+        env = {k: str(threads) for k in THREAD_VARIABLES}
+        if engine != "minigen":
+            env["MINIGEN_MALLOC"] = "default"
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             self.process = ctx.Process(target=_serve, args=(child, build, engine, threads, args), daemon=True)
             self.process.start()
@@ -298,7 +303,8 @@ def compare_training_steps(build, case: str, variant: str, threads: int, quick: 
     build("minigen", *args, None) names "step" (one training step, returning the loss), "state" (the initial
     weights as {name: ndarray}) and "size" (e.g. {"parameters": n}); build("torch", *args, state) is the
     twin loaded with those weights. Two steps of each engine from the same weights must give the same losses
-    (the check), then the steps are timed in interleaved bursts (measure_processes). Returns the rows and the check table."""
+    (the check), then the steps are timed in interleaved bursts (measure_processes). Returns the rows and the
+    check table."""
     import numpy as np
     with EngineProcess(build, "minigen", threads, *args, None) as ours:
         state, size = ours.result("state"), ours.result("size")

@@ -11,14 +11,16 @@ def build(engine: str, fail: bool = False) -> dict:
     """A toy engine for EngineProcess: it reports its name and its process's thread settings."""
     if fail:
         raise ValueError("this engine cannot be built")
+    import kernels
     return {"name": lambda: engine, "threads": lambda: {k: os.environ.get(k) for k in harness.THREAD_VARIABLES},
-            "work": lambda: sum(range(2000))}
+            "malloc tuned": lambda: kernels.MALLOC_TUNED, "work": lambda: sum(range(2000))}
 
 
 def test_an_engine_process_serves_results_and_timed_bursts_with_its_threads():
     before = {k: os.environ.get(k) for k in harness.THREAD_VARIABLES}
     with harness.EngineProcess(build, "toy", 2) as proc:
-        assert proc.names == ["name", "threads", "work"]
+        assert proc.names == ["malloc tuned", "name", "threads", "work"]
+        assert proc.result("malloc tuned") is False          # a peer's process keeps the default malloc
         assert proc.result("name") == "toy"
         assert proc.result("threads") == {k: "2" for k in harness.THREAD_VARIABLES}
         times = proc.burst("work", 0.05)

@@ -436,3 +436,14 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree():
         finally:
             numba.set_num_threads(1)
         np.testing.assert_allclose(parallel, serial, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_malloc_keeps_freed_memory_unless_told_not_to():
+    """kernels._keep_freed_memory: glibc's malloc tuned on import, left alone with MINIGEN_MALLOC=default."""
+    probe = "import kernels; print(kernels.MALLOC_TUNED)"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "MINIGEN_MALLOC"}
+    for setting, expected in ((None, "True"), ("default", "False")):
+        out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True,
+                             env=env if setting is None else {**env, "MINIGEN_MALLOC": setting})
+        assert out.stdout.strip() == expected
