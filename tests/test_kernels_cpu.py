@@ -397,16 +397,20 @@ def test_environment_variable_is_read_at_import():
         assert "cupy" in gpu.stdout and "pip install minigen[cuda]" in gpu.stderr
 
 
+def _printed_by_a_new_process(probe: str, variable: str, value: str | None) -> str:
+    """What `probe` prints in a fresh Python process whose environment has `variable` unset or set to value."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    env.update({} if value is None else {variable: value})
+    return subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True,
+                          env=env).stdout.strip()
+
+
 def test_parallel_kernels_run_on_workqueue_threads_unless_the_user_chose_a_layer():
     """OpenMP's spinning threads starve BLAS's between kernels (kernels/__init__.py): workqueue by default."""
     probe = ("import numpy as np, numba, kernels; kernels.softmax(np.ones((512, 128), np.float32)); "
              "print(numba.threading_layer())")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
-    for chosen, expected in ((None, "workqueue"), ("omp", "omp")):
-        out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True,
-                             env=env if chosen is None else {**env, "NUMBA_THREADING_LAYER": chosen})
-        assert out.stdout.strip() == expected
+    assert [_printed_by_a_new_process(probe, "NUMBA_THREADING_LAYER", v) for v in (None, "omp")] == ["workqueue", "omp"]
 
 
 def test_parallel_and_serial_compilations_of_the_kernels_agree():
@@ -441,9 +445,4 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree():
 def test_malloc_keeps_freed_memory_unless_told_not_to():
     """kernels._keep_freed_memory: glibc's malloc tuned on import, left alone with MINIGEN_MALLOC=default."""
     probe = "import kernels; print(kernels.MALLOC_TUNED)"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "MINIGEN_MALLOC"}
-    for setting, expected in ((None, "True"), ("default", "False")):
-        out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True,
-                             env=env if setting is None else {**env, "MINIGEN_MALLOC": setting})
-        assert out.stdout.strip() == expected
+    assert [_printed_by_a_new_process(probe, "MINIGEN_MALLOC", v) for v in (None, "default")] == ["True", "False"]
