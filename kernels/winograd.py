@@ -19,6 +19,8 @@ import numpy as np
 from ._threads import parallel
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+# G g G^T for every 3x3 filter g at once as one GEMM: kron(G, G)[4 i + j, 3 k + l] = G[i, k] G[j, l]
+_GG = np.kron(_G, _G)
 
 
 def tiles(ho: int, wo: int) -> tuple[int, int]:
@@ -33,9 +35,8 @@ def conv3x3(xp, w, ho: int, wo: int):
     th, tw = tiles(ho, wo)
     v = np.empty((16, n * th * tw, c), dtype=xp.dtype)
     _input_transform(xp, v, th, tw)
-    G = _G.astype(xp.dtype)
-    u = np.einsum("ik,ockl,jl->ijco", G, w.astype(xp.dtype, copy=False), G, optimize=True)    # G g G^T
-    m = np.matmul(v, u.reshape(16, c, -1))                                                  # (16, tiles, O)
+    u = _GG.astype(xp.dtype) @ w.reshape(-1, 9).T.astype(xp.dtype, copy=False)          # G g G^T: (16, O C)
+    m = np.matmul(v, u.reshape(16, -1, c).transpose(0, 2, 1))                             # (16, tiles, O)
     y = np.empty((n, ho, wo, m.shape[2]), dtype=xp.dtype)
     _output_transform(m, y, th, tw)
     return y
@@ -51,9 +52,9 @@ def conv3x3_weight(xp, gy, ho: int, wo: int):
     _input_transform(xp, v, th, tw)
     z = np.empty((16, n * th * tw, gy.shape[3]), dtype=xp.dtype)
     _gradient_transform(gy, z, th, tw)
-    s = np.matmul(v.transpose(0, 2, 1), z).reshape(4, 4, c, -1)                         # (4, 4, C, O)
-    G = _G.astype(xp.dtype)
-    return np.einsum("ik,ijco,jl->ockl", G, s, G, optimize=True)                         # G^T s G
+    s = np.matmul(v.transpose(0, 2, 1), z)                                               # (16, C, O)
+    dw = _GG.T.astype(xp.dtype) @ s.reshape(16, -1)                                       # G^T s G: (9, C O)
+    return np.ascontiguousarray(dw.reshape(3, 3, c, -1).transpose(3, 2, 0, 1))
 
 
 @parallel()
