@@ -8,11 +8,12 @@ Two cases, each forward + backward written by hand with every engine's own tenso
 - mlp: one training step of an MLP 784-512-512-10 (ReLU), batch 128, float32: forward, cross-entropy
   with integer labels, backward, and the SGD update (lr 0.01) written by hand in place.
 
-Before timing, every engine's results are checked against the reference (PyTorch when present, else
-minigen): the chain's input gradient, and the MLP loss of two consecutive steps from the same initial
-weights and batch (the second loss depends on the first step's gradients). A peer that cannot be imported
-is listed as absent. Timings are interleaved (harness.measure_interleaved: every engine once per round)
-so that load from other processes on a shared machine falls on all engines alike; medians are reported.
+Each engine runs in a process of its own, at 1 and at 2 threads (harness.EngineProcess; its thread count
+set for BLAS, Numba and PyTorch alike), and is timed in interleaved bursts of back-to-back calls
+(harness.measure_processes); medians and the interquartile spread are reported. Before timing, every
+engine's results are checked against the reference (PyTorch when present, else minigen): the chain's input
+gradient, and the MLP loss of two consecutive steps from the same initial weights and batch (the second loss
+depends on the first step's gradients). A peer that cannot be imported is listed as absent.
 
     python -m benchmarks engine_overhead [--quick]
     python benchmarks/engine_overhead.py [--quick]
@@ -29,7 +30,7 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import measure_interleaved  # noqa: E402
+from benchmarks.harness import EngineProcess, measure_processes  # noqa: E402
 
 STEPS = 50                       # chain length; each step is 3 ops (mul, add, tanh), plus the final sum
 CHAIN_OPS = 3 * STEPS + 1
@@ -116,7 +117,7 @@ def _torch():
                     p.grad = None
             return loss.item()
         return step
-    return chain, mlp, torch.__version__, f"torch.get_num_threads() = {torch.get_num_threads()} (default)"
+    return chain, mlp, torch.__version__, f"torch.get_num_threads() = {torch.get_num_threads()}"
 
 
 def _dezero():
@@ -245,57 +246,81 @@ def _git_state() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def run(quick: bool = False):
-    engines, status = {}, []
-    for name in ENGINES:
-        try:
-            chain, mlp, version, note = _BUILDERS[name]()
-        except ImportError as e:
-            status.append({"engine": name, "version": "", "status": f"absent ({e})", "notes": ""})
-            continue
-        engines[name] = (chain, mlp)
-        status.append({"engine": name, "version": version, "status": "ok", "notes": note})
-    status[0]["notes"] = f"git {_git_state()}"
-    load_before = os.getloadavg()[0]
-    reference = "torch" if "torch" in engines else "minigen"
+THREADS = (1, 2)
+MLP_CASE = f"MLP {'-'.join(map(str, SIZES))} batch {BATCH} float32"
 
-    chain_repeat, mlp_repeat = (20, 3) if quick else (300, 40)
-    rows, per_op = [], []
+
+def _chain_case(shape: tuple) -> str:
+    return f"tanh chain x{STEPS}, shape {shape}"
+
+
+def build(name: str) -> dict:
+    """The calls an engine process serves: "info" (version, notes), one chain per shape (returning the input
+    gradient) and the MLP step (returning the loss), all from the same seeded arrays in every engine; an
+    engine that cannot be imported serves only "absent" (the reason)."""
+    try:
+        chain, mlp, version, note = _BUILDERS[name]()
+    except ImportError as e:
+        reason = str(e)
+        return {"absent": lambda: reason}
     rng = np.random.default_rng(1)
-    for shape in CHAIN_SHAPES:
-        x0 = rng.standard_normal(shape).astype(np.float32)
-        fns = {name: chain(x0) for name, (chain, _) in engines.items()}
-        want = np.asarray(fns[reference]())
-        for name, fn in fns.items():
-            got = np.asarray(fn())
-            assert np.allclose(got, want, rtol=1e-3, atol=0), \
-                f"chain {shape}: {name} gives gradient {got}, {reference} {want}"
-        case = f"tanh chain x{STEPS}, shape {shape}"
-        timings = measure_interleaved(fns, repeat=chain_repeat, warmup=10)
-        for name, t in timings.items():
-            rows.append({"case": case, "variant": "forward+backward", "impl": name, **t})
-        per_op.append({"case": case, **{f"{name} us/op": f"{t['seconds'] / CHAIN_OPS * 1e6:.2f}"
-                                        for name, t in timings.items()}})
+    calls = {_chain_case(shape): chain(rng.standard_normal(shape).astype(np.float32)) for shape in CHAIN_SHAPES}
+    return {**calls, MLP_CASE: mlp(*_problem()), "info": lambda: (version, note)}
 
-    params, x, labels = _problem()
-    steps = {name: mlp(params, x, labels) for name, (_, mlp) in engines.items()}
-    losses = {name: (step(), step()) for name, step in steps.items()}
+
+def _check(procs: dict, reference: str) -> dict:
+    """Every engine's chain gradients and first two MLP losses against the reference engine's; returns the
+    losses {engine: (step 1, step 2)}."""
+    for case in map(_chain_case, CHAIN_SHAPES):
+        want = np.asarray(procs[reference].result(case))
+        for name, proc in procs.items():
+            got = np.asarray(proc.result(case))
+            assert np.allclose(got, want, rtol=1e-3, atol=0), f"{case}: {name} gives gradient {got}, {reference} {want}"
+    losses = {name: (proc.result(MLP_CASE), proc.result(MLP_CASE)) for name, proc in procs.items()}
     for name, pair in losses.items():
         assert np.allclose(pair, losses[reference], rtol=1e-4), \
             f"mlp: {name} gives losses {pair} in its first two steps, {reference} {losses[reference]}"
-    timings = measure_interleaved(steps, repeat=mlp_repeat, warmup=3)
-    case = f"MLP {'-'.join(map(str, SIZES))} batch {BATCH} float32"
-    for name, t in timings.items():
-        rows.append({"case": case, "variant": "fwd+CE+bwd+SGD step", "impl": name, **t})
-    for s in status:
-        if s["engine"] in losses:
-            s["notes"] += ("; " if s["notes"] else "") + "MLP losses of steps 1, 2: %.6f, %.6f" % losses[s["engine"]]
+    return losses
 
-    # On a shared machine other processes steal cores; PyTorch's and BLAS's worker threads suffer most.
-    conditions = [{"1-minute load average at start": f"{load_before:.1f}",
-                   "at end": f"{os.getloadavg()[0]:.1f}", "cores": os.cpu_count()}]
-    return rows, {"Chain: microseconds per op (151 ops: 50 x (mul, add, tanh) + sum)": per_op,
-                  "Engines": status, "Run conditions": conditions}
+
+def _timings(threads: int, quick: bool, status: dict, engines=ENGINES) -> list[dict]:
+    """One row per (case, engine) at `threads` threads; fills `status` with each engine's version and notes."""
+    procs = {}
+    try:
+        for name in engines:
+            proc = EngineProcess(build, name, threads)
+            if "absent" in proc.names:
+                status[name] = {"engine": name, "version": "", "status": f"absent ({proc.result('absent')})", "notes": ""}
+                proc.close()
+                continue
+            procs[name] = proc
+            version, note = proc.result("info")
+            status[name] = {"engine": name, "version": version, "status": "ok", "notes": note}
+        losses = _check(procs, "torch" if "torch" in procs else "minigen")
+        for name, pair in losses.items():
+            status[name]["notes"] += ("; " if status[name]["notes"] else "") + "MLP losses of steps 1, 2: %.6f, %.6f" % pair
+        rows = []
+        for case in [*map(_chain_case, CHAIN_SHAPES), MLP_CASE]:
+            timings = measure_processes({name: (proc, case) for name, proc in procs.items()}, rounds=2 if quick else 6)
+            variant = ("fwd+CE+bwd+SGD step" if case == MLP_CASE else "forward+backward") + f", {threads} thread(s)"
+            rows += [{"case": case, "variant": variant, "threads": threads, "impl": name, **t}
+                     for name, t in timings.items()]
+        return rows
+    finally:
+        for proc in procs.values():
+            proc.close()
+
+
+def run(quick: bool = False):
+    rows, status = [], {}
+    for threads in THREADS:
+        rows += _timings(threads, quick, status)
+    status["minigen"]["notes"] = f"git {_git_state()}; " + status["minigen"]["notes"]
+    per_op = [{"case": r["case"], "threads": r["threads"], "engine": r["impl"],
+               "us/op": f"{r['seconds'] / CHAIN_OPS * 1e6:.2f}", "spread": f"{r['spread']:.2f}"}
+              for r in rows if r["case"] != MLP_CASE]
+    return rows, {f"Chain: microseconds per op ({CHAIN_OPS} ops: {STEPS} x (mul, add, tanh) + sum) and spread "
+                  "(interquartile range / median)": per_op, "Engines": list(status.values())}
 
 
 if __name__ == "__main__":

@@ -45,3 +45,16 @@ def test_training_steps_compare_minigen_and_torch_from_the_same_weights():
     losses = {c["engine"]: (float(c["loss step 1"]), float(c["loss step 2"])) for c in check["check"]}
     assert losses["minigen"] == pytest.approx(losses["torch"], rel=2e-4)
     assert losses["minigen"][1] < losses["minigen"][0] and check["check"][0]["parameters"] == 785284
+
+
+def test_engine_overhead_checks_and_times_each_engine_in_its_own_process():
+    pytest.importorskip("torch")
+    from benchmarks import engine_overhead
+    status = {}
+    rows = engine_overhead._timings(1, True, status, ("minigen", "torch"))
+    assert {(r["case"], r["impl"]) for r in rows} == {(case, engine) for case in (
+        *map(engine_overhead._chain_case, engine_overhead.CHAIN_SHAPES), engine_overhead.MLP_CASE)
+        for engine in ("minigen", "torch")}
+    assert all(r["calls"] >= 6 and r["seconds"] > 0 and r["threads"] == 1 for r in rows)
+    assert status["torch"]["status"] == "ok" and "torch.get_num_threads() = 1" in status["torch"]["notes"]
+    assert "MLP losses of steps 1, 2: 2.31" in status["minigen"]["notes"]   # checked against torch in _check
