@@ -9,7 +9,8 @@ with the elementwise product * summed over input channels. That sum is a matrix 
 GEMMs of 16/36 = 0.44 times the multiply-adds of the im2col GEMM, and no 9-fold im2col copy. The transforms
 have coefficients 0, +-1 and +-1/2, so float32 loses next to nothing. B^T d B and A^T m A are Numba loops
 with the channels innermost (contiguous in the channels-last layouts, so they vectorize), parallel over rows of
-tiles.
+tiles. Large maps go through in chunks of rows of tiles, whose transformed tiles stay in cache from one
+transform through the GEMMs to the next.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from ._threads import parallel
 
+_CHUNK_BYTES = 1 << 23     # transformed tiles per chunk
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 # G g G^T for every 3x3 filter g at once as one GEMM: kron(G, G)[4 i + j, 3 k + l] = G[i, k] G[j, l]
 _GG = np.kron(_G, _G)
@@ -28,17 +30,25 @@ def tiles(ho: int, wo: int) -> tuple[int, int]:
     return -(-ho // 2), -(-wo // 2)
 
 
+def _chunks(n: int, th: int, tw: int, channels: int) -> list[tuple[int, int]]:
+    """Ranges of the n * th rows of tiles holding about _CHUNK_BYTES of transformed tiles each (all of them when
+    they fit)."""
+    rows = max(1, _CHUNK_BYTES // (16 * 4 * channels * tw))
+    return [(r, min(r + rows, n * th)) for r in range(0, n * th, rows)]
+
+
 def conv3x3(xp, w, ho: int, wo: int):
     """y = conv2d(x, w) for w (O, C, 3, 3), stride 1, from xp: x zero-padded, channels-last, with the
     2 * tiles + 2 rows and columns that `tiles(ho, wo)` asks for. Returns y channels-last, (N, ho, wo, O)."""
     n, _, _, c = xp.shape
-    th, tw = tiles(ho, wo)
-    v = np.empty((16, n * th * tw, c), dtype=xp.dtype)
-    _input_transform(xp, v, th, tw)
+    o, (th, tw) = w.shape[0], tiles(ho, wo)
     u = _GG.astype(xp.dtype) @ w.reshape(-1, 9).T.astype(xp.dtype, copy=False)          # G g G^T: (16, O C)
-    m = np.matmul(v, u.reshape(16, -1, c).transpose(0, 2, 1))                             # (16, tiles, O)
-    y = np.empty((n, ho, wo, m.shape[2]), dtype=xp.dtype)
-    _output_transform(m, y, th, tw)
+    u = u.reshape(16, o, c).transpose(0, 2, 1)                                           # (16, C, O)
+    y = np.empty((n, ho, wo, o), dtype=xp.dtype)
+    for r0, r1 in _chunks(n, th, tw, max(c, o)):
+        v = np.empty((16, (r1 - r0) * tw, c), dtype=xp.dtype)
+        _input_transform(xp, v, th, tw, r0)
+        _output_transform(np.matmul(v, u), y, th, tw, r0)                                # (16, tiles, O)
     return y
 
 
@@ -47,23 +57,26 @@ def conv3x3_weight(xp, gy, ho: int, wo: int):
     y is linear in U = G g G^T, y = A^T (U * V) A per tile, so dL/dU = V * (A gy A^T) summed over tiles (16
     GEMMs V[xi nu]^T @ (A gy A^T)[xi nu]) and dw = G^T (dL/dU) G."""
     n, _, _, c = xp.shape
-    th, tw = tiles(ho, wo)
-    v = np.empty((16, n * th * tw, c), dtype=xp.dtype)
-    _input_transform(xp, v, th, tw)
-    z = np.empty((16, n * th * tw, gy.shape[3]), dtype=xp.dtype)
-    _gradient_transform(gy, z, th, tw)
-    s = np.matmul(v.transpose(0, 2, 1), z)                                               # (16, C, O)
+    o, (th, tw) = gy.shape[3], tiles(ho, wo)
+    s = np.zeros((16, c, o), dtype=xp.dtype)
+    for r0, r1 in _chunks(n, th, tw, max(c, o)):
+        v = np.empty((16, (r1 - r0) * tw, c), dtype=xp.dtype)
+        _input_transform(xp, v, th, tw, r0)
+        z = np.empty((16, (r1 - r0) * tw, o), dtype=xp.dtype)
+        _gradient_transform(gy, z, th, tw, r0)
+        s += np.matmul(v.transpose(0, 2, 1), z)                                          # (16, C, O)
     dw = _GG.T.astype(xp.dtype) @ s.reshape(16, -1)                                       # G^T s G: (9, C O)
     return np.ascontiguousarray(dw.reshape(3, 3, c, -1).transpose(3, 2, 0, 1))
 
 
 @parallel()
-def _input_transform(xp, v, th, tw):
-    """v[4 r + s, tile] = (B^T d B)[r, s] for the tile d at rows 2i.., columns 2j.., with
+def _input_transform(xp, v, th, tw, row0):
+    """v[4 r + s, tile] = (B^T d B)[r, s] for the tile d at rows 2i.., columns 2j.. (the tiles of the chunk whose
+    rows of tiles start at row0), with
     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]: rows combined first, then columns."""
     C = xp.shape[3]
-    for row in numba.prange(xp.shape[0] * th):
-        n, i = row // th, row % th
+    for row in numba.prange(v.shape[1] // tw):
+        n, i = (row0 + row) // th, (row0 + row) % th
         t = np.empty((4, 4, C), dtype=xp.dtype)
         for j in range(tw):
             tile = row * tw + j
@@ -84,11 +97,12 @@ def _input_transform(xp, v, th, tw):
 
 
 @parallel()
-def _output_transform(m, y, th, tw):
-    """The 2x2 outputs A^T m A of each tile, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], cropped to y's size."""
+def _output_transform(m, y, th, tw, row0):
+    """The 2x2 outputs A^T m A of each tile of the chunk at row0, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], cropped
+    to y's size."""
     O, ho, wo = m.shape[2], y.shape[1], y.shape[2]
-    for row in numba.prange(y.shape[0] * th):
-        n, i = row // th, row % th
+    for row in numba.prange(m.shape[1] // tw):
+        n, i = (row0 + row) // th, (row0 + row) % th
         t = np.empty((2, 4, O), dtype=y.dtype)
         for j in range(tw):
             tile = row * tw + j
@@ -108,12 +122,13 @@ def _output_transform(m, y, th, tw):
 
 
 @parallel()
-def _gradient_transform(gy, z, th, tw):
-    """z[4 r + s, tile] = (A e A^T)[r, s] for the 2x2 block e of gy at (2i, 2j) (zero past gy's edge), with
+def _gradient_transform(gy, z, th, tw, row0):
+    """z[4 r + s, tile] = (A e A^T)[r, s] for the 2x2 block e of gy at (2i, 2j) (zero past gy's edge) of the
+    chunk at row0, with
     A = [[1, 0], [1, 1], [1, -1], [0, -1]]: the adjoint of the output transform."""
     O, ho, wo = gy.shape[3], gy.shape[1], gy.shape[2]
-    for row in numba.prange(gy.shape[0] * th):
-        n, i = row // th, row % th
+    for row in numba.prange(z.shape[1] // tw):
+        n, i = (row0 + row) // th, (row0 + row) % th
         e = np.zeros((2, 2, O), dtype=gy.dtype)
         t = np.empty((4, 2, O), dtype=gy.dtype)
         for j in range(tw):

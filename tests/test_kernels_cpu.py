@@ -4,6 +4,7 @@ singular values, and the dispatcher."""
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_convolutions_are_adjoint(case, mod):
        p=st.integers(0, 2), seed=st.integers(0, 2 ** 16))
 def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
     """F(2x2, 3x3) and its weight gradient on any map (odd sizes crop the last tile, maps smaller than a tile)
-    in float64."""
+    in float64, with the tiles in one chunk and in a chunk per row of tiles."""
     from kernels import cpu, winograd
     if h + 2 * p < 3 or w + 2 * p < 3:
         return
@@ -127,11 +128,14 @@ def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = winograd.tiles(ho, wo)
     xp = cpu._padded_nhwc(x, (p, p), (2 * th + 2, 2 * tw + 2))
-    np.testing.assert_allclose(winograd.conv3x3(xp, wt, ho, wo).transpose(0, 3, 1, 2),
-                               reference.conv2d(x, wt, None, 1, p), rtol=1e-10, atol=1e-10)
     gy = rng.standard_normal((n, ho, wo, o))
-    np.testing.assert_allclose(winograd.conv3x3_weight(xp, gy, ho, wo),
-                               reference.conv2d_weight(x, gy.transpose(0, 3, 1, 2), 3, 1, p), rtol=1e-10, atol=1e-10)
+    for chunk_bytes in (winograd._CHUNK_BYTES, 1):       # all tiles in one chunk; a chunk per row of tiles
+        with mock.patch.object(winograd, "_CHUNK_BYTES", chunk_bytes):
+            np.testing.assert_allclose(winograd.conv3x3(xp, wt, ho, wo).transpose(0, 3, 1, 2),
+                                       reference.conv2d(x, wt, None, 1, p), rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(winograd.conv3x3_weight(xp, gy, ho, wo),
+                                       reference.conv2d_weight(x, gy.transpose(0, 3, 1, 2), 3, 1, p),
+                                       rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -335,6 +339,71 @@ def test_slogdet_of_singular_matrices(mod):
     sign, logabs = mod.slogdet(a)
     np.testing.assert_array_equal(sign, [0, 0, -1])
     np.testing.assert_array_equal(logabs, [-np.inf, -np.inf, 0])
+
+
+@st.composite
+def large_matrices(draw):
+    """(kind, a): one square float64 matrix past _LU_MAX_N, "conditioned" (singular values in [0.3, 3]),
+    "ill" (singular values down to 1e-5), "zero lead" (leading half-block zero, so that every early pivot
+    needs a swap) or "singular" (a zero column: an exact zero pivot)."""
+    n = draw(st.integers(kernels.cpu._LU_MAX_N + 1, 300))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["conditioned", "ill", "zero lead", "singular"]))
+    s = np.logspace(0, -5, n) if kind == "ill" else rng.uniform(0.3, 3, n)
+    a = _with_singular_values(rng, s, draw(st.booleans()))
+    if kind == "zero lead":
+        a[:n // 2, :n // 2] = 0
+    if kind == "singular":
+        a[:, draw(st.integers(0, n - 1))] = 0
+    return kind, a
+
+
+@FEW
+@given(case=large_matrices(), dtype=st.sampled_from(DTYPES))
+def test_blocked_lu_slogdet_and_inv_match_numpy(case, dtype):
+    """kernels.lu against numpy.linalg in float64: sign, log|det|, and the inverse (or LinAlgError)."""
+    from kernels import lu
+    kind, a = case
+    a = a.astype(dtype)
+    want_sign, want_log = np.linalg.slogdet(a.astype(np.float64))
+    sign, logabs = lu.slogdet(a)
+    if kind == "singular":
+        assert (sign, logabs) == (0, -np.inf) and lu.inv(a) is None
+        return
+    assert sign == want_sign
+    np.testing.assert_allclose(logabs, want_log, atol=(2e-2 if dtype == np.float32 else 1e-8) * len(a) ** 0.5)
+    x = lu.inv(a)
+    assert x.dtype == dtype
+    if kind == "ill":           # the inverse is only as good as the condition number allows: check A X = I
+        tol = 1e-3 if dtype == np.float32 else 1e-8
+        np.testing.assert_allclose(a.astype(np.float64) @ x, np.eye(len(a)), atol=tol * 1e5)
+    else:
+        tol = dict(rtol=1e-3, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+        np.testing.assert_allclose(x, np.linalg.inv(a.astype(np.float64)), **tol)
+
+
+def test_large_slogdet_and_inv_of_batches_and_nan():
+    """The dispatch of large matrices: batches loop over kernels.lu (slogdet in float32 from
+    _LU_SLOGDET_MIN_N), a singular one names its batch index, NaN spreads as in numpy."""
+    from kernels import cpu
+    rng = np.random.default_rng(0)
+    n = cpu._LU_SLOGDET_MIN_N + 5
+    a = np.stack([_with_singular_values(rng, rng.uniform(0.3, 3, n), i % 2 == 1) for i in range(4)])
+    for dtype in DTYPES:
+        batch = a.astype(dtype).reshape(2, 2, n, n)
+        sign, logabs = cpu.slogdet(batch)
+        want_sign, want_log = np.linalg.slogdet(a.reshape(2, 2, n, n))
+        assert sign.shape == logabs.shape == (2, 2) and sign.dtype == logabs.dtype == dtype
+        np.testing.assert_array_equal(sign, want_sign)
+        np.testing.assert_allclose(logabs, want_log, atol=1e-3)
+        x = cpu.inv(batch)
+        assert x.shape == batch.shape and x.dtype == dtype
+        np.testing.assert_allclose(x, np.linalg.inv(a.reshape(2, 2, n, n)), atol=1e-4)
+        batch[1, 0, 3] = 0
+        with pytest.raises(np.linalg.LinAlgError, match="batch index 2"):
+            cpu.inv(batch)
+        batch[1, 0, 3, 4] = np.nan
+        assert np.isnan(cpu.slogdet(batch)[1][1, 0]) and np.isnan(cpu.inv(batch)[1, 0]).any()
 
 
 # ------------------------------------------------------------------------------------------------- dispatch
