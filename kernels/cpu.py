@@ -11,7 +11,7 @@ tap's block back (col2im, a Numba loop per image), instead of convolving a dilat
 Softmax and the batched small LU are Numba kernels, parallel over rows / matrices: a row or a matrix
 stays in cache while it is reduced and written, where NumPy makes one pass over memory per ufunc.
 Softmax's exp is written out in float32 arithmetic so that LLVM vectorizes it.
-Large matrices (n > _LU_MAX_N) go to LAPACK, whose blocked LU beats a scalar loop there.
+Large matrices (n > _LU_MAX_N) go to lu.py's recursive LU, whose flops are mostly BLAS GEMMs.
 """
 from __future__ import annotations
 
@@ -24,26 +24,17 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 from numpy.lib.stride_tricks import as_strided
 
-from . import reference, winograd
+from . import lu, reference, winograd
+from .layout import nchw, padded_nhwc
 from ._threads import parallel
 from ._geometry import check_channels, conv_out_size, conv_transpose_out_size, geometry
 
 
 # ---------------------------------------------------------------------------------------------- convolution
 
-def _padded_nhwc(x, padding, size=None):
-    """x (N, C, H, W) -> zero-padded channels-last copy (N, H + 2ph, W + 2pw, C), or of `size` (rows,
-    columns) when given (more zeros at the bottom and right)."""
-    (n, c, h, w), (ph, pw) = x.shape, padding
-    rows, cols = size or (h + 2 * ph, w + 2 * pw)
-    xp = np.zeros((n, rows, cols, c), dtype=x.dtype)
-    xp[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
-    return xp
-
-
 def _im2col(x, g, ho, wo):
     """Windows of x as a (groups, N*Ho*Wo, kh*kw*C/groups) array: row (n, ho, wo), column (i, j, c)."""
-    xp = _padded_nhwc(x, g.padding)
+    xp = padded_nhwc(x, g.padding)
     n, G, cg = x.shape[0], g.groups, x.shape[1] // g.groups
     sN, sH, sW, sC = xp.strides
     (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
@@ -73,8 +64,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     ho, wo = conv_out_size(h, wd, g)
     if _winograd_serves(g, x, og):
         th, tw = winograd.tiles(ho, wo)
-        y = winograd.conv3x3(_padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2)), w, ho, wo)
-        return _add_bias(y.transpose(0, 3, 1, 2), b)
+        return nchw(winograd.conv3x3(padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2)), w, ho, wo), b)
     wm = w.reshape(G, og, cg, -1).transpose(0, 3, 2, 1).reshape(G, -1, og)   # (G, kh*kw*Cg, Og)
     y = np.matmul(_im2col(x, g, ho, wo), wm.astype(x.dtype, copy=False))      # (G, N*Ho*Wo, Og)
     y = y.reshape(G, n, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(n, G * og, ho, wo)
@@ -90,8 +80,8 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1)
     og, cg = gy.shape[1] // G, c // G
     if _winograd_serves(g, x, og):
         th, tw = winograd.tiles(ho, wo)
-        xp = _padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2))
-        return winograd.conv3x3_weight(xp, np.ascontiguousarray(gy.transpose(0, 2, 3, 1)), ho, wo)
+        xp = padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2))
+        return winograd.conv3x3_weight(xp, padded_nhwc(gy), ho, wo)
     gym = gy.reshape(n, G, og, ho * wo).transpose(1, 2, 0, 3).reshape(G, og, -1)   # (G, Og, N*Ho*Wo)
     dw = np.matmul(gym, _im2col(x, g, ho, wo))                                      # (G, Og, kh*kw*Cg)
     return dw.reshape(G * og, *g.kernel, cg).transpose(0, 3, 1, 2).copy()
@@ -302,9 +292,18 @@ def log_softmax_backward(y, gy, axis=-1):
 # ------------------------------------------------------------------------------------------- slogdet, inv
 # Batched small matrices: a Numba LU per matrix, parallel over the batch, measured ~3x faster than
 # numpy.linalg.slogdet (whose per-matrix LAPACK call overhead dominates at n = 8); the inverse that
-# slogdet's gradient needs likewise by Gauss-Jordan. For n > _LU_MAX_N LAPACK's blocked LU wins and is used.
+# slogdet's gradient needs likewise by Gauss-Jordan. Larger matrices, one at a time: lu.py's recursive LU
+# (BLAS GEMMs) where it beat LAPACK (1 thread, time against numpy.linalg: inv 0.45x float32 and 0.75x float64
+# at n = 256..1024, slogdet float32 0.6x at n = 512), LAPACK elsewhere (float64 slogdet: no gain).
 
 _LU_MAX_N = 48
+_LU_INV_MIN_N = 128
+_LU_SLOGDET_MIN_N = 256
+
+
+def _lu_serves(a, min_n: int, dtypes) -> bool:
+    """Whether a is a stack of square matrices of a float dtype in `dtypes`, n >= min_n, for lu.py."""
+    return a.ndim >= 2 and a.shape[-2] == a.shape[-1] >= min_n and a.dtype in dtypes and a.size > 0
 
 
 @_njit
@@ -383,6 +382,14 @@ def inv(a):
     """a^-1 of a batch (..., n, n), like numpy.linalg.inv (LinAlgError for a singular matrix). Batches of
     small matrices run in Numba, parallel over matrices (LAPACK's per-call overhead dominates there)."""
     n = a.shape[-1]
+    if _lu_serves(a, _LU_INV_MIN_N, (np.float32, np.float64)):
+        out = np.empty(a.shape, a.dtype)
+        for i, (m, x) in enumerate(zip(a.reshape(-1, n, n), out.reshape(-1, n, n))):
+            inverse = lu.inv(m)
+            if inverse is None:
+                raise np.linalg.LinAlgError(f"singular matrix (batch index {i})")
+            x[...] = inverse
+        return out
     if n > _LU_MAX_N or a.ndim < 2 or a.shape[-2] != n or a.size < _PARALLEL_MIN_SIZE // 8:
         return np.linalg.inv(a)
     batch = np.ascontiguousarray(a).reshape(-1, n, n)
@@ -397,6 +404,12 @@ def inv(a):
 def slogdet(a):
     """(sign, log|det a|) of a batch (..., n, n), like numpy.linalg.slogdet; singular: (0, -inf)."""
     n = a.shape[-1]
+    if _lu_serves(a, _LU_SLOGDET_MIN_N, (np.float32,)):
+        batch = a.reshape(-1, n, n)
+        sign, logabs = np.empty(len(batch), a.dtype), np.empty(len(batch), a.dtype)
+        for i, m in enumerate(batch):
+            sign[i], logabs[i] = lu.slogdet(m)
+        return sign.reshape(a.shape[:-2]), logabs.reshape(a.shape[:-2])
     if n > _LU_MAX_N or a.ndim < 2 or a.shape[-2] != n or a.size < _PARALLEL_MIN_SIZE // 8:
         return tuple(np.linalg.slogdet(a))
     batch = np.ascontiguousarray(a).reshape(-1, n, n)
