@@ -25,7 +25,7 @@ from numba.extending import intrinsic, overload
 from numpy.lib.stride_tricks import as_strided
 
 from . import lu, reference, winograd
-from .layout import nchw, padded_nhwc
+from .layout import padded_nhwc
 from ._threads import parallel
 from ._geometry import check_channels, conv_out_size, conv_transpose_out_size, geometry
 
@@ -64,7 +64,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     ho, wo = conv_out_size(h, wd, g)
     if _winograd_serves(g, x, og):
         th, tw = winograd.tiles(ho, wo)
-        return nchw(winograd.conv3x3(padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2)), w, ho, wo), b)
+        y = winograd.conv3x3(padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2)), w, ho, wo)
+        return _add_bias(y.transpose(0, 3, 1, 2), b)
     wm = w.reshape(G, og, cg, -1).transpose(0, 3, 2, 1).reshape(G, -1, og)   # (G, kh*kw*Cg, Og)
     y = np.matmul(_im2col(x, g, ho, wo), wm.astype(x.dtype, copy=False))      # (G, N*Ho*Wo, Og)
     y = y.reshape(G, n, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(n, G * og, ho, wo)

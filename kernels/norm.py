@@ -28,6 +28,7 @@ import numba
 import numpy as np
 
 from .cpu import _PARALLEL_MIN_SIZE, _njit_fastmath
+from .layout import contiguous
 
 
 @_njit_fastmath
@@ -114,7 +115,7 @@ def standardize(x, axes: tuple, eps: float):
         return y, mean.astype(x.dtype), var.astype(x.dtype)
     y = np.empty(x.shape, dtype=x.dtype)
     mean, var = (np.empty(view[1], dtype=np.float64) for _ in range(2))
-    _standardize_channels(np.ascontiguousarray(x).reshape(view), eps, y.reshape(view), mean, var)
+    _standardize_channels(contiguous(x).reshape(view), eps, y.reshape(view), mean, var)
     stats = _stats_shape(x.shape, axes)
     return y, mean.astype(x.dtype).reshape(stats), var.astype(x.dtype).reshape(stats)
 
@@ -126,6 +127,6 @@ def standardize_backward(y, rstd, g, axes: tuple):
     if view is None:
         return rstd * (g - g.mean(axis=axes, keepdims=True) - y * (g * y).mean(axis=axes, keepdims=True))
     gx = np.empty(y.shape, dtype=y.dtype)
-    _standardize_backward_channels(np.ascontiguousarray(y).reshape(view), rstd.astype(y.dtype).reshape(-1),
-                                   np.ascontiguousarray(g).reshape(view), gx.reshape(view))
+    _standardize_backward_channels(contiguous(y).reshape(view), rstd.astype(y.dtype).reshape(-1),
+                                   contiguous(g).reshape(view), gx.reshape(view))
     return gx

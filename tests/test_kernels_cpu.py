@@ -120,14 +120,14 @@ def test_convolutions_are_adjoint(case, mod):
 def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
     """F(2x2, 3x3) and its weight gradient on any map (odd sizes crop the last tile, maps smaller than a tile)
     in float64, with the tiles in one chunk and in a chunk per row of tiles."""
-    from kernels import cpu, winograd
+    from kernels import layout, winograd
     if h + 2 * p < 3 or w + 2 * p < 3:
         return
     rng = np.random.default_rng(seed)
     x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, 3, 3))
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = winograd.tiles(ho, wo)
-    xp = cpu._padded_nhwc(x, (p, p), (2 * th + 2, 2 * tw + 2))
+    xp = layout.padded_nhwc(x, (p, p), (2 * th + 2, 2 * tw + 2))
     gy = rng.standard_normal((n, ho, wo, o))
     for chunk_bytes in (winograd._CHUNK_BYTES, 1):       # all tiles in one chunk; a chunk per row of tiles
         with mock.patch.object(winograd, "_CHUNK_BYTES", chunk_bytes):
@@ -136,6 +136,28 @@ def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
             np.testing.assert_allclose(winograd.conv3x3_weight(xp, gy, ho, wo),
                                        reference.conv2d_weight(x, gy.transpose(0, 3, 1, 2), 3, 1, p),
                                        rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=20)
+@given(shape=st.tuples(*[st.integers(1, 6)] * 4), ph=st.integers(0, 2), pw=st.integers(0, 2),
+       extra=st.integers(0, 2), dtype=st.sampled_from([np.float32, np.float64, np.int64]), bias=st.booleans())
+def test_layout_copies_match_numpy_transposes(shape, ph, pw, extra, dtype, bias):
+    """NCHW <-> channels-last copies (kernels/layout.py) in the compiled dtypes and NumPy's fallback."""
+    from kernels import layout
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    (n, c, h, w), size = shape, (shape[2] + 2 * ph + extra, shape[3] + 2 * pw)
+    want = np.zeros((n, *size, c), dtype)
+    want[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(layout.padded_nhwc(x, (ph, pw), size), want)
+    np.testing.assert_array_equal(layout.padded_nhwc(x[:, :, ::-1]), x[:, :, ::-1].transpose(0, 2, 3, 1))
+    b = np.arange(c, dtype=np.float64) if bias else None
+    y = layout.nchw(x.transpose(0, 2, 3, 1), b)
+    assert y.flags.c_contiguous and y.dtype == dtype
+    np.testing.assert_array_equal(y, x + (0 if b is None else b.astype(dtype).reshape(-1, 1, 1)))
+    for view in (np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), x[:, ::-1]):
+        copy = layout.contiguous(view)
+        assert copy.flags.c_contiguous
+        np.testing.assert_array_equal(copy, view)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

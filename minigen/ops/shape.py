@@ -6,6 +6,7 @@ places), which are again such operations.
 from __future__ import annotations
 
 import numpy as np
+from kernels import layout
 
 from .. import backend
 from ..tensor import Function, Tensor, as_tensor, broadcast_to, sum_to
@@ -41,6 +42,11 @@ class Reshape(Function):
 
     def forward(self, x):
         try:
+            if type(x) is np.ndarray and not x.flags.c_contiguous:   # a copy, unless a view serves
+                try:
+                    return x.reshape(self.shape, copy=False)
+                except ValueError:
+                    return layout.contiguous(x).reshape(self.shape)
             return x.reshape(self.shape)
         except ValueError:
             raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({x.size} elements) into shape "
