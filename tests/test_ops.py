@@ -401,9 +401,23 @@ def test_dropout():
 
 @given(data=st.data())
 def test_linear(data):
-    n, d_in, d_out = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
-    x, w, b = (data.draw(mt.arrays(s)) for s in [(n, d_in), (d_out, d_in), (d_out,)])
+    """x of any leading axes (none: a single vector), with and without bias; the weight's gradient comes out
+    contiguous (Adam's kernel takes it without a copy)."""
+    lead = data.draw(st.lists(st.integers(1, 3), max_size=2))
+    d_in, d_out = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    x, w, b = (data.draw(mt.arrays(s)) for s in [(*lead, d_in), (d_out, d_in), (d_out,)])
     check(F.linear, [x, w, b], lambda x, w, b: x @ w.T + b)
+    check(F.linear, [x, w], lambda x, w: x @ w.T)
+    wt = mg.tensor(w, requires_grad=True)
+    F.linear(mg.tensor(x), wt).sum().backward()
+    assert wt.grad.data.flags.c_contiguous
+
+
+def test_linear_names_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"input of shape \(2, 3\) has 3 features, the weight of shape \(4, 5\)"):
+        F.linear(mg.zeros(2, 3), mg.zeros(4, 5))
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\) for a weight of shape \(4, 5\)"):
+        F.linear(mg.zeros(2, 5), mg.zeros(4, 5), mg.zeros(3))
 
 
 LOSSES = {   # name: (loss(input, target, reduction), (low, high) of input, (low, high) of target)

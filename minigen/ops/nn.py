@@ -13,7 +13,7 @@ import kernels
 from kernels import norm
 
 from .. import backend
-from ..tensor import Function, Tensor
+from ..tensor import Function, Tensor, as_tensor
 from .elementwise import Scale, exp, sqrt, where
 from .linalg import matmul
 from .reduce import mean as _mean
@@ -309,13 +309,42 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     return matmul(dropout(softmax(scores, -1), dropout_p), value)
 
 
+class Linear(Function):
+    """y = x W^T (+ b), x (..., in), W (out, in), b (out,);  gx = g W, gW = g^T x over all leading axes, gb = g
+    summed over them. One node: gW as g^T x comes out contiguous in W's layout, which Adam's one-pass kernel
+    takes as it is (x^T g, the gradient of a transposed W, is a transposed view it would have to copy)."""
+
+    def forward(self, x, w, b=None):
+        y = np.matmul(x, w.T)
+        if b is None:
+            return y
+        if np.result_type(y, b) != y.dtype:
+            return y + b
+        y += b
+        return y
+
+    def backward(self, g):
+        x, w = self.inputs[:2]
+        gx = matmul(g, w) if x.requires_grad else None
+        gw = None
+        if w.requires_grad:
+            g2, x2 = reshape(g, (-1, g.shape[-1])), reshape(x, (-1, x.shape[-1]))
+            gw = matmul(swapaxes(g2, 0, 1), x2)
+        if len(self.inputs) == 2:
+            return gx, gw
+        return gx, gw, (g if self.inputs[2].requires_grad else None)   # the engine sums g to b's shape
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b, with W of shape (out_features, in_features) as in PyTorch."""
-    if x.shape[-1] != weight.shape[-1]:
-        raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1]} features, the weight of shape "
-                         f"{weight.shape} expects {weight.shape[-1]}")
-    y = matmul(x, swapaxes(weight, 0, 1))
-    return y if bias is None else y + bias
+    x = as_tensor(x, like=weight)
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1] if x.ndim else 0} features, the "
+                         f"weight of shape {weight.shape} expects {weight.shape[-1] if weight.ndim else 0}")
+    if bias is not None and bias.shape not in ((weight.shape[0],), ()):
+        raise ValueError(f"linear: bias of shape {bias.shape} for a weight of shape {weight.shape}: expected "
+                         f"({weight.shape[0]},)")
+    return Linear()(x, weight) if bias is None else Linear()(x, weight, bias)
 
 
 # `pad` stays out: minigen.pad is NumPy's; this one is nn.functional's
