@@ -74,6 +74,30 @@ def _standardize_backward_channels(y, rstd, g, gx):
                 gx[o, c, i] = r * (g[o, c, i] - mg - y[o, c, i] * mgy)
 
 
+@_njit_fastmath
+def _scale_shift_channels(x, w, b, y):
+    """y = x w[c] + b[c] for (outer, C, inner) arrays."""
+    outer, channels, inner = x.shape
+    for c in numba.prange(channels):
+        wc, bc = w[c], b[c]
+        for o in range(outer):
+            for i in range(inner):
+                y[o, c, i] = x[o, c, i] * wc + bc
+
+
+@_njit_fastmath
+def _channel_sums(g, x, sgx, sg):
+    """sgx[c] = sum of g x and sg[c] = sum of g over outer and inner, for (outer, C, inner) arrays (float64)."""
+    outer, channels, inner = g.shape
+    for c in numba.prange(channels):
+        a = b = 0.0
+        for o in range(outer):
+            for i in range(inner):
+                a += g[o, c, i] * x[o, c, i]
+                b += g[o, c, i]
+        sgx[c], sg[c] = a, b
+
+
 def _channels_view(shape: tuple, axes: tuple) -> tuple | None:
     """(outer, C, inner) when the axes not reduced form one contiguous block (C = 1 when all are reduced),
     else None."""
@@ -130,3 +154,41 @@ def standardize_backward(y, rstd, g, axes: tuple):
     _standardize_backward_channels(contiguous(y).reshape(view), rstd.astype(y.dtype).reshape(-1),
                                    contiguous(g).reshape(view), gx.reshape(view))
     return gx
+
+
+# --- the per-channel scale and shift of group and batch norm, x (N, C, ...) with w, b (C,) ---------------------
+
+
+def _channel_view(x, *others):
+    """The (N, C, inner) view of C-contiguous x when the Numba kernels serve x and `others` (same dtype; the
+    weights of x's dtype), else None."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    view = _fast(x, axes)
+    if view is None or not x.flags.c_contiguous or not all(
+            type(a) is np.ndarray and a.dtype == x.dtype and (a.shape in (x.shape, (x.shape[1],)))
+            and a.flags.c_contiguous for a in others if a is not None):
+        return None
+    return view
+
+
+def scale_shift(x, w, b=None):
+    """y = x w + b per channel (x's axis 1), b optional."""
+    view = _channel_view(x, w, b)
+    if view is None:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        y = x * w.reshape(shape)
+        return y if b is None else y + b.reshape(shape)
+    y = np.empty(x.shape, dtype=x.dtype)
+    _scale_shift_channels(x.reshape(view), w, np.zeros_like(w) if b is None else b, y.reshape(view))
+    return y
+
+
+def channel_sums(g, x):
+    """(sum of g x, sum of g) per channel (axis 1), each (C,) in g's dtype, accumulated in float64."""
+    view = _channel_view(g, x)
+    if view is None:
+        axes = (0,) + tuple(range(2, g.ndim))
+        return tuple(a.sum(axis=axes, dtype=np.float64).astype(g.dtype) for a in (g * x, g))
+    sgx, sg = (np.empty(g.shape[1], dtype=np.float64) for _ in range(2))
+    _channel_sums(g.reshape(view), x.reshape(view), sgx, sg)
+    return sgx.astype(g.dtype), sg.astype(g.dtype)

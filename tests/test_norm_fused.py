@@ -14,7 +14,7 @@ import minigen as mg
 import minigen.nn.functional as F
 from kernels import norm
 from minigen import testing as mt
-from minigen.ops.nn import Standardize
+from minigen.ops.nn import ChannelAffine, Standardize
 
 EPS = 1e-5
 
@@ -172,6 +172,32 @@ def test_the_three_norms_to_second_order(numba_path, data):
     check(lambda x, w, b: F.layer_norm(x, x.shape[1:], w, b), [x, lw, lb], numba_path)
     if x.size > c:   # more than one value per channel
         check(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), [x, w, b], numba_path)
+
+
+@pytest.mark.parametrize("numba_path", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_channel_scale_and_shift_and_their_sums_match_float64_formulas(dtype, numba_path):
+    """norm.scale_shift and norm.channel_sums (the norms' affine step and its weight gradients) on BatchNorm2d's
+    layout."""
+    rng = np.random.default_rng(3)
+    x, g = (rng.standard_normal((16, 32, 9, 9)).astype(dtype) * 3 + 1 for _ in range(2))
+    w, b = (rng.standard_normal(32).astype(dtype) for _ in range(2))
+    x64, g64, shape = x.astype(np.float64), g.astype(np.float64), (1, -1, 1, 1)
+    with forced(numba_path):
+        assert_close(norm.scale_shift(x, w, b), x64 * w.reshape(shape) + b.reshape(shape), dtype, 4)
+        assert_close(norm.scale_shift(x, w), x64 * w.reshape(shape), dtype, 4)
+        sgx, sg = norm.channel_sums(g, x)
+    assert_close(sgx, (g64 * x64).sum((0, 2, 3)), dtype, 16 * 81 * 4)
+    assert_close(sg, g64.sum((0, 2, 3)), dtype, 16 * 81)
+
+
+@pytest.mark.parametrize("numba_path", [True, False])
+@given(data=st.data())
+def test_channel_affine_to_second_order_with_and_without_bias(numba_path, data):
+    x = data.draw(mt.arrays(data.draw(mt.shapes(min_dims=2, max_dims=4, min_side=1, max_side=3))))
+    w, b = data.draw(mt.arrays((x.shape[1],))), data.draw(mt.arrays((x.shape[1],)))
+    check(lambda x, w, b: ChannelAffine()(x, w, b), [x, w, b], numba_path)
+    check(lambda x, w: ChannelAffine()(x, w), [x, w], numba_path)
 
 
 def test_third_order():

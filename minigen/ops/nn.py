@@ -155,6 +155,42 @@ class StandardizeGrad(Function):
         return gx, (again(x, gz) if g.requires_grad else None)
 
 
+class ChannelAffine(Function):
+    """y = x w[c] (+ b[c]) along the channel axis 1 of x (N, C, ...), the scale and shift of group and batch
+    norm in one pass;  gx = g w[c] (a ChannelAffine), (gw, gb) = ChannelSums(g, x)."""
+
+    def forward(self, x, w, b=None):
+        return norm.scale_shift(x, w, b)
+
+    def backward(self, g):
+        x, w = self.inputs[:2]
+        gx = ChannelAffine()(g, w) if x.requires_grad else None
+        gw = gb = None
+        if any(p.requires_grad for p in self.inputs[1:]):
+            gw, gb = ChannelSums()(g, x)
+        return (gx, gw) if len(self.inputs) == 2 else (gx, gw, gb)
+
+
+class ChannelSums(Function):
+    """(s, t) = (sum of g x, sum of g) per channel over all axes but 1, one pass; with a and c the gradients
+    of s and t: gg = a[c] x + c[c] and gx = a[c] g, both ChannelAffine."""
+
+    def forward(self, g, x):
+        return norm.channel_sums(g, x)
+
+    def backward(self, gs, gt):
+        g, x = self.inputs
+        return (ChannelAffine()(x, gs, gt) if g.requires_grad else None,
+                ChannelAffine()(g, gs) if x.requires_grad else None)
+
+
+def _channel_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """y * weight + bias per channel (y's axis 1), each skipped when absent."""
+    if weight is None:
+        return y if bias is None else y + reshape(bias, (1, -1) + (1,) * (y.ndim - 2))
+    return ChannelAffine()(y, weight) if bias is None else ChannelAffine()(y, weight, bias)
+
+
 def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, shape: tuple) -> Tensor:
     """y * weight + bias with both reshaped to `shape` (skipped when absent)."""
     if weight is not None:
@@ -185,7 +221,7 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
         raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
     groups = reshape(x, (n, num_groups, (c // num_groups) * math.prod(x.shape[2:])))
     y = reshape(Standardize((2,), eps)(groups), x.shape)
-    return _affine(y, weight, bias, (1, c) + (1,) * (x.ndim - 2))
+    return _channel_affine(y, weight, bias)
 
 
 def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
@@ -198,7 +234,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     if not training:
         y = (x - reshape(running_mean, shape)) / sqrt(reshape(running_var, shape) + eps)
-        return _affine(y, weight, bias, shape)
+        return _channel_affine(y, weight, bias)
     n = x.size // x.shape[1]
     if n < 2:
         raise ValueError(f"batch_norm needs more than 1 value per channel when training, got input of shape {x.shape}")
@@ -208,7 +244,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         mean, var = standardize.mean.reshape(-1), standardize.var.reshape(-1)
         running_mean.data[...] = (1 - momentum) * running_mean.data + momentum * mean
         running_var.data[...] = (1 - momentum) * running_var.data + momentum * var * (n / (n - 1))
-    return _affine(y, weight, bias, shape)
+    return _channel_affine(y, weight, bias)
 
 
 # --- lookup, resampling, padding ------------------------------------------------------------------------
