@@ -186,9 +186,10 @@ def test_the_channel_scale_and_shift_and_their_sums_match_float64_formulas(dtype
     with forced(numba_path):
         assert_close(norm.scale_shift(x, w, b), x64 * w.reshape(shape) + b.reshape(shape), dtype, 4)
         assert_close(norm.scale_shift(x, w), x64 * w.reshape(shape), dtype, 4)
-        sgx, sg = norm.channel_sums(g, x)
-    assert_close(sgx, (g64 * x64).sum((0, 2, 3)), dtype, 16 * 81 * 4)
-    assert_close(sg, g64.sum((0, 2, 3)), dtype, 16 * 81)
+        for g_layout in (g, np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):  # channels-last
+            sgx, sg = norm.channel_sums(g_layout, x)
+            assert_close(sgx, (g64 * x64).sum((0, 2, 3)), dtype, 16 * 81 * 4)
+            assert_close(sg, g64.sum((0, 2, 3)), dtype, 16 * 81)
 
 
 @pytest.mark.parametrize("numba_path", [True, False])
