@@ -139,10 +139,13 @@ def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
 
 
 @settings(max_examples=20)
-@given(shape=st.tuples(*[st.integers(1, 6)] * 4), ph=st.integers(0, 2), pw=st.integers(0, 2),
-       extra=st.integers(0, 2), dtype=st.sampled_from([np.float32, np.float64, np.int64]), bias=st.booleans())
-def test_layout_copies_match_numpy_transposes(shape, ph, pw, extra, dtype, bias):
-    """NCHW <-> channels-last copies (kernels/layout.py) in the compiled dtypes and NumPy's fallback."""
+@given(shape=st.tuples(st.integers(1, 3), st.sampled_from([1, 3, 16, 40]), st.integers(1, 4),
+                       st.sampled_from([1, 5, 16, 19])),
+       ph=st.integers(0, 2), pw=st.integers(0, 2), extra=st.integers(0, 2),
+       dtype=st.sampled_from([np.float32, np.float64, np.int64]))
+def test_layout_copies_match_numpy_transposes(shape, ph, pw, extra, dtype):
+    """NCHW <-> channels-last copies (kernels/layout.py), on both sides of the widths where the Numba kernels
+    take over, in the compiled dtypes and NumPy's fallback."""
     from kernels import layout
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     (n, c, h, w), size = shape, (shape[2] + 2 * ph + extra, shape[3] + 2 * pw)
@@ -150,10 +153,6 @@ def test_layout_copies_match_numpy_transposes(shape, ph, pw, extra, dtype, bias)
     want[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(layout.padded_nhwc(x, (ph, pw), size), want)
     np.testing.assert_array_equal(layout.padded_nhwc(x[:, :, ::-1]), x[:, :, ::-1].transpose(0, 2, 3, 1))
-    b = np.arange(c, dtype=np.float64) if bias else None
-    y = layout.nchw(x.transpose(0, 2, 3, 1), b)
-    assert y.flags.c_contiguous and y.dtype == dtype
-    np.testing.assert_array_equal(y, x + (0 if b is None else b.astype(dtype).reshape(-1, 1, 1)))
     for view in (np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), x[:, ::-1]):
         copy = layout.contiguous(view)
         assert copy.flags.c_contiguous
@@ -401,12 +400,11 @@ def test_blocked_lu_slogdet_and_inv_match_numpy(case, dtype):
 
 
 def test_large_slogdet_and_inv_of_batches_and_nan():
-    """The dispatch of large matrices: batches loop over kernels.lu (slogdet in float32 from
-    _LU_SLOGDET_MIN_N, inv in both from _LU_INV_MIN_N), a singular one names its batch index, NaN spreads
-    as in numpy."""
+    """The dispatch of large matrices: batches loop over kernels.lu (from _LU_SLOGDET_MIN_N and
+    _LU_INV_MIN_N of their dtype), a singular one names its batch index, NaN spreads as in numpy."""
     from kernels import cpu
     rng = np.random.default_rng(0)
-    n = max(cpu._LU_SLOGDET_MIN_N, cpu._LU_INV_MIN_N) + 5
+    n = max(*cpu._LU_SLOGDET_MIN_N.values(), *cpu._LU_INV_MIN_N.values()) + 5
     a = np.stack([_with_singular_values(rng, rng.uniform(0.3, 3, n), i % 2 == 1) for i in range(4)])
     for dtype in DTYPES:
         batch = a.astype(dtype).reshape(2, 2, n, n)
@@ -506,20 +504,23 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree():
     """Each Numba loop is compiled parallel (run on 2+ threads) and serial (run on 1; kernels/_threads.py):
     the suite runs on one thread, so here every kernel runs both ways on inputs large enough for Numba."""
     import numba
-    from kernels import cpu, norm
+    from kernels import cpu, layout, norm
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has one thread here")
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((4, 64, 12, 12), dtype=np.float32), rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
     wt = rng.standard_normal((64, 32, 4, 4), dtype=np.float32)
     a = rng.standard_normal((1024, 8, 8)) + 3 * np.eye(8)
+    wide = rng.standard_normal((4, 32, 16, 16), dtype=np.float32)
     calls = {"softmax": lambda: cpu.log_softmax(x.reshape(-1, 144) * 3),
              "softmax_backward": lambda: cpu.softmax_backward(cpu.softmax(x.reshape(256, -1)), x.reshape(256, -1)),
              "winograd": lambda: cpu.conv2d(x, w, None, 1, 1),
              "winograd weight": lambda: cpu.conv2d_weight(x, x, 3, 1, 1),
              "col2im": lambda: cpu.conv_transpose2d(x, wt, None, 2, 1),
              "slogdet": lambda: cpu.slogdet(a)[1], "inv": lambda: cpu.inv(a),
-             "norm": lambda: norm.standardize(x, (0, 2, 3), 1e-5)[0]}
+             "norm": lambda: norm.standardize(x, (0, 2, 3), 1e-5)[0],
+             "to channels-last": lambda: layout.padded_nhwc(wide, (1, 1)),
+             "to NCHW": lambda: layout.contiguous(wide.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2))}
     for name, call in calls.items():
         numba.set_num_threads(1)
         serial = call()
