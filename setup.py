@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["minigen", "minigen.*", "kernels", "kernels.*"]),
     package_data={"kernels": ["cuda/*.cu"], "minigen": ["assets/*.npz"]},
-    install_requires=["numpy>=2.0", "scipy>=1.11", "numba>=0.60", "tqdm>=4.60", "Pillow>=9.0"],
+    install_requires=["numpy>=2.1", "scipy>=1.11", "numba>=0.60", "tqdm>=4.60", "Pillow>=9.0"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3", "threadpoolctl>=3"],
         # the oracle tier: tests that check minigen against PyTorch (CPU wheel); they skip without it
