@@ -10,6 +10,7 @@ PyTorch runs the same through autograd.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -167,10 +168,12 @@ def build(engine: str) -> dict:
 
 def run(quick: bool = False):
     rows = []
+    engines = ["minigen"] + (["torch"] if importlib.util.find_spec("torch") else [])   # the peers present
     for threads in THREADS:
-        with EngineProcess(build, "minigen", threads) as ours, EngineProcess(build, "torch", threads) as peer:
+        procs = [EngineProcess(build, engine, threads) for engine in engines]
+        try:
             calls = {}
-            for proc in (ours, peer):
+            for proc in procs:
                 for name in proc.names:
                     impl, case, variant = name.split("|")
                     calls.setdefault((case, variant), {})[impl] = (proc, name)
@@ -181,4 +184,7 @@ def run(quick: bool = False):
                                  "threads": threads, **summary})
                     print(f"{case:40s} {variant:17s} {threads} {impl:10s} {summary['seconds'] * 1e3:9.3f} ms",
                           file=sys.stderr)
+        finally:
+            for proc in procs:
+                proc.close()
     return rows, {"Numba first-call cost (compile, then load from cache)": compile_costs()}
