@@ -212,3 +212,11 @@ def test_third_order():
         return gx
     for numba_path in (True, False):
         check(gradient, [x], numba_path)
+
+
+def test_norm_weights_of_the_wrong_shape_are_named():
+    x = mg.zeros(2, 4, 3, 3)
+    with pytest.raises(ValueError, match=r"group_norm: weight of shape \(1,\) for an input of 4 channels"):
+        F.group_norm(x, 2, mg.ones(1), mg.zeros(4))
+    with pytest.raises(ValueError, match=r"batch_norm: bias of shape \(5,\) for an input of 4 channels"):
+        F.batch_norm(x, None, None, mg.ones(4), mg.zeros(5), training=True)

@@ -184,8 +184,12 @@ class ChannelSums(Function):
                 ChannelAffine()(g, gs) if x.requires_grad else None)
 
 
-def _channel_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+def _channel_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, norm_name: str) -> Tensor:
     """y * weight + bias per channel (y's axis 1), each skipped when absent."""
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (y.shape[1],):
+            raise ValueError(f"{norm_name}: {name} of shape {p.shape} for an input of {y.shape[1]} channels; "
+                             f"expected ({y.shape[1]},)")
     if weight is None:
         return y if bias is None else y + reshape(bias, (1, -1) + (1,) * (y.ndim - 2))
     return ChannelAffine()(y, weight) if bias is None else ChannelAffine()(y, weight, bias)
@@ -221,7 +225,7 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
         raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
     groups = reshape(x, (n, num_groups, (c // num_groups) * math.prod(x.shape[2:])))
     y = reshape(Standardize((2,), eps)(groups), x.shape)
-    return _channel_affine(y, weight, bias)
+    return _channel_affine(y, weight, bias, "group_norm")
 
 
 def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
@@ -234,7 +238,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     if not training:
         y = (x - reshape(running_mean, shape)) / sqrt(reshape(running_var, shape) + eps)
-        return _channel_affine(y, weight, bias)
+        return _channel_affine(y, weight, bias, "batch_norm")
     n = x.size // x.shape[1]
     if n < 2:
         raise ValueError(f"batch_norm needs more than 1 value per channel when training, got input of shape {x.shape}")
@@ -244,7 +248,7 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         mean, var = standardize.mean.reshape(-1), standardize.var.reshape(-1)
         running_mean.data[...] = (1 - momentum) * running_mean.data + momentum * mean
         running_var.data[...] = (1 - momentum) * running_var.data + momentum * var * (n / (n - 1))
-    return _channel_affine(y, weight, bias)
+    return _channel_affine(y, weight, bias, "batch_norm")
 
 
 # --- lookup, resampling, padding ------------------------------------------------------------------------
