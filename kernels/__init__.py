@@ -12,6 +12,11 @@ same signatures; this package dispatches each call to one of them:
   device. Names: 'auto' (default: 'cpu' for NumPy arrays, 'cupy' for CuPy arrays), 'reference', 'cpu',
   'cupy', 'numba_cuda'.
 
+The Numba passes beside them (fused activations and arithmetic in fused.py, normalizations in norm.py,
+Adam in optim.py, layout copies in layout.py) each fall back to the same formula in array operations;
+with the 'reference' backend chosen they all take it (`numba_passes()`), so that 'reference' is plain NumPy
+throughout.
+
 ``backend_module(name)`` returns one backend's module, for tests and benchmarks. GPU modules are
 imported only when chosen or when a CuPy array arrives, so importing kernels never needs CuPy, a GPU or
 a CUDA driver. This package never imports minigen.
@@ -30,8 +35,8 @@ import numpy as np
 # The default, OpenMP, keeps its threads spinning after each parallel loop, on the cores that OpenBLAS's
 # threads need for the matrix product that follows; measured at 2 threads, minigen's steps took 2.8x (U-Net
 # block, 106 ms against 34), 4.0x (DCGAN) and 2.3x (8 convs) as long as with workqueue, whose idle threads
-# sleep. Workqueue does not take parallel loops launched from several Python threads at once: minigen's
-# own calls all come from one.
+# sleep. Workqueue aborts the process when parallel loops are launched from several Python threads at once,
+# so kernels/_threads.py launches them one at a time.
 if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "workqueue"
 
@@ -113,6 +118,12 @@ def set_backend(name: str) -> None:
 def get_backend() -> str:
     """The chosen backend name ('auto' unless set)."""
     return _backend
+
+
+def numba_passes() -> bool:
+    """Whether the Numba passes of fused, norm, optim and layout serve NumPy arrays: unless 'reference' is
+    chosen."""
+    return _backend != "reference"
 
 
 def available_backends() -> list[str]:

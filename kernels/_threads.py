@@ -8,9 +8,19 @@ and every call picks by numba.get_num_threads().
 from __future__ import annotations
 
 import functools
+import threading
 import types
 
 import numba
+
+
+# Below this many elements a parallel Numba region costs more than it saves (its threads' start-up, ~15 us);
+# such calls take the NumPy formulas.
+PARALLEL_MIN_SIZE = 1 << 15
+
+# Numba's workqueue threading layer (kernels/__init__.py) aborts the process ("Concurrent access has been
+# detected") when two Python threads launch parallel loops at once: they take turns.
+_LAUNCH = threading.Lock()
 
 
 class _Kernel:
@@ -26,7 +36,10 @@ class _Kernel:
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
-        return (self.parallel if numba.get_num_threads() > 1 else self.serial)(*args)
+        if numba.get_num_threads() == 1:
+            return self.serial(*args)
+        with _LAUNCH:
+            return self.parallel(*args)
 
 
 def parallel(**options):

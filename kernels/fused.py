@@ -30,6 +30,8 @@ import numpy as np
 from numba.core import types
 from numba.extending import overload
 
+import kernels
+
 from .cpu import _FASTMATH, _INV_FACTORIAL, _PARALLEL_MIN_SIZE, _exp
 
 _SIGMOID, _SILU, _SILU_BACKWARD, _ELU, _ELU_BACKWARD, _LEAKY, _TANH_BACKWARD = range(7)
@@ -97,7 +99,8 @@ def _fast(*arrays) -> bool:
     """Whether the Numba path serves these arrays: NumPy, one float dtype, large enough."""
     a = arrays[0]
     return (type(a) is np.ndarray and a.dtype in (np.float32, np.float64) and a.size >= _PARALLEL_MIN_SIZE
-            and all(type(b) is np.ndarray and b.dtype == a.dtype and b.shape == a.shape for b in arrays))
+            and all(type(b) is np.ndarray and b.dtype == a.dtype and b.shape == a.shape for b in arrays)
+            and kernels.numba_passes())
 
 
 def _fused(kind, x, g, a=0.0):

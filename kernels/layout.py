@@ -14,7 +14,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._threads import parallel
+import kernels
+
+from ._threads import PARALLEL_MIN_SIZE, parallel
 
 _COMPILED = (np.float32, np.float64)      # other dtypes take NumPy's copy
 
@@ -29,7 +31,7 @@ def padded_nhwc(x, padding=(0, 0), size=None):
     xp[:, ph + h:] = 0
     xp[:, ph:ph + h, :pw] = 0
     xp[:, ph:ph + h, pw + w:] = 0
-    if x.dtype in _COMPILED and c >= 32 and w >= 14:
+    if x.dtype in _COMPILED and c >= 32 and w >= 14 and x.size >= PARALLEL_MIN_SIZE and kernels.numba_passes():
         _to_nhwc(x, xp, ph, pw)
     else:
         xp[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
@@ -40,7 +42,8 @@ def contiguous(x):
     """x as a C-contiguous array; a wide channels-last view of (N, C, H, W), which the convolutions return, is
     copied by _to_nchw."""
     if (type(x) is np.ndarray and x.ndim == 4 and not x.flags.c_contiguous and x.dtype in _COMPILED
-            and x.shape[1] >= 16 and x.shape[3] >= 16 and x.transpose(0, 2, 3, 1).flags.c_contiguous):
+            and x.shape[1] >= 16 and x.shape[3] >= 16 and x.size >= PARALLEL_MIN_SIZE
+            and x.transpose(0, 2, 3, 1).flags.c_contiguous and kernels.numba_passes()):
         out = np.empty(x.shape, dtype=x.dtype)
         _to_nchw(x.transpose(0, 2, 3, 1), out)
         return out

@@ -27,6 +27,8 @@ import math
 import numba
 import numpy as np
 
+import kernels
+
 from .cpu import _PARALLEL_MIN_SIZE, _njit_fastmath
 from .layout import contiguous
 
@@ -112,7 +114,8 @@ def _fast(x, axes, *others) -> tuple | None:
     """The (outer, C, inner) view when the Numba path serves these arrays (NumPy, one float dtype, large
     enough, axes around a block, not (N, C) columns: see the module's docstring), else None."""
     if not (type(x) is np.ndarray and x.dtype in (np.float32, np.float64) and x.size >= _PARALLEL_MIN_SIZE
-            and all(type(b) is np.ndarray and b.dtype == x.dtype and b.shape == x.shape for b in others)):
+            and all(type(b) is np.ndarray and b.dtype == x.dtype and b.shape == x.shape for b in others)
+            and kernels.numba_passes()):
         return None
     view = _channels_view(x.shape, axes)
     columns = view is not None and view[0] > 1 and view[2] == 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+import kernels
+
 
 @numba.njit(cache=True, error_model="numpy")      # no zero-division check: the loop vectorizes (4x faster)
 def _adam(p, g, m, v, beta2, one_minus_beta1, one_minus_beta2, step_size, bias2_sqrt, eps):
@@ -29,7 +31,8 @@ def adam_update(p, g, m, v, beta1, beta2, step_size, bias2_sqrt, eps) -> bool:
     floats (1 - beta2 from float64, not float32(1) - float32(beta2), which differ by 5e-5 relative)."""
     arrays = (p, g, m, v)
     if not (all(type(a) is np.ndarray and a.dtype == p.dtype and a.shape == p.shape for a in arrays)
-            and p.dtype in (np.float32, np.float64) and all(a.flags.c_contiguous for a in (p, m, v))):
+            and p.dtype in (np.float32, np.float64) and all(a.flags.c_contiguous for a in (p, m, v))
+            and kernels.numba_passes()):
         return False
     f = p.dtype.type
     _adam(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1), f(beta2), f(1 - beta1),

@@ -92,3 +92,30 @@ def test_ops_on_the_numba_path_have_right_first_and_second_derivatives(name):
     x = np.random.default_rng(2).standard_normal(_PARALLEL_MIN_SIZE + 7)
     x = mg.Tensor(x + 0.1 * np.sign(x), requires_grad=True)
     assert mg.gradcheck(OPS[name], [x]) and mg.gradgradcheck(OPS[name], [x])
+
+
+def test_the_reference_backend_turns_every_numba_pass_off():
+    """With 'reference' chosen, the activations, normalizations, Adam and layout copies take their NumPy
+    formulas too, so that the reference is plain NumPy throughout."""
+    from unittest import mock
+
+    import kernels
+    from kernels import layout, norm, optim
+    x = np.random.default_rng(0).standard_normal((4, 32, 16, 16)).astype(np.float32)
+    channels_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    p, g, m, v = (a.copy() for a in (x, x, x, np.abs(x)))
+
+    def numba_used() -> list[bool]:
+        with mock.patch.object(layout, "_to_nchw", side_effect=AssertionError("_to_nchw ran")) as to_nchw:
+            try:
+                layout.contiguous(channels_last)
+            except AssertionError:
+                pass
+        return [fused._fast(x), norm._fast(x, (0, 2, 3)) is not None,
+                optim.adam_update(p, g, m, v, 0.9, 0.999, 1e-3, 1.0, 1e-8), to_nchw.called]
+    assert numba_used() == [True, True, True, True]
+    kernels.set_backend("reference")
+    try:
+        assert numba_used() == [False, False, False, False]
+    finally:
+        kernels.set_backend("auto")
