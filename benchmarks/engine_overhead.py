@@ -153,8 +153,9 @@ def _dezero():
                 p.cleargrad()
             return float(loss.data)
         return step
-    return chain, mlp, getattr(dezero, "__version__", "0.0.13"), ("np.int = int set for NumPy 2; its gradients come out float64 (backward lifts Python "
-                                              "ints to int64 arrays, which promote float32 under NumPy 2)")
+    note = ("np.int = int set for NumPy 2; its gradients come out float64 (backward lifts Python ints to int64 "
+            "arrays, which promote float32 under NumPy 2)")
+    return chain, mlp, getattr(dezero, "__version__", "0.0.13"), note
 
 
 def _autograd():

@@ -179,15 +179,15 @@ def append_row(name: str, argv: list[str], row: dict) -> None:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def set_threads(n: int, torch: bool = True) -> None:
-    """The same thread count for NumPy's BLAS, Numba and (unless torch=False) PyTorch."""
+def set_threads(n: int, with_torch: bool = True) -> None:
+    """The same thread count for NumPy's BLAS, Numba and (unless with_torch=False) PyTorch."""
     import numba
     from threadpoolctl import threadpool_limits
     threadpool_limits(n)
     numba.set_num_threads(n)
-    if torch:
-        import torch as _torch
-        _torch.set_num_threads(n)
+    if with_torch:
+        import torch
+        torch.set_num_threads(n)
 
 
 def training_step(loss, optimizer):
@@ -218,7 +218,7 @@ def _serve(conn, build, engine: str, threads: int, args: tuple) -> None:
     """The loop of an engine process: build(engine, *args) -> {name: callable}; then for each request
     (name, seconds) reply with the call's result (seconds None) or the seconds of each call in a burst of
     back-to-back calls lasting `seconds` (at least BURST_SKIP + 3 calls); None ends the loop."""
-    set_threads(threads, torch=engine == "torch")
+    set_threads(threads, with_torch=engine == "torch")
     fns = build(engine, *args)
     conn.send(sorted(fns))
     while (request := conn.recv()) is not None:
@@ -256,7 +256,10 @@ class EngineProcess:
             child.close()          # the child's end lives in the child: its death then reads as EOF here
         finally:
             for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self.names = self._receive()
 
     def _receive(self):
@@ -276,7 +279,10 @@ class EngineProcess:
         return self._receive()
 
     def close(self) -> None:
-        self.conn.send(None)
+        try:
+            self.conn.send(None)
+        except OSError:            # the process died; its death was reported where it was seen
+            pass
         self.process.join(30)
 
     def __enter__(self):

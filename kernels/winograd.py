@@ -30,10 +30,10 @@ def tiles(ho: int, wo: int) -> tuple[int, int]:
     return -(-ho // 2), -(-wo // 2)
 
 
-def _chunks(n: int, th: int, tw: int, channels: int) -> list[tuple[int, int]]:
+def _chunks(n: int, th: int, tw: int, channels: int, itemsize: int) -> list[tuple[int, int]]:
     """Ranges of the n * th rows of tiles holding about _CHUNK_BYTES of transformed tiles each (all of them when
     they fit)."""
-    rows = max(1, _CHUNK_BYTES // (16 * 4 * channels * tw))
+    rows = max(1, _CHUNK_BYTES // (16 * itemsize * channels * tw))
     return [(r, min(r + rows, n * th)) for r in range(0, n * th, rows)]
 
 
@@ -45,7 +45,7 @@ def conv3x3(xp, w, ho: int, wo: int):
     u = _GG.astype(xp.dtype) @ w.reshape(-1, 9).T.astype(xp.dtype, copy=False)          # G g G^T: (16, O C)
     u = u.reshape(16, o, c).transpose(0, 2, 1)                                           # (16, C, O)
     y = np.empty((n, ho, wo, o), dtype=xp.dtype)
-    for r0, r1 in _chunks(n, th, tw, max(c, o)):
+    for r0, r1 in _chunks(n, th, tw, max(c, o), xp.itemsize):
         v = np.empty((16, (r1 - r0) * tw, c), dtype=xp.dtype)
         _input_transform(xp, v, th, tw, r0)
         _output_transform(np.matmul(v, u), y, th, tw, r0)                                # (16, tiles, O)
@@ -59,7 +59,7 @@ def conv3x3_weight(xp, gy, ho: int, wo: int):
     n, _, _, c = xp.shape
     o, (th, tw) = gy.shape[3], tiles(ho, wo)
     s = np.zeros((16, c, o), dtype=xp.dtype)
-    for r0, r1 in _chunks(n, th, tw, max(c, o)):
+    for r0, r1 in _chunks(n, th, tw, max(c, o), xp.itemsize):
         v = np.empty((16, (r1 - r0) * tw, c), dtype=xp.dtype)
         _input_transform(xp, v, th, tw, r0)
         z = np.empty((16, (r1 - r0) * tw, o), dtype=xp.dtype)

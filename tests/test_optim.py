@@ -518,3 +518,31 @@ def test_one_pass_adam_kernel_matches_the_array_formulas(dtype):
     # refused (the caller then uses the array formulas): a strided parameter, mixed dtypes
     assert not adam_update(p.T, g.T, m.T, v.T, 0.9, 0.999, 1e-3, 1.0, 1e-8)
     assert not adam_update(p, g.astype(np.float16), m, v, 0.9, 0.999, 1e-3, 1.0, 1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_takes_the_kernel_and_agrees_with_its_own_array_formulas(dtype):
+    """optim.Adam through kernels.optim.adam_update (spied: it runs and accepts) and through its array
+    formulas (the kernel refusing), three steps from the same start."""
+    from unittest import mock
+
+    import kernels.optim
+    real, taken = kernels.optim.adam_update, []
+
+    def spy(*args):
+        taken.append(real(*args))
+        return taken[-1]
+
+    def steps(update) -> np.ndarray:
+        rng = np.random.default_rng(1)
+        w = mg.tensor(rng.standard_normal((40, 30)).astype(dtype), requires_grad=True)
+        opt = optim.Adam([w], lr=1e-2)
+        with mock.patch.object(kernels.optim, "adam_update", update):
+            for _ in range(3):
+                opt.zero_grad()
+                (w * w * mg.tensor(rng.standard_normal((40, 30)).astype(dtype))).sum().backward()
+                opt.step()
+        return w.numpy()
+    np.testing.assert_allclose(steps(spy), steps(lambda *args: False), rtol=8 * np.finfo(dtype).eps,
+                               atol=8 * np.finfo(dtype).eps)
+    assert taken == [True] * 3

@@ -6,6 +6,7 @@ places), which are again such operations.
 from __future__ import annotations
 
 import numpy as np
+
 from kernels import layout
 
 from .. import backend
