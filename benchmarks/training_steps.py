@@ -17,6 +17,8 @@ shared by both. The workloads:
 - A U-Net residual block (GroupNorm(8), SiLU, 3x3 conv, twice), 64 channels, 16x16, batch 32: squared error
   to a fixed target, Adam(2e-4).
 - MADE 784-500-784 (masked linear layers, one ordering), batch 100: the Bernoulli NLL, Adam(1e-3).
+- Glow, K = 4 steps (ActNorm, invertible 1x1 conv, affine coupling with a 3-conv net of width 64) on a
+  squeezed MNIST-sized batch (16, 4, 14, 14): the NLL under a N(0, I) prior, Adam(1e-3).
 
 Protocol (harness.compare_training_steps): each engine runs in a process of its own, with 1 or 2 threads (BLAS,
 Numba and PyTorch's intra-op pool alike); two consecutive steps of each engine must give the same losses,
@@ -46,10 +48,11 @@ LATENT, WIDTH = 64, 32      # the GANs' noise size and conv width
 def engine(name: str) -> SimpleNamespace:
     """minigen or PyTorch under one set of names."""
     if name == "minigen":
-        return SimpleNamespace(nn=mg.nn, F=mg.nn.functional, optim=mg.optim, grad=mg.grad, tensor=mg.tensor)
+        return SimpleNamespace(nn=mg.nn, F=mg.nn.functional, optim=mg.optim, grad=mg.grad, tensor=mg.tensor,
+                               cat=mg.concatenate, slogdet=mg.slogdet)
     import torch
     return SimpleNamespace(nn=torch.nn, F=torch.nn.functional, optim=torch.optim, grad=torch.autograd.grad,
-                           tensor=torch.from_numpy)
+                           tensor=torch.from_numpy, cat=torch.cat, slogdet=torch.linalg.slogdet)
 
 
 def fixed(e, shape: tuple, seed: int, kind: str = "normal"):
@@ -172,6 +175,47 @@ def made(e):
     return net, training_step(loss, adam(e, net, 1e-3))
 
 
+def glow(e):
+    """Glow (Kingma & Dhariwal 2018, sec. 3 and Table 1), K = 4 steps on x of shape (16, 4, 14, 14): ActNorm
+    y = s x + b, log-det h w sum log|s|; invertible 1x1 conv y = W x, log-det h w log|det W|, W a random rotation
+    at the start; affine coupling (x_a, x_b) -> (x_a, (x_b + t) s) with (log s_raw, t) = NN(x_a) and
+    s = sigmoid(log s_raw + 2) (as in their code), log-det sum log s. Loss: the NLL -(log N(z; 0, I) + log-det)
+    per example (the change of variables of their sec. 2), averaged over the batch."""
+    nn, F = e.nn, e.F
+    n, c, h, w = 16, 4, 14, 14
+    rng = np.random.default_rng(4)
+
+    class FlowStep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(e.tensor(np.ones((1, c, 1, 1), np.float32)))
+            self.shift = nn.Parameter(e.tensor(np.zeros((1, c, 1, 1), np.float32)))
+            self.weight = nn.Parameter(e.tensor(np.linalg.qr(rng.standard_normal((c, c)))[0].astype(np.float32)))
+            self.coupling = nn.Sequential(nn.Conv2d(c // 2, 64, 3, padding=1), nn.ReLU(),
+                                          nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, c, 3, padding=1))
+
+        def forward(self, x):
+            """(y, log|det dy/dx| per example)"""
+            x = F.conv2d(self.scale * x + self.shift, self.weight.reshape(c, c, 1, 1))
+            x_a, x_b = x[:, :c // 2], x[:, c // 2:]
+            out = self.coupling(x_a)
+            s = (out[:, :c // 2] + 2).sigmoid()
+            log_det = h * w * (self.scale.abs().log().sum() + e.slogdet(self.weight)[1]) + s.log().sum((1, 2, 3))
+            return e.cat([x_a, (x_b + out[:, c // 2:]) * s], 1), log_det
+
+    net = nn.ModuleList([FlowStep() for _ in range(4)])
+    x = fixed(e, (n, c, h, w), 0, "uniform") - 0.5
+
+    def loss():
+        z, log_det = x, 0
+        for step in net:
+            z, step_log_det = step(z)
+            log_det = log_det + step_log_det
+        log_prior = -0.5 * (z * z).sum((1, 2, 3)) - 0.5 * c * h * w * float(np.log(2 * np.pi))
+        return -(log_prior + log_det).mean()
+    return net, training_step(loss, adam(e, net, 1e-3))
+
+
 WORKLOADS = {
     "mlp vae 784-200-200-50, batch 100": vae,
     "dcgan width 32, 28x28, batch 64 (D step + G step)": dcgan,
@@ -179,6 +223,7 @@ WORKLOADS = {
     "8 convs 3x3x64, 28x28, batch 16": conv_stack,
     "u-net block 64 ch, 16x16, batch 32": unet_block,
     "made 784-500-784, batch 100": made,
+    "glow K=4, width 64, 4x14x14, batch 16": glow,
 }
 
 
