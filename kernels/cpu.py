@@ -294,17 +294,18 @@ def log_softmax_backward(y, gy, axis=-1):
 # Batched small matrices: a Numba LU per matrix, parallel over the batch, measured ~3x faster than
 # numpy.linalg.slogdet (whose per-matrix LAPACK call overhead dominates at n = 8); the inverse that
 # slogdet's gradient needs likewise by Gauss-Jordan. Larger matrices, one at a time: lu.py's recursive LU
-# (BLAS GEMMs) where it beat LAPACK (1 thread, time against numpy.linalg: inv 0.45x float32 and 0.75x float64
-# at n = 256..1024, slogdet float32 0.6x at n = 512), LAPACK elsewhere (float64 slogdet: no gain).
+# (BLAS GEMMs) from the n where it beat LAPACK (1 thread, time against numpy.linalg: inv 0.75x float32 and
+# 0.91x float64 at n = 96, 0.3x / 0.5x at 512; slogdet float32 0.93x at 192, 0.5x at 512, float64 0.92x at
+# 512, 0.8x at 1024), LAPACK below.
 
 _LU_MAX_N = 48
-_LU_INV_MIN_N = 128
-_LU_SLOGDET_MIN_N = 256
+_LU_INV_MIN_N = {np.dtype(np.float32): 96, np.dtype(np.float64): 96}
+_LU_SLOGDET_MIN_N = {np.dtype(np.float32): 192, np.dtype(np.float64): 512}
 
 
-def _lu_serves(a, min_n: int, dtypes) -> bool:
-    """Whether a is a stack of square matrices of a float dtype in `dtypes`, n >= min_n, for lu.py."""
-    return a.ndim >= 2 and a.shape[-2] == a.shape[-1] >= min_n and a.dtype in dtypes and a.size > 0
+def _lu_serves(a, min_n: dict) -> bool:
+    """Whether a is a stack of square matrices, n >= min_n[its dtype], for lu.py."""
+    return a.ndim >= 2 and a.shape[-2] == a.shape[-1] >= min_n.get(a.dtype, math.inf) and a.size > 0
 
 
 @_njit
@@ -383,7 +384,7 @@ def inv(a):
     """a^-1 of a batch (..., n, n), like numpy.linalg.inv (LinAlgError for a singular matrix). Batches of
     small matrices run in Numba, parallel over matrices (LAPACK's per-call overhead dominates there)."""
     n = a.shape[-1]
-    if _lu_serves(a, _LU_INV_MIN_N, (np.float32, np.float64)):
+    if _lu_serves(a, _LU_INV_MIN_N):
         out = np.empty(a.shape, a.dtype)
         for i, (m, x) in enumerate(zip(a.reshape(-1, n, n), out.reshape(-1, n, n))):
             inverse = lu.inv(m)
@@ -405,7 +406,7 @@ def inv(a):
 def slogdet(a):
     """(sign, log|det a|) of a batch (..., n, n), like numpy.linalg.slogdet; singular: (0, -inf)."""
     n = a.shape[-1]
-    if _lu_serves(a, _LU_SLOGDET_MIN_N, (np.float32,)):
+    if _lu_serves(a, _LU_SLOGDET_MIN_N):
         batch = a.reshape(-1, n, n)
         sign, logabs = np.empty(len(batch), a.dtype), np.empty(len(batch), a.dtype)
         for i, m in enumerate(batch):

@@ -3,23 +3,21 @@
 NumPy's bundled LAPACK is slow on one thread here (512x512 float32: slogdet 8 ms, inv 24 ms, where a
 512x512 GEMM takes 1.8 ms), so we factor ourselves: LAPACK's recursive getrf2 (Toledo 1997; Golub & Van
 Loan, Matrix Computations 4th ed., 3.2.11 and 3.4) splits the columns in halves, factors the left half,
-solves for the top-right block and updates the bottom-right block with one GEMM (NumPy's `@`), then
-factors the bottom-right block. Below _NB columns a Numba kernel factors the panel.
+applies its row swaps to the right half, solves for the top-right block and updates the bottom-right block
+with one GEMM (NumPy's `@`), then factors the bottom-right block and applies its swaps to the left half.
+Below _NB columns a Numba kernel factors the panel.
 
-Storage: a C-ordered array `t` holding M in column-major order, i.e. t = M^T. Column c of M is the
-contiguous row t[c], so the panel's pivot searches and updates run down contiguous memory, as LAPACK's
-do. For slogdet we factor M = a^T (det a^T = det a) with no copy but a's own; for inv, M = a^T too:
-the inverse of M in column-major order is, read in C order, inv(M)^T = inv(a).
-
-In t's C-order terms, M = P^T L U reads a = U^T L^T P = Lc Uc P with Lc = U^T the lower triangle of t
-(with its diagonal) and Uc = L^T the unit upper triangle of t (strictly above the diagonal).
+Storage: the matrix itself, C-ordered, a = P^T L U overwritten by L (unit lower) and U. Row swaps then move
+contiguous runs; the panel (a strided column block) is copied transposed into a small buffer, where its
+pivot searches and column updates run down contiguous memory, and copied back. slogdet needs neither L's
+consistency nor P, so it skips the swaps that only keep L's finished columns in order.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-_NB = 32   # panel width handled by Numba: best at n = 512 float32 (16: 1.3x the time, 64: 1.1x, 128: 1.6x)
+_NB = 32   # panel width handled by Numba: best at n = 512 float32 (16: 1.16x the time, 48: 1.0x, 64: 1.07x)
 _jit = numba.njit(cache=True, fastmath={"contract"})
 
 
@@ -44,154 +42,201 @@ def _argmax_abs(x):
 
 
 @_jit
-def _swap(x, y):
-    for c in range(x.shape[0]):
-        x[c], y[c] = y[c], x[c]
-
-
-@_jit
-def _apply_previous(t, j, k):
-    """Left-looking step for panel column k (the row t[k] from entry j): apply the Gauss transforms of
-    columns j..k-1, i.e. forward-substitute the unit lower L[j:k, j:k] into u = M[j:k, k], then
-    M[k:, k] -= L[k:, j:k] @ u (four columns at a time, to load and store M[k:, k] a quarter as often)."""
+def _apply_previous(t, k, rows):
+    """Left-looking step for panel column k (the row t[k], t the transposed panel): apply the Gauss
+    transforms of columns 0..k-1, i.e. forward-substitute the unit lower L[:k, :k] into u = M[:k, k], then
+    M[k:, k] -= L[k:, :k] @ u (four columns at a time, to load and store M[k:, k] a quarter as often)."""
     col = t[k]
-    for i in range(j, k):
+    for i in range(k):
         ci, li = col[i + 1:k], t[i, i + 1:k]
         for r in range(ci.shape[0]):
             ci[r] -= col[i] * li[r]
-    below = t[k, k:]
-    i = j
+    below = t[k, k:rows]
+    i = 0
     while i + 4 <= k:
         f0, f1, f2, f3 = col[i], col[i + 1], col[i + 2], col[i + 3]
-        l0, l1, l2, l3 = t[i, k:], t[i + 1, k:], t[i + 2, k:], t[i + 3, k:]
+        l0, l1, l2, l3 = t[i, k:rows], t[i + 1, k:rows], t[i + 2, k:rows], t[i + 3, k:rows]
         for r in range(below.shape[0]):
             below[r] -= f0 * l0[r] + f1 * l1[r] + f2 * l2[r] + f3 * l3[r]
         i += 4
     for i in range(i, k):
-        f, li = col[i], t[i, k:]
+        f, li = col[i], t[i, k:rows]
         for r in range(below.shape[0]):
             below[r] -= f * li[r]
 
 
 @_jit
-def _panel(t, perm, j, w):
+def _panel(m, piv, j, w):
     """Factor the panel M[j:, j:j+w] in place, left-looking (getf2's partial pivoting, one column at a
-    time), and apply its row swaps to every other column of M. Returns the number of swaps."""
-    n = t.shape[0]
-    piv = np.empty(w, np.int64)
-    for k in range(j, j + w):
-        _apply_previous(t, j, k)
-        p = piv[k - j] = k + _argmax_abs(t[k, k:])
-        for c in range(j, j + w):
+    time) in a transposed copy; piv[k] = the row swapped with row k, swapped inside the panel only."""
+    rows = m.shape[0] - j
+    t = np.empty((w, rows + 16), m.dtype)     # t[:, :rows]; rows 4 KiB apart would share cache sets
+    for r in range(rows):
+        mr = m[j + r, j:j + w]
+        for c in range(w):
+            t[c, r] = mr[c]
+    for k in range(w):
+        _apply_previous(t, k, rows)
+        p = k + _argmax_abs(t[k, k:rows])
+        piv[j + k] = j + p
+        for c in range(w):
             t[c, k], t[c, p] = t[c, p], t[c, k]
-        perm[k], perm[p] = perm[p], perm[k]
         if t[k, k] != 0:          # a zero pivot (all-zero column) leaves the column as it is, as getf2 does
-            below = t[k, k + 1:]
+            below = t[k, k + 1:rows]
             inv = 1 / t[k, k]
             for r in range(below.shape[0]):
                 below[r] *= inv
-    for c in range(n):            # laswp: the panel's swaps in each other column, one column at a time
-        if c < j or c >= j + w:
-            for k in range(j, j + w):
-                p = piv[k - j]
-                t[c, k], t[c, p] = t[c, p], t[c, k]
-    return np.sum(piv != np.arange(j, j + w))
+    for r in range(rows):
+        mr = m[j + r, j:j + w]
+        for c in range(w):
+            mr[c] = t[c, r]
 
 
 @_jit
-def _unit_upper_inverse(t, j, h):
-    """U^-1 for U the unit upper triangle of t[j:j+h, j:j+h], by back substitution, row by row."""
-    x = np.eye(h, dtype=t.dtype)
-    for i in range(h - 2, -1, -1):
-        for k in range(i + 1, h):
-            f = t[j + i, j + k]
-            xi, xk = x[i, k:], x[k, k:]
-            for c in range(xi.shape[0]):
+def _swap_rows(m, piv, k0, k1, c0, c1):
+    """laswp: rows k <-> piv[k] for k = k0..k1-1 in turn, within columns c0:c1."""
+    for k in range(k0, k1):
+        p = piv[k]
+        if p != k:
+            x, y = m[k, c0:c1], m[p, c0:c1]
+            for c in range(c1 - c0):
+                x[c], y[c] = y[c], x[c]
+
+
+@_jit
+def _unswap_columns(x, piv):
+    """x <- x P for P the row swaps k <-> piv[k] in turn: (x P)[:, d] = x[:, src[d]], gathered a row at a
+    time through a copy of the row (NumPy's fancy-indexed column scatter ran 10x slower)."""
+    n = x.shape[1]
+    src = np.arange(n)
+    for k in range(len(piv) - 1, -1, -1):
+        p = piv[k]
+        src[k], src[p] = src[p], src[k]
+    row = np.empty(n, x.dtype)
+    for i in range(x.shape[0]):
+        xi = x[i]
+        row[:] = xi
+        for d in range(n):
+            xi[d] = row[src[d]]
+
+
+@_jit
+def _unit_lower_inverse(m, j, h):
+    """L^-1 for L the unit lower triangle of m[j:j+h, j:j+h], by forward substitution, row by row."""
+    x = np.eye(h, dtype=m.dtype)
+    for i in range(1, h):
+        xi = x[i]
+        for k in range(i):
+            f, xk = m[j + i, j + k], x[k]
+            for c in range(k + 1):
                 xi[c] -= f * xk[c]
     return x
 
 
 @_jit
-def _lower_inverse(t, j, h):
-    """L^-1 for L the lower triangle of t[j:j+h, j:j+h] (with its diagonal), by forward substitution."""
-    x = np.zeros((h, h), t.dtype)
-    for i in range(h):
-        x[i, i] = 1
-        for k in range(i):
-            f = t[j + i, j + k]
-            xi, xk = x[i, :k + 1], x[k, :k + 1]
-            for c in range(xi.shape[0]):
+def _upper_inverse(m, j, h):
+    """U^-1 for U the upper triangle of m[j:j+h, j:j+h] (with its diagonal), by back substitution."""
+    x = np.zeros((h, h), m.dtype)
+    for i in range(h - 1, -1, -1):
+        xi = x[i]
+        xi[i] = 1
+        for k in range(i + 1, h):
+            f, xk = m[j + i, j + k], x[k]
+            for c in range(k, h):
                 xi[c] -= f * xk[c]
-        d = 1 / t[j + i, j + i]
-        for c in range(i + 1):
-            x[i, c] *= d
+        d = 1 / m[j + i, j + i]
+        for c in range(i, h):
+            xi[c] *= d
     return x
 
 
 # ------------------------------------------------------------------------------ recursions (GEMM between)
 
-def _solve_unit_upper(t, j, h, b):
-    """b @= U^-1 in place (b has h columns), U the unit upper triangle of t[j:j+h, j:j+h]: with
-    U = [U11 U12; 0 U22], X1 = B1 U11^-1, X2 = (B2 - X1 U12) U22^-1; small blocks by GEMM with U^-1."""
+def _solve_unit_lower(m, j, h, b):
+    """b <- L^-1 b in place (b has h rows), L the unit lower triangle of m[j:j+h, j:j+h]: with
+    L = [L11 0; L21 L22], X1 = L11^-1 B1, X2 = L22^-1 (B2 - L21 X1); small blocks by GEMM with L^-1."""
     if h <= _NB:
-        b[...] = b @ _unit_upper_inverse(t, j, h)
+        b[...] = _unit_lower_inverse(m, j, h) @ b
         return
     g = h // 2
-    _solve_unit_upper(t, j, g, b[:, :g])
-    b[:, g:] -= b[:, :g] @ t[j:j + g, j + g:j + h]
-    _solve_unit_upper(t, j + g, h - g, b[:, g:])
+    _solve_unit_lower(m, j, g, b[:g])
+    b[g:] -= m[j + g:j + h, j:j + g] @ b[:g]
+    _solve_unit_lower(m, j + g, h - g, b[g:])
 
 
-def _solve_lower(t, j, h, b):
-    """b @= L^-1 in place (b has h columns), L the lower triangle of t[j:j+h, j:j+h]: with
-    L = [L11 0; L21 L22], X2 = B2 L22^-1, X1 = (B1 - X2 L21) L11^-1; small blocks by GEMM with L^-1."""
+def _unit_lower_inverse_blocked(m, j, h):
+    """L^-1, L the unit lower triangle of m[j:j+h, j:j+h], itself lower triangular:
+    [L11 0; L21 L22]^-1 = [X11 0; -X22 L21 X11  X22]; n^3/3 multiply-adds in GEMMs, where a solve
+    against I takes n^3/2."""
     if h <= _NB:
-        b[...] = b @ _lower_inverse(t, j, h)
+        return _unit_lower_inverse(m, j, h)
+    g = h // 2
+    x = np.zeros((h, h), m.dtype)
+    x[:g, :g] = _unit_lower_inverse_blocked(m, j, g)
+    x[g:, g:] = _unit_lower_inverse_blocked(m, j + g, h - g)
+    x[g:, :g] = x[g:, g:] @ (m[j + g:j + h, j:j + g] @ x[:g, :g])
+    np.negative(x[g:, :g], out=x[g:, :g])
+    return x
+
+
+def _solve_upper(m, j, h, b):
+    """b <- U^-1 b in place (b has h rows), U the upper triangle of m[j:j+h, j:j+h]: with
+    U = [U11 U12; 0 U22], X2 = U22^-1 B2, X1 = U11^-1 (B1 - U12 X2); small blocks by GEMM with U^-1."""
+    if h <= _NB:
+        b[...] = _upper_inverse(m, j, h) @ b
         return
     g = h // 2
-    _solve_lower(t, j + g, h - g, b[:, g:])
-    b[:, :g] -= b[:, g:] @ t[j + g:j + h, j:j + g]
-    _solve_lower(t, j, g, b[:, :g])
+    _solve_upper(m, j + g, h - g, b[g:])
+    b[:g] -= m[j:j + g, j + g:j + h] @ b[g:]
+    _solve_upper(m, j, g, b[:g])
 
 
-def _getrf(t, perm, j, w):
-    """Factor columns j:j+w of M (rows j: of it), getrf2's recursion; returns the number of row swaps.
-    In M's terms: [A11 A12; A21 A22] -> factor [A11; A21], A12 <- L11^-1 A12, A22 -= A21 A12."""
+def _getrf(m, piv, j, w, left):
+    """Factor columns j:j+w of M (rows j: of it), getrf2's recursion: [A11 A12; A21 A22] -> factor
+    [A11; A21], A12 <- L11^-1 A12, A22 -= A21 A12, factor A22. `left`: also apply A22's row swaps to
+    [A11; A21] (for L; slogdet skips it on the rightmost path, where no GEMM reads L again)."""
     if w <= _NB:
-        return _panel(t, perm, j, w)
+        _panel(m, piv, j, w)
+        return
     h = w // 2
-    swaps = _getrf(t, perm, j, h)
-    _solve_unit_upper(t, j, h, t[j + h:j + w, j:j + h])                      # A12^T <- A12^T L11^-T
-    t[j + h:j + w, j + h:] -= t[j + h:j + w, j:j + h] @ t[j:j + h, j + h:]  # A22^T -= A12^T A21^T
-    return swaps + _getrf(t, perm, j + h, w - h)
+    _getrf(m, piv, j, h, True)    # the left half's L21 feeds the GEMM below: its rows must follow the swaps
+    _swap_rows(m, piv, j, j + h, j + h, j + w)
+    _solve_unit_lower(m, j, h, m[j:j + h, j + h:j + w])
+    m[j + h:, j + h:j + w] -= m[j + h:, j:j + h] @ m[j:j + h, j + h:j + w]
+    _getrf(m, piv, j + h, w - h, left)
+    if left:
+        _swap_rows(m, piv, j + h, j + w, j, j + h)
 
 
-def lu(a):
-    """(t, perm, swaps) for one square matrix a: t (a copy, C order) holds a = Lc Uc P as described above,
-    P the column permutation a[:, perm] = Lc Uc, made of `swaps` transpositions."""
-    t = np.array(a, order="C")
-    perm = np.arange(len(t))
-    return t, perm, _getrf(t, perm, 0, len(t))
+def lu(a, left=True):
+    """(m, piv) for one square matrix a: m (a copy, C order, rows padded) holds L (strictly below the
+    diagonal, unit diagonal implied) and U of a = P^T L U, P the row swaps k <-> piv[k] for k = 0, 1, ...
+    in turn. left=False leaves L's rows unswapped (enough for U's diagonal and the swap count)."""
+    n = a.shape[-1]
+    m = np.empty((n, n + 16), a.dtype)   # m[:, :n]: rows 4 KiB apart (n = 1024 float32) share cache sets;
+    m[:, :n] = a                         # the whole C-ordered m keeps Numba's row slices contiguous
+    piv = np.arange(n)
+    _getrf(m, piv, 0, n, left)
+    return m[:, :n], piv
 
 
 def slogdet(a):
     """(sign, log|det a|) of one square matrix, log|det| summed in float64; singular: (0, -inf)."""
-    t, _, swaps = lu(a)
-    d = np.diagonal(t)
+    m, piv = lu(a, left=False)
+    d = np.diagonal(m)
     if not np.all(d):
         return 0.0, -np.inf
+    swaps = np.count_nonzero(piv != np.arange(len(m)))
     return (-1.0) ** (swaps + np.count_nonzero(d < 0)), np.sum(np.log(np.abs(d.astype(np.float64))))
 
 
 def inv(a):
-    """a^-1 of one square matrix, or None when a pivot is zero: a = Lc Uc P, so a^-1 = P^T Uc^-1 Lc^-1."""
-    t, perm, _ = lu(a)
-    n = len(t)
-    if not np.all(np.diagonal(t)):
+    """a^-1 of one square matrix, or None when a pivot is zero: P a = L U, so a^-1 = U^-1 L^-1 P."""
+    m, piv = lu(a)
+    n = len(m)
+    if not np.all(np.diagonal(m)):
         return None
-    x = np.eye(n, dtype=t.dtype)
-    _solve_unit_upper(t, 0, n, x)
-    _solve_lower(t, 0, n, x)
-    out = np.empty_like(x)
-    out[perm] = x
-    return out
+    x = _unit_lower_inverse_blocked(m, 0, n)
+    _solve_upper(m, 0, n, x)
+    _unswap_columns(x, piv)
+    return x
