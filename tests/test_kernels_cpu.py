@@ -307,7 +307,7 @@ def _with_singular_values(rng, s, negate):
     return (u * s) @ v.T
 
 
-@pytest.mark.parametrize("n", [1, 3, 8, 32, 64])
+@pytest.mark.parametrize("n", [1, 3, 8, 32, 48, 64])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_slogdet_matches_numpy(n, dtype):
     rng = np.random.default_rng(n)
@@ -332,7 +332,7 @@ def _batch_over_threshold(n):
     return kernels.cpu._PARALLEL_MIN_SIZE // (8 * n * n) + 1
 
 
-@pytest.mark.parametrize("n", [1, 3, 8, 32, 64])
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 32, 48, 64])     # odd and even: Gauss-Jordan pairs rows
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_inv_matches_numpy(n, dtype):
     rng = np.random.default_rng(n)
@@ -357,9 +357,10 @@ def test_inv_of_a_singular_matrix_raises(mod):
 @pytest.mark.parametrize("mod", CPU)
 def test_slogdet_of_singular_matrices(mod):
     a = np.array([[[1.0, 2.0], [2.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]])
-    sign, logabs = mod.slogdet(a)
-    np.testing.assert_array_equal(sign, [0, 0, -1])
-    np.testing.assert_array_equal(logabs, [-np.inf, -np.inf, 0])
+    for batch in (a, np.tile(a, (_batch_over_threshold(2) // 3 + 1, 1, 1))):   # LAPACK, then the Numba LU
+        sign, logabs = mod.slogdet(batch)
+        np.testing.assert_array_equal(sign, np.tile([0, 0, -1], len(batch) // 3))
+        np.testing.assert_array_equal(logabs, np.tile([-np.inf, -np.inf, 0], len(batch) // 3))
 
 
 @st.composite
