@@ -106,7 +106,7 @@ def _swap_rows(m, piv, k0, k1, c0, c1):
 @_jit
 def _unswap_columns(x, piv):
     """x <- x P for P the row swaps k <-> piv[k] in turn: (x P)[:, d] = x[:, src[d]], gathered a row at a
-    time through a copy of the row (NumPy's fancy-indexed column scatter ran 10x slower)."""
+    time through a copy of the row (NumPy's out[:, perm] = x: 4x the time at n = 512)."""
     n = x.shape[1]
     src = np.arange(n)
     for k in range(len(piv) - 1, -1, -1):
