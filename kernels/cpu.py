@@ -26,6 +26,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import lu, reference, winograd
 from .layout import padded_nhwc
+from ._threads import PARALLEL_MIN_SIZE as _PARALLEL_MIN_SIZE
 from ._threads import parallel
 from ._geometry import check_channels, conv_out_size, conv_transpose_out_size, geometry
 
@@ -50,9 +51,10 @@ def _add_bias(y, b):
 def _winograd_serves(g, x, og) -> bool:
     """Whether conv2d takes Winograd's F(2x2, 3x3): a 3x3 kernel at stride 1, undilated, ungrouped, with the
     channels (its GEMMs' inner and outer sizes) and the map large enough to pay for the transforms. Measured
-    on one thread against im2col: 25-30% faster at 64 channels, even at 32, slower at 16."""
+    on one thread against im2col, forward and weight gradient together (batch 32-64, 14-28 pixels square):
+    Winograd's time 0.56-0.78 of im2col's at 64 channels, 0.56-0.85 at 48, 0.77-0.91 at 32, 1.4-1.6 at 16."""
     n, c, h, w = x.shape
-    return (g.kernel == (3, 3) and g.stride == g.dilation == (1, 1) and g.groups == 1 and min(c, og) >= 64
+    return (g.kernel == (3, 3) and g.stride == g.dilation == (1, 1) and g.groups == 1 and min(c, og) >= 32
             and x.dtype in (np.float32, np.float64) and n * c * h * w >= _PARALLEL_MIN_SIZE)
 
 
@@ -96,7 +98,7 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     input is smaller than the kernel, though: there the flipped convolution's windows are mostly padding
     (DCGAN's first layer, 1x1 -> 7x7: 14 ms against col2im's 0.4 ms).
     Otherwise col2im: one channels-last GEMM per group, (N*H*W, Cg) @ (Cg, kh*kw*Og), then each tap's
-    block is added at its strided place in the padded output, and the padding is cropped.
+    block is added at its strided place in the output, the taps that land in the padding skipped (_col2im).
     """
     g = geometry(w.shape[2:], stride, padding, dilation, groups)
     (n, c, h, wd), G = x.shape, g.groups
@@ -151,11 +153,6 @@ _njit = parallel()
 _FASTMATH = {"reassoc", "nsz", "arcp", "contract"}  # reorder sums (so they vectorize); keep inf and NaN
 _njit_fastmath = parallel(fastmath=_FASTMATH)
 
-# Below this many elements a parallel Numba region costs more than it saves: the start-up of its threads
-# (~15 us) and their spinning afterwards, which starves BLAS's threads in the matrix products that follow
-# (measured: a 128x10 softmax backward inside an MLP step cost 5-15 ms, NumPy's formula 7 us). Small
-# calls take the NumPy formulas of reference.py.
-_PARALLEL_MIN_SIZE = 1 << 15
 
 
 @intrinsic
