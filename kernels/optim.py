@@ -3,7 +3,8 @@ update of a 784x500 MADE weight is about a third of that model's whole training 
 
 The loop is serial on purpose. A parallel Numba region before every parameter's update was measured to
 leave its threads spinning into the matrix products that follow, starving BLAS's threads (the README's
-2-thread VAE run went 2.4x slower); one thread streaming through p, g, m and v is memory-bound anyway.
+2-thread VAE run went 2.4x slower, under OpenMP; under workqueue, the default since, parallel blocks gained
+nothing measurable); one thread streaming through p, g, m and v is memory-bound anyway.
 """
 from __future__ import annotations
 
