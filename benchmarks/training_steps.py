@@ -236,7 +236,8 @@ def build(name: str, case: str, state: dict | None) -> dict:
     if state is not None:
         net.load_state_dict({k: e.tensor(v) for k, v in state.items()})
     return {"step": step, "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
-            "size": lambda: {"parameters": sum(p.numpy().size for p in net.parameters())}}
+            "size": lambda: {"parameters": sum(p.numpy().size for p in net.parameters())},
+            "grads": lambda: {k: p.grad.numpy().copy() for k, p in net.named_parameters() if p.grad is not None}}
 
 
 def spread_table(rows: list[dict]) -> list[dict]:
