@@ -358,7 +358,7 @@ class Linear(Function):
         y = np.matmul(x, w.T)
         if b is None:
             return y
-        if np.result_type(y, b) != y.dtype:
+        if np.result_type(y.dtype, b.dtype) != y.dtype:
             return y + b
         y += b
         return y
