@@ -162,11 +162,15 @@ def standardize_backward(y, rstd, g, axes: tuple):
 # --- the per-channel scale and shift of group and batch norm, x (N, C, ...) with w, b (C,) ---------------------
 
 
+def _channel_axes(ndim: int) -> tuple:
+    """Every axis but the channels' (axis 1)."""
+    return (0,) + tuple(range(2, ndim))
+
+
 def _channel_view(x, *others):
     """The (N, C, inner) view of C-contiguous x when the Numba kernels serve x and `others` (same dtype; the
     weights of x's dtype), else None."""
-    axes = (0,) + tuple(range(2, x.ndim))
-    view = _fast(x, axes)
+    view = _fast(x, _channel_axes(x.ndim))
     if view is None or not x.flags.c_contiguous or not all(
             type(a) is np.ndarray and a.dtype == x.dtype and (a.shape in (x.shape, (x.shape[1],)))
             and a.flags.c_contiguous for a in others if a is not None):
@@ -190,11 +194,11 @@ def channel_sums(g, x):
     """(sum of g x, sum of g) per channel (axis 1), each (C,) in g's dtype, accumulated in float64. A gradient
     g that comes channels-last from a convolution is copied to NCHW first: one pass, where the formula takes
     three."""
-    if _fast(g, (0,) + tuple(range(2, g.ndim)), x) is not None:
+    axes = _channel_axes(g.ndim)
+    if _fast(g, axes, x) is not None:
         g, x = contiguous(g), contiguous(x)
     view = _channel_view(g, x)
     if view is None:
-        axes = (0,) + tuple(range(2, g.ndim))
         return tuple(a.sum(axis=axes, dtype=np.float64).astype(g.dtype) for a in (g * x, g))
     sgx, sg = (np.empty(g.shape[1], dtype=np.float64) for _ in range(2))
     _channel_sums(g.reshape(view), x.reshape(view), sgx, sg)
