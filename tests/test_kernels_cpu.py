@@ -496,6 +496,7 @@ def _printed_by_a_new_process(probe: str, variable: str, value: str | None) -> s
 def test_parallel_kernels_launched_from_two_python_threads_take_turns():
     """Workqueue aborts the process on concurrent launches; kernels/_threads.py serializes them."""
     probe = ("import threading, numpy as np, numba, kernels; from kernels import norm; numba.set_num_threads(2); "
+             "kernels._threads.THREADS_MIN_SIZE = 0; "
              "x = np.ones((8, 64, 16, 16), np.float32); "
              "work = lambda: [norm.standardize(x, (0, 2, 3), 1e-5) for _ in range(100)]; "
              "ts = [threading.Thread(target=work) for _ in range(3)]; [t.start() for t in ts]; "
@@ -505,18 +506,20 @@ def test_parallel_kernels_launched_from_two_python_threads_take_turns():
 
 def test_parallel_kernels_run_on_workqueue_threads_unless_the_user_chose_a_layer():
     """OpenMP's spinning threads starve BLAS's between kernels (kernels/__init__.py): workqueue by default."""
-    probe = ("import numpy as np, numba, kernels; kernels.softmax(np.ones((512, 128), np.float32)); "
+    probe = ("import numpy as np, numba, kernels; kernels._threads.THREADS_MIN_SIZE = 0; "
+             "kernels.softmax(np.ones((512, 128), np.float32)); "
              "print(numba.threading_layer())")
     assert [_printed_by_a_new_process(probe, "NUMBA_THREADING_LAYER", v) for v in (None, "omp")] == ["workqueue", "omp"]
 
 
-def test_parallel_and_serial_compilations_of_the_kernels_agree():
-    """Each Numba loop is compiled parallel (run on 2+ threads) and serial (run on 1; kernels/_threads.py):
+def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
+    """Each Numba loop is compiled parallel (run on 2+ threads and large arrays) and serial (kernels/_threads.py):
     the suite runs on one thread, so here every kernel runs both ways on inputs large enough for Numba."""
     import numba
-    from kernels import cpu, layout, norm
+    from kernels import _threads, cpu, layout, norm
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has one thread here")
+    monkeypatch.setattr(_threads, "THREADS_MIN_SIZE", 0)
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((4, 64, 12, 12), dtype=np.float32), rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
     wt = rng.standard_normal((64, 32, 4, 4), dtype=np.float32)
@@ -543,6 +546,28 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree():
         finally:
             numba.set_num_threads(1)
         np.testing.assert_allclose(parallel, serial, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_kernels_run_in_parallel_only_on_two_threads_and_large_arrays(monkeypatch):
+    """kernels/_threads.py: the parallel compilation serves a call only when Numba has 2+ threads and the largest
+    array has THREADS_MIN_SIZE elements."""
+    import numba
+    from kernels import _threads, cpu
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here")
+    kernel, ran = cpu._softmax_rows, []
+    monkeypatch.setattr(kernel, "serial", lambda *args: ran.append("serial"))
+    monkeypatch.setattr(kernel, "parallel", lambda *args: ran.append("parallel"))
+    monkeypatch.setattr(_threads, "THREADS_MIN_SIZE", 100)
+    small, large = np.ones((9, 11)), np.ones((10, 10))
+    numba.set_num_threads(2)
+    try:
+        kernel(small, small, False)
+        kernel(large, small, False)
+    finally:
+        numba.set_num_threads(1)
+    kernel(large, large, False)
+    assert ran == ["serial", "parallel", "serial"]
 
 
 def test_malloc_keeps_freed_memory_unless_told_not_to():
