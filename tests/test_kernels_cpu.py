@@ -114,6 +114,36 @@ def test_convolutions_are_adjoint(case, mod):
                       np.vdot(v, mod.conv2d_weight(ga, gy, w.shape[2:], **geo)), rtol=1e-10, atol=1e-10)
 
 
+@FEW
+@given(o=st.integers(1, 3), extra=st.integers(0, 5), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       size=st.tuples(st.integers(1, 2), st.integers(1, 8), st.integers(1, 8)), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2 ** 16))
+def test_convolutions_with_few_output_channels_match_the_reference(o, extra, kernel, padding, dilation, size, dtype,
+                                                                  seed):
+    """The GEMM-first path (cpu._taps) at 4 or more input channels per output channel, stride 1: conv2d, its
+    weight gradient, and the input gradient of a layer with few input channels (a flipped conv2d)."""
+    from kernels import cpu
+    from kernels._geometry import geometry
+    n, h, w = size
+    # non-empty outputs for the conv2d and for the transposed one
+    assume(all(s + 2 * p >= d * (k - 1) + 1 and s + d * (k - 1) > 2 * p
+               for s, p, d, k in zip((h, w), padding, dilation, kernel)))
+    rng = np.random.default_rng(seed)
+    c = 4 * o + extra
+    x, wt = rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((o, c, *kernel)).astype(dtype)
+    geo = dict(stride=1, padding=padding, dilation=dilation)
+    assert cpu._gemm_first_serves(geometry(kernel, groups=1, **geo), x, o)
+    y = cpu.conv2d(x, wt, None, **geo)
+    np.testing.assert_allclose(y, reference.conv2d(x, wt, None, **geo), **TOL[dtype])
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(cpu.conv2d_weight(x, gy, kernel, **geo), reference.conv2d_weight(x, gy, kernel, **geo),
+                               **TOL[dtype])
+    wt_t = wt.transpose(1, 0, 2, 3).copy()                        # a transposed conv from c to o channels
+    np.testing.assert_allclose(cpu.conv_transpose2d(x, wt_t, None, **geo),
+                               reference.conv_transpose2d(x, wt_t, None, **geo), **TOL[dtype])
+
+
 @settings(max_examples=10)
 @given(n=st.integers(1, 3), c=st.integers(1, 5), o=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9),
        p=st.integers(0, 2), seed=st.integers(0, 2 ** 16))
