@@ -20,12 +20,10 @@ import math
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic, overload
 from numpy.lib.stride_tricks import as_strided
 
 from . import lu, reference, winograd
+from ._fastmath import FASTMATH, exp, parallel_fastmath
 from .layout import padded_nhwc
 from ._threads import PARALLEL_MIN_SIZE as _PARALLEL_MIN_SIZE
 from ._threads import parallel
@@ -197,57 +195,10 @@ def _col2im(cols, y, sh, sw, ph, pw, dh, dw):
 
 # -------------------------------------------------------------------------------------------------- softmax
 # One Numba pass per row, parallel over rows: the row sits in L1 while its max, its exponentials, their sum
-# and the normalized values are computed, where NumPy makes one pass over memory per ufunc. The catch is
-# exp: this Numba has no SVML, so math.exp is a scalar libm call and a loop calling it does not vectorize
-# (8.4 ms on 4096x1024 float32, against 5.4 ms for NumPy's AVX-512 exp). `_exp` below is exp written out
-# in float32 arithmetic, which LLVM vectorizes: 1.7 ms. float64 keeps math.exp.
+# and the normalized values are computed, where NumPy makes one pass over memory per ufunc. Its exp is
+# _fastmath.exp, written out in float32 arithmetic so that LLVM vectorizes it.
 
-_njit = parallel()
-_FASTMATH = {"reassoc", "nsz", "arcp", "contract"}  # reorder sums (so they vectorize); keep inf and NaN
-_njit_fastmath = parallel(fastmath=_FASTMATH)
-
-
-
-@intrinsic
-def _float32_from_bits(typingctx, bits):
-    """Reinterpret the 32 bits of an int32 as a float32 (an LLVM bitcast, free)."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
-
-
-_F32 = np.float32
-_LOG2E, _LN2_HI, _LN2_LO = _F32(1.4426950408889634), _F32(0.693359375), _F32(-2.1219444e-4)
-_INV_FACTORIAL = tuple(_F32(1 / math.factorial(k)) for k in range(8))
-
-
-def _exp(y):
-    """exp(y) for y <= 0, as Numba compiles it (see the overload below)."""
-    return np.exp(y)
-
-
-@overload(_exp)
-def _exp_overload(y):
-    if y != types.float32:
-        return lambda y: math.exp(y)
-
-    def exp_float32(y):
-        # exp(y) = 2^n exp(r) with n = round(y / ln 2) and r = y - n ln 2, |r| <= ln(2)/2; ln 2 is split in
-        # a short high part (n * _LN2_HI exact) and a low part so that r keeps float32 precision (Cody-Waite).
-        # exp(r) by its Taylor polynomial to r^7 (error < 1e-8 on |r| <= 0.35); 2^n by writing n + 127 into
-        # the exponent bits, where n = -127 writes the bits of 0.0: results below 2^-126 are flushed to 0.
-        # Written with selects, no branches, so that it vectorizes; NaN compares false and stays NaN.
-        y = _F32(-104) if y < _F32(-104) else y  # exp(-inf) = 0
-        n = np.floor(y * _LOG2E + _F32(0.5))
-        r = y - n * _LN2_HI - n * _LN2_LO
-        c = _INV_FACTORIAL
-        p = c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * (c[5] + r * (c[6] + r * c[7]))))))
-        n = _F32(-127) if n < _F32(-127) else n
-        return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
-    return exp_float32
-
-
-@numba.njit(cache=True, fastmath=_FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH)
 def _row_max(x, r):
     """max of row r, in 16 independent running maxima: one chain of dependent maxes does not vectorize (it
     cost two thirds of softmax's time). A NaN is skipped by the selects unless the row starts with one (then
@@ -267,7 +218,7 @@ def _row_max(x, r):
     return m
 
 
-@_njit_fastmath
+@parallel_fastmath
 def _softmax_rows(x, out, log):
     """softmax:     out = exp(x - m) / s;   log_softmax: out = x - m - log(s);
     with m = max(x) and s = sum(exp(x - m)) over each row. A row whose max is not finite gives NaN."""
@@ -279,19 +230,19 @@ def _softmax_rows(x, out, log):
         s = x.dtype.type(0)
         if log:
             for k in range(x.shape[1]):
-                s += _exp(x[r, k] - m)
+                s += exp(x[r, k] - m)
             shift = m + np.log(s)
             for k in range(x.shape[1]):
                 out[r, k] = x[r, k] - shift
         else:
             for k in range(x.shape[1]):
-                out[r, k] = _exp(x[r, k] - m)
+                out[r, k] = exp(x[r, k] - m)
                 s += out[r, k]
             for k in range(x.shape[1]):
                 out[r, k] /= s
 
 
-@_njit_fastmath
+@parallel_fastmath
 def _softmax_backward_rows(y, gy, out, log):
     """softmax:     out = y * (gy - sum(gy * y));   log_softmax: out = gy - exp(y) * sum(gy)."""
     for r in numba.prange(y.shape[0]):
@@ -299,7 +250,7 @@ def _softmax_backward_rows(y, gy, out, log):
         for k in range(y.shape[1]):
             s += gy[r, k] if log else gy[r, k] * y[r, k]
         for k in range(y.shape[1]):
-            out[r, k] = gy[r, k] - _exp(y[r, k]) * s if log else y[r, k] * (gy[r, k] - s)
+            out[r, k] = gy[r, k] - exp(y[r, k]) * s if log else y[r, k] * (gy[r, k] - s)
 
 
 def _rowwise(kernel, axis, log, *arrays):

@@ -7,7 +7,7 @@ the BLAS threads of the convolution that follows (at 2 threads: DCGAN step 250 m
 ms serial); under workqueue, the default since, parallel blocks of 64 K elements gained nothing measurable in
 whole training steps either.
 
-Every function takes any array: NumPy arrays of float32 / float64 with at least _PARALLEL_MIN_SIZE elements
+Every function takes any array: NumPy arrays of float32 / float64 with at least PARALLEL_MIN_SIZE elements
 go to the Numba kernel, everything else (small arrays, CuPy arrays, other dtypes) to the same formula in
 array operations, so that callers never choose. All formulas use e = exp(-|x|) <= 1, which never overflows:
 
@@ -24,48 +24,24 @@ leave every kind of the kernel scalar (softplus with math.log1p: 6.2 ms on 0.4 M
 """
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
-from numba.core import types
-from numba.extending import overload
 
 import kernels
 
-from .cpu import _FASTMATH, _INV_FACTORIAL, _PARALLEL_MIN_SIZE, _exp
+from ._fastmath import FASTMATH, exp, expm1
+from ._threads import PARALLEL_MIN_SIZE
 
 _SIGMOID, _SILU, _SILU_BACKWARD, _ELU, _ELU_BACKWARD, _LEAKY, _TANH_BACKWARD = range(7)
 
 
-def _expm1(y):
-    """exp(y) - 1 for y <= 0, as Numba compiles it (see the overload below)."""
-    return np.expm1(y)
-
-
-@overload(_expm1)
-def _expm1_overload(y):
-    if y != types.float32:
-        return lambda y: math.expm1(y)
-
-    def expm1_float32(y):
-        # Near 0, where exp(y) - 1 cancels, the Taylor polynomial of _exp without its constant term (error
-        # < 2e-8 relative on |y| <= ln(2)/2); beyond, exp(y) - 1 >= 0.29 in size loses nothing. A select, no
-        # branch, so that it vectorizes; NaN fails the comparison and takes exp(NaN) - 1 = NaN.
-        c = _INV_FACTORIAL
-        p = y * (c[1] + y * (c[2] + y * (c[3] + y * (c[4] + y * (c[5] + y * (c[6] + y * c[7]))))))
-        return p if y > np.float32(-0.34657359) else _exp(y) - np.float32(1)
-    return expm1_float32
-
-
-# error_model="numpy": a division without Python's zero check, whose branch would keep the loop scalar
-_serial = numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+_serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 
 
 @_serial
 def _sigmoid(v, one):
     """sigmoid(v) from e = exp(-|v|), `one` 1 in v's type."""
-    e = _exp(-abs(v))
+    e = exp(-abs(v))
     return (one if v >= 0 else e) / (one + e)
 
 
@@ -84,9 +60,9 @@ def _activation(kind, x, g, a, out):
         elif kind == _TANH_BACKWARD:
             out[i] = g[i] * (one - v * v)
         elif kind == _ELU:
-            out[i] = v if v > 0 else a * _expm1(-abs(v))
+            out[i] = v if v > 0 else a * expm1(-abs(v))
         elif kind == _ELU_BACKWARD:
-            out[i] = g[i] if v > 0 else g[i] * (a * _exp(-abs(v)))
+            out[i] = g[i] if v > 0 else g[i] * (a * exp(-abs(v)))
         elif kind == _SIGMOID:
             out[i] = _sigmoid(v, one)
         elif kind == _SILU:
@@ -99,7 +75,7 @@ def _activation(kind, x, g, a, out):
 def _fast(*arrays) -> bool:
     """Whether the Numba path serves these arrays: NumPy, one float dtype, large enough."""
     a = arrays[0]
-    return (type(a) is np.ndarray and a.dtype in (np.float32, np.float64) and a.size >= _PARALLEL_MIN_SIZE
+    return (type(a) is np.ndarray and a.dtype in (np.float32, np.float64) and a.size >= PARALLEL_MIN_SIZE
             and all(type(b) is np.ndarray and b.dtype == a.dtype and b.shape == a.shape for b in arrays)
             and kernels.numba_passes())
 

@@ -16,7 +16,7 @@ along rows) 0.31 / 0.18 and 0.88 / 0.68 ms; it takes the formula path.
 
 Mean and variance are two passes accumulated in float64 (a float32 input of mean 1e4 keeps its variance),
 and the kernel forms y in float64 from them. Every function takes any array: NumPy arrays of float32 / float64 with
-at least _PARALLEL_MIN_SIZE elements, reduced over axes around a contiguous block of kept ones, go to a Numba
+at least PARALLEL_MIN_SIZE elements, reduced over axes around a contiguous block of kept ones, go to a Numba
 kernel; everything else (small arrays, CuPy arrays, other dtypes and axes, (N, C) columns) to the same
 formulas in array operations, so that callers never choose.
 """
@@ -29,11 +29,12 @@ import numpy as np
 
 import kernels
 
-from .cpu import _PARALLEL_MIN_SIZE, _njit_fastmath
+from ._fastmath import parallel_fastmath
+from ._threads import PARALLEL_MIN_SIZE
 from .layout import contiguous
 
 
-@_njit_fastmath
+@parallel_fastmath
 def _standardize_channels(x, eps, y, mean, var):
     """y = (x - m) / sqrt(v + eps) for x (outer, C, inner), with m and v the mean and biased variance of
     each x[:, c, :] (two passes in float64), written to mean[c] and var[c]."""
@@ -58,7 +59,7 @@ def _standardize_channels(x, eps, y, mean, var):
         mean[c], var[c] = m, v
 
 
-@_njit_fastmath
+@parallel_fastmath
 def _standardize_backward_channels(y, rstd, g, gx):
     """gx = rstd (g - mean(g) - y mean(g y)) for (outer, C, inner) arrays, means over outer and inner of each
     channel (accumulated in float64)."""
@@ -76,7 +77,7 @@ def _standardize_backward_channels(y, rstd, g, gx):
                 gx[o, c, i] = r * (g[o, c, i] - mg - y[o, c, i] * mgy)
 
 
-@_njit_fastmath
+@parallel_fastmath
 def _scale_shift_channels(x, w, b, y):
     """y = x w[c] + b[c] for (outer, C, inner) arrays."""
     outer, channels, inner = x.shape
@@ -87,7 +88,7 @@ def _scale_shift_channels(x, w, b, y):
                 y[o, c, i] = x[o, c, i] * wc + bc
 
 
-@_njit_fastmath
+@parallel_fastmath
 def _channel_sums(g, x, sgx, sg):
     """sgx[c] = sum of g x and sg[c] = sum of g over outer and inner, for (outer, C, inner) arrays (float64)."""
     outer, channels, inner = g.shape
@@ -113,7 +114,7 @@ def _channels_view(shape: tuple, axes: tuple) -> tuple | None:
 def _fast(x, axes, *others) -> tuple | None:
     """The (outer, C, inner) view when the Numba path serves these arrays (NumPy, one float dtype, large
     enough, axes around a block, not (N, C) columns: see the module's docstring), else None."""
-    if not (type(x) is np.ndarray and x.dtype in (np.float32, np.float64) and x.size >= _PARALLEL_MIN_SIZE
+    if not (type(x) is np.ndarray and x.dtype in (np.float32, np.float64) and x.size >= PARALLEL_MIN_SIZE
             and all(type(b) is np.ndarray and b.dtype == x.dtype and b.shape == x.shape for b in others)
             and kernels.numba_passes()):
         return None

@@ -8,7 +8,7 @@ from scipy.special import expit
 
 import minigen as mg
 from kernels import fused
-from kernels.cpu import _PARALLEL_MIN_SIZE
+from kernels._threads import PARALLEL_MIN_SIZE
 
 G, A = 0.5, 0.2     # the upstream gradient and the slope / alpha the cases use
 
@@ -43,7 +43,7 @@ CASES = {
 def test_numba_path_matches_float64_reference(name, dtype):
     fn, ref, terms = CASES[name]
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal(_PARALLEL_MIN_SIZE + 7) * 8).astype(dtype)
+    x = (rng.standard_normal(PARALLEL_MIN_SIZE + 7) * 8).astype(dtype)
     x[:8] = [-1e4, 1e4, -100.0, 100.0, 0.0, -0.0, 1e-3, -1e-3]
     y = fn(x)
     assert y.dtype == dtype and y.shape == x.shape and np.isfinite(y).all()
@@ -89,7 +89,7 @@ OPS = {"sigmoid": mg.sigmoid, "silu": mg.silu, "tanh": mg.tanh, "relu": mg.relu,
 @pytest.mark.parametrize("name", OPS)
 def test_ops_on_the_numba_path_have_right_first_and_second_derivatives(name):
     """float64, large enough for the kernels, |x| >= 0.1 (away from the kinks at 0 of relu, leaky_relu, elu)."""
-    x = np.random.default_rng(2).standard_normal(_PARALLEL_MIN_SIZE + 7)
+    x = np.random.default_rng(2).standard_normal(PARALLEL_MIN_SIZE + 7)
     x = mg.Tensor(x + 0.1 * np.sign(x), requires_grad=True)
     assert mg.gradcheck(OPS[name], [x]) and mg.gradgradcheck(OPS[name], [x])
 

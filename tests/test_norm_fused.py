@@ -18,7 +18,7 @@ from minigen.ops.nn import ChannelAffine, Standardize
 
 EPS = 1e-5
 
-# name: (shape, reduced axes) at >= _PARALLEL_MIN_SIZE elements: LayerNorm rows, GroupNorm's (N, G, C/G*H*W),
+# name: (shape, reduced axes) at >= PARALLEL_MIN_SIZE elements: LayerNorm rows, GroupNorm's (N, G, C/G*H*W),
 # BatchNorm2d's channels (N runs of H*W), BatchNorm1d's columns (the formula path), everything reduced
 LAYOUTS = {
     "layer_norm": ((64, 16, 48), (1, 2)),
@@ -31,7 +31,7 @@ LAYOUTS = {
 
 def forced(numba_path: bool):
     """Every array through the Numba kernels (threshold 1) or none (threshold above any test's size)."""
-    return mock.patch.object(norm, "_PARALLEL_MIN_SIZE", 1 if numba_path else 1 << 40)
+    return mock.patch.object(norm, "PARALLEL_MIN_SIZE", 1 if numba_path else 1 << 40)
 
 
 def reference(x, axes):
@@ -58,7 +58,7 @@ def assert_close(actual, expected, dtype, scale=1.0):
 def test_standardize_matches_float64_reference(layout, dtype):
     shape, axes = LAYOUTS[layout]
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype) * 3 + 2
-    assert x.size >= norm._PARALLEL_MIN_SIZE
+    assert x.size >= norm.PARALLEL_MIN_SIZE
     y, mean, var = norm.standardize(x, axes, EPS)
     y_ref, mean_ref, var_ref = reference(x, axes)
     for a, b in ((y, y_ref), (mean, mean_ref), (var, var_ref)):
