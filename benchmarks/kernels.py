@@ -30,6 +30,7 @@ CONVS = [
     ("dcgan G convT 128->64 7x7 k4s2p1", True, 64, 128, 7, 64, 4, 2, 1),
     ("dcgan G convT 64->1 14x14 k4s2p1", True, 64, 64, 14, 1, 4, 2, 1),
     ("unet conv 64->64 32x32 k3p1", False, 32, 64, 32, 64, 3, 1, 1),
+    ("glow coupling conv 64->4 14x14 k3p1", False, 16, 64, 14, 4, 3, 1, 1),
 ]
 SOFTMAX = [(4096, 1024), (64, 10)]
 SLOGDET = [(1024, 8, 8), (64, 32, 32), (512, 512)]
@@ -152,6 +153,33 @@ def compile_costs() -> list[dict]:
     return [{"kernel": k, "cold compile s": f"{cold[k]:.2f}", "cached load s": f"{warm[k]:.3f}"} for k in cold]
 
 
+_LAUNCH_PROBE = """
+import json, time, numba, numpy as np
+from kernels import _threads, layout
+_threads.THREADS_MIN_SIZE = 0          # a parallel launch however small the loop
+x, y, out = np.ones((2, 1, 1, 1)), np.empty((2, 1, 1, 1)), {}
+for threads in (1, 2):
+    numba.set_num_threads(threads)
+    layout._to_nhwc(x, y, 0, 0)
+    times = []
+    for _ in range(1000):
+        time.sleep(5e-4)               # the workers go back to sleep, as between the loops of a training step
+        t0 = time.perf_counter(); layout._to_nhwc(x, y, 0, 0); times.append(time.perf_counter() - t0)
+    out[threads] = np.percentile(times, [50, 90, 99]).tolist()
+print(json.dumps(out))
+"""
+
+
+def launch_costs() -> list[dict]:
+    """The time of a Numba kernel call over two elements, serial (1 thread) and parallel (2 threads): what waking
+    the workqueue's threads costs, which sets kernels._threads.THREADS_MIN_SIZE."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _LAUNCH_PROBE], cwd=root, capture_output=True, text=True,
+                         check=True, env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    return [{"threads": k, **{f"{q} us": f"{t * 1e6:.1f}" for q, t in zip(("median", "p90", "p99"), v)}}
+            for k, v in json.loads(out.stdout).items()]
+
+
 VARIANTS = ("forward", "forward+backward")
 THREADS = (1, 2)
 
@@ -187,4 +215,5 @@ def run(quick: bool = False):
         finally:
             for proc in procs:
                 proc.close()
-    return rows, {"Numba first-call cost (compile, then load from cache)": compile_costs()}
+    return rows, {"Numba first-call cost (compile, then load from cache)": compile_costs(),
+                  "Numba launch: a kernel call over two elements (kernels/_threads.py)": launch_costs()}
