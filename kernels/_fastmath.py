@@ -32,50 +32,46 @@ _LOG2E, _LN2_HI, _LN2_LO = _F32(1.4426950408889634), _F32(0.693359375), _F32(-2.
 INV_FACTORIAL = tuple(_F32(1 / math.factorial(k)) for k in range(8))
 
 
+def _float32_form(numpy_fn, libm_fn):
+    """Decorator: a function that Numba compiles as the decorated float32 formula for float32 arguments and as
+    libm_fn for others (in Python it is numpy_fn)."""
+    def decorate(formula):
+        def fn(y):
+            return numpy_fn(y)
+
+        @overload(fn)
+        def _overload(y):
+            return formula if y == types.float32 else (lambda y: libm_fn(y))
+        fn.__name__, fn.__doc__ = formula.__name__, formula.__doc__
+        return fn
+    return decorate
+
+
+@_float32_form(np.exp, math.exp)
 def exp(y):
-    """exp(y) for y <= 0, as Numba compiles it (see the overload below)."""
-    return np.exp(y)
+    """exp(y) for y <= 0.
+
+    exp(y) = 2^n exp(r) with n = round(y / ln 2) and r = y - n ln 2, |r| <= ln(2)/2; ln 2 is split in a short
+    high part (n * _LN2_HI exact) and a low part so that r keeps float32 precision (Cody-Waite). exp(r) by its
+    Taylor polynomial to r^7 (error < 1e-8 on |r| <= 0.35); 2^n by writing n + 127 into the exponent bits,
+    where n = -127 writes the bits of 0.0: results below 2^-126 are flushed to 0. Written with selects, no
+    branches, so that it vectorizes; NaN compares false and stays NaN."""
+    y = _F32(-104) if y < _F32(-104) else y  # exp(-inf) = 0
+    n = np.floor(y * _LOG2E + _F32(0.5))
+    r = y - n * _LN2_HI - n * _LN2_LO
+    c = INV_FACTORIAL
+    p = c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * (c[5] + r * (c[6] + r * c[7]))))))
+    n = _F32(-127) if n < _F32(-127) else n
+    return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
-@overload(exp)
-def _exp_overload(y):
-    if y != types.float32:
-        return lambda y: math.exp(y)
-
-    def exp_float32(y):
-        # exp(y) = 2^n exp(r) with n = round(y / ln 2) and r = y - n ln 2, |r| <= ln(2)/2; ln 2 is split in
-        # a short high part (n * _LN2_HI exact) and a low part so that r keeps float32 precision (Cody-Waite).
-        # exp(r) by its Taylor polynomial to r^7 (error < 1e-8 on |r| <= 0.35); 2^n by writing n + 127 into
-        # the exponent bits, where n = -127 writes the bits of 0.0: results below 2^-126 are flushed to 0.
-        # Written with selects, no branches, so that it vectorizes; NaN compares false and stays NaN.
-        y = _F32(-104) if y < _F32(-104) else y  # exp(-inf) = 0
-        n = np.floor(y * _LOG2E + _F32(0.5))
-        r = y - n * _LN2_HI - n * _LN2_LO
-        c = INV_FACTORIAL
-        p = c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * (c[5] + r * (c[6] + r * c[7]))))))
-        n = _F32(-127) if n < _F32(-127) else n
-        return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
-    return exp_float32
-
-
+@_float32_form(np.expm1, math.expm1)
 def expm1(y):
-    """exp(y) - 1 for y <= 0, as Numba compiles it (see the overload below)."""
-    return np.expm1(y)
+    """exp(y) - 1 for y <= 0.
 
-
-@overload(expm1)
-def _expm1_overload(y):
-    if y != types.float32:
-        return lambda y: math.expm1(y)
-
-    def expm1_float32(y):
-        # Near 0, where exp(y) - 1 cancels, the Taylor polynomial of exp without its constant term (error
-        # < 2e-8 relative on |y| <= ln(2)/2); beyond, exp(y) - 1 >= 0.29 in size loses nothing. A select, no
-        # branch, so that it vectorizes; NaN fails the comparison and takes exp(NaN) - 1 = NaN.
-        c = INV_FACTORIAL
-        p = y * (c[1] + y * (c[2] + y * (c[3] + y * (c[4] + y * (c[5] + y * (c[6] + y * c[7]))))))
-        return p if y > np.float32(-0.34657359) else exp(y) - np.float32(1)
-    return expm1_float32
-
-
-# error_model="numpy": a division without Python's zero check, whose branch would keep the loop scalar
+    Near 0, where exp(y) - 1 cancels, the Taylor polynomial of exp without its constant term (error < 2e-8
+    relative on |y| <= ln(2)/2); beyond, exp(y) - 1 >= 0.29 in size loses nothing. A select, no branch, so that
+    it vectorizes; NaN fails the comparison and takes exp(NaN) - 1 = NaN."""
+    c = INV_FACTORIAL
+    p = y * (c[1] + y * (c[2] + y * (c[3] + y * (c[4] + y * (c[5] + y * (c[6] + y * c[7]))))))
+    return p if y > np.float32(-0.34657359) else exp(y) - np.float32(1)
