@@ -109,7 +109,7 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1)
     if _gemm_first_serves(g, x, og):          # dw = x^T @ t, t the adjoint of conv2d's tap sums applied to gy
         t = np.zeros((n, *x.shape[2:], *g.kernel, og), dtype=x.dtype)
         _taps(t, _nhwc(gy), *g.padding, *g.dilation, True)
-        dw = _nhwc(x).reshape(-1, c).T @ t.reshape(-1, t[0, 0, 0].size)            # (C, kh*kw*O)
+        dw = _nhwc(x).reshape(-1, c).T @ t.reshape(n * x.shape[2] * x.shape[3], -1)  # (C, kh*kw*O)
         return np.ascontiguousarray(dw.reshape(c, *g.kernel, og).transpose(3, 0, 1, 2))
     gym = gy.reshape(n, G, og, ho * wo).transpose(1, 2, 0, 3).reshape(G, og, -1)   # (G, Og, N*Ho*Wo)
     dw = np.matmul(gym, _im2col(x, g, ho, wo))                                      # (G, Og, kh*kw*Cg)
