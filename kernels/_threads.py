@@ -8,11 +8,10 @@ and every call picks by numba.get_num_threads().
 On two threads a parallel loop pays only on large arrays: the workqueue's threads sleep between loops, and
 waking them (and bringing the main thread back) costs ~80-115 us on these virtual machines (the kernel
 benchmark's launch table: a loop over two elements, 13-20 us serial), while a loop over a few MB is bound by
-memory, which a second core hardly widens. Measured in whole training steps at
-2 threads (interleaved engine processes), running every loop below 4 M elements serially made them 6-19%
-faster (Glow 0.94, U-Net block 0.85, 8 convs 0.92, DCGAN 0.81, WGAN-GP 0.89 of the time), where a threshold of
-1 M elements gained less. Above it the second thread pays: softmax over 4096 x 1024 floats takes 1.8-2.3 ms
-parallel, 3.5-3.8 ms serial.
+memory, which a second core hardly widens. Measured in whole training steps at 2 threads (interleaved engine
+processes), running every loop below 4 M elements serially made them 6-19% faster (Glow 0.94, U-Net block
+0.85, 8 convs 0.92, DCGAN 0.81, WGAN-GP 0.89 of the time), where a threshold of 1 M elements gained less.
+Above it the second thread pays: softmax over 4096 x 1024 floats takes 1.8-2.3 ms parallel, 3.5-3.8 ms serial.
 """
 from __future__ import annotations
 
