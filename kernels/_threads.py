@@ -6,8 +6,8 @@ loops compiled without `parallel`, where `prange` is a plain `range`. So each ke
 and every call picks by numba.get_num_threads().
 
 On two threads a parallel loop pays only on large arrays: the workqueue's threads sleep between loops, and
-waking them (and bringing the main thread back) costs ~80-115 us on these virtual machines (the kernel
-benchmark's launch table: a loop over two elements, 13-20 us serial), while a loop over a few MB is bound by
+waking them (and bringing the main thread back) costs 64-115 us on these virtual machines (the kernel
+benchmark's launch table: a loop over two elements, 9-21 us serial), while a loop over a few MB is bound by
 memory, which a second core hardly widens. Measured in whole training steps at 2 threads (interleaved engine
 processes), running every loop below 4 M elements serially made them 6-19% faster (Glow 0.94, U-Net block
 0.85, 8 convs 0.92, DCGAN 0.81, WGAN-GP 0.89 of the time), where a threshold of 1 M elements gained less.
