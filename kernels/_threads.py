@@ -23,10 +23,9 @@ import numba
 import numpy as np
 
 
-# Below this many elements a parallel Numba region costs more than it saves: the start-up of its threads
-# (~15 us), and under OpenMP their spinning afterwards, which starves BLAS's threads in the matrix products that
-# follow (measured before workqueue became the default: a 128x10 softmax backward inside an MLP step cost 5-15
-# ms, NumPy's formula 7 us). Small calls take the NumPy formulas.
+# Below this many elements the kernels' callers take the NumPy formulas instead of a Numba kernel, whose call
+# costs more than it saves there. (Measured when these kernels ran in parallel at any size, under OpenMP: a
+# 128x10 softmax backward inside an MLP step cost 5-15 ms, NumPy's formula 7 us.)
 PARALLEL_MIN_SIZE = 1 << 15
 
 # Numba's workqueue threading layer (kernels/__init__.py) aborts the process ("Concurrent access has been

@@ -105,7 +105,7 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1)
     if _winograd_serves(g, x, og):
         th, tw = winograd.tiles(ho, wo)
         xp = padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2))
-        return winograd.conv3x3_weight(xp, padded_nhwc(gy), ho, wo)
+        return winograd.conv3x3_weight(xp, _nhwc(gy), ho, wo)
     if _gemm_first_serves(g, x, og):          # dw = x^T @ t, t the adjoint of conv2d's tap sums applied to gy
         t = np.zeros((n, *x.shape[2:], *g.kernel, og), dtype=x.dtype)
         _taps(t, _nhwc(gy), *g.padding, *g.dilation, True)

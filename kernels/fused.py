@@ -35,6 +35,7 @@ from ._threads import PARALLEL_MIN_SIZE
 _SIGMOID, _SILU, _SILU_BACKWARD, _ELU, _ELU_BACKWARD, _LEAKY, _TANH_BACKWARD = range(7)
 
 
+# error_model="numpy": a division without Python's zero check, whose branch would keep the loop scalar
 _serial = numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 
 

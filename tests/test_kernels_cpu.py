@@ -117,12 +117,14 @@ def test_convolutions_are_adjoint(case, mod):
 @FEW
 @given(o=st.integers(1, 3), extra=st.integers(0, 5), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
-       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), size=st.tuples(st.integers(1, 2), st.integers(1, 8), st.integers(1, 8)), dtype=st.sampled_from(DTYPES),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       size=st.tuples(st.integers(1, 2), st.integers(1, 8), st.integers(1, 8)), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2 ** 16))
 def test_convolutions_with_few_output_channels_match_the_reference(o, extra, kernel, padding, dilation, size,
                                                                   dtype, seed):
     """The GEMM-first path (cpu._taps) at 4 or more input channels per output channel, stride 1: conv2d, its
-    weight gradient, and the input gradient of a layer with few input channels (a flipped conv2d)."""
+    weight gradient; and a transposed conv from c to o channels, which goes through the flipped conv2d where
+    its geometry allows (the input gradient of a layer with few input channels)."""
     from kernels import cpu
     from kernels._geometry import geometry
     n, h, w = size
