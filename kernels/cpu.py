@@ -4,7 +4,7 @@ Convolutions are GEMMs over NumPy strided views (im2col): the padded input is co
 channels-last (NHWC), a zero-copy ``as_strided`` view lists every kernel window, and one BLAS GEMM per
 group contracts windows with the weight. Channels-last won over NCHW im2col (contiguous channel runs make
 the window copy ~2x cheaper) and over per-tap "shifted" GEMMs (K = C is too small for BLAS to run at speed).
-3x3 stride-1 layers of 64 channels or more go to Winograd's F(2x2, 3x3) instead (winograd.py: 0.44x the
+3x3 stride-1 layers of 32 channels or more go to Winograd's F(4x4, 3x3) instead (winograd.py: 0.25x the
 multiply-adds and no 9-fold copy). The transposed convolution runs the GEMM first and then scatters each
 tap's block back (col2im, a Numba loop per image), instead of convolving a dilated input of zeros; so do
 stride-1 layers with few output channels (_taps: Glow's 64 -> 4 coupling output, 2.3-2.8x faster than im2col).
@@ -80,8 +80,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     cg, og = check_channels(c, w.shape, g, transposed=False)
     ho, wo = conv_out_size(h, wd, g)
     if _winograd_serves(g, x, og):
-        th, tw = winograd.tiles(ho, wo)
-        y = winograd.conv3x3(padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2)), w, ho, wo)
+        y = winograd.conv3x3(padded_nhwc(x, g.padding, winograd.padded_size(ho, wo)), w, ho, wo)
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     if _gemm_first_serves(g, x, og):
         wm = w.transpose(1, 2, 3, 0).reshape(c, -1).astype(x.dtype, copy=False)      # (C, kh*kw*O)
@@ -103,8 +102,7 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1)
     ho, wo = gy.shape[2:]
     og, cg = gy.shape[1] // G, c // G
     if _winograd_serves(g, x, og):
-        th, tw = winograd.tiles(ho, wo)
-        xp = padded_nhwc(x, g.padding, (2 * th + 2, 2 * tw + 2))
+        xp = padded_nhwc(x, g.padding, winograd.padded_size(ho, wo))
         return winograd.conv3x3_weight(xp, _nhwc(gy), ho, wo)
     if _gemm_first_serves(g, x, og):          # dw = x^T @ t, t the adjoint of conv2d's tap sums applied to gy
         t = np.zeros((n, *x.shape[2:], *g.kernel, og), dtype=x.dtype)
