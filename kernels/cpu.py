@@ -4,7 +4,7 @@ Convolutions are GEMMs over NumPy strided views (im2col): the padded input is co
 channels-last (NHWC), a zero-copy ``as_strided`` view lists every kernel window, and one BLAS GEMM per
 group contracts windows with the weight. Channels-last won over NCHW im2col (contiguous channel runs make
 the window copy ~2x cheaper) and over per-tap "shifted" GEMMs (K = C is too small for BLAS to run at speed).
-3x3 stride-1 layers of 32 channels or more go to Winograd's F(4x4, 3x3) instead (winograd.py: 0.25x the
+3x3 stride-1 layers of 16 channels or more go to Winograd's F(4x4, 3x3) instead (winograd.py: 0.25x the
 multiply-adds and no 9-fold copy). The transposed convolution runs the GEMM first and then scatters each
 tap's block back (col2im, a Numba loop per image), instead of convolving a dilated input of zeros; so do
 stride-1 layers with few output channels (_taps: Glow's 64 -> 4 coupling output, 2.3-2.8x faster than im2col).
@@ -48,12 +48,13 @@ def _add_bias(y, b):
 
 
 def _winograd_serves(g, x, og) -> bool:
-    """Whether conv2d takes Winograd's F(2x2, 3x3): a 3x3 kernel at stride 1, undilated, ungrouped, with the
+    """Whether conv2d takes Winograd's F(4x4, 3x3): a 3x3 kernel at stride 1, undilated, ungrouped, with the
     channels (its GEMMs' inner and outer sizes) and the map large enough to pay for the transforms. Measured
-    on one thread against im2col, forward and weight gradient together (batch 32-64, 14-28 pixels square):
-    Winograd's time 0.56-0.78 of im2col's at 64 channels, 0.56-0.85 at 48, 0.77-0.91 at 32, 1.4-1.6 at 16."""
+    on one thread against im2col, forward and weight gradient together (batch 16-64, 8-28 pixels square, the
+    range of 3-6 runs): Winograd's time 0.36-0.76 of im2col's at 64 channels, 0.37-0.67 at 32, 0.51-1.14 at
+    16, 0.69-1.78 at 12."""
     n, c, h, w = x.shape
-    return (g.kernel == (3, 3) and g.stride == g.dilation == (1, 1) and g.groups == 1 and min(c, og) >= 32
+    return (g.kernel == (3, 3) and g.stride == g.dilation == (1, 1) and g.groups == 1 and min(c, og) >= 16
             and x.dtype in (np.float32, np.float64) and n * c * h * w >= _PARALLEL_MIN_SIZE)
 
 
