@@ -44,7 +44,11 @@ def _im2col(x, g, ho, wo):
 
 
 def _add_bias(y, b):
-    return y if b is None else y + b.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)
+    """y + b over the channels, in place: y is always the convolution's own new array (in place saves
+    0.1-0.3 ms of a new 2 MB array at 64 x 16 x 16 x 32)."""
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)
+    return y
 
 
 def _winograd_serves(g, x, og) -> bool:
