@@ -202,6 +202,12 @@ def training_step(loss, optimizer):
     return step
 
 
+def grads_of(net):
+    """The "grads" call of compare_training_steps for a minigen or PyTorch module: {name: the gradient the last
+    step left}."""
+    return lambda: {k: p.grad.numpy().copy() for k, p in net.named_parameters() if p.grad is not None}
+
+
 # --- one engine per process ---------------------------------------------------------------------------------
 # Two engines in one process share two cores between their thread pools (NumPy's BLAS, Numba's, PyTorch's
 # OpenMP), whose threads spin-wait after each parallel region and starve the other engine's threads: measured

@@ -25,7 +25,7 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import compare_training_steps, training_step  # noqa: E402
+from benchmarks.harness import compare_training_steps, grads_of, training_step  # noqa: E402
 from minigen.models.pixelcnn import GatedPixelCNN  # noqa: E402
 
 SHAPE, BATCH, CHANNELS, LAYERS, KERNEL, FIRST_KERNEL, LR = (1, 28, 28), 16, 64, 5, 3, 7, 1e-3
@@ -43,7 +43,7 @@ def minigen_step(net: GatedPixelCNN, x: np.ndarray):
 
 
 def torch_step(state: dict, x: np.ndarray):
-    """The same network and step in PyTorch, loaded with minigen's weights."""
+    """The same network and step in PyTorch, loaded with minigen's weights: its "step" and "grads" calls."""
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -97,7 +97,7 @@ def torch_step(state: dict, x: np.ndarray):
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     x = torch.from_numpy(x)
-    return training_step(lambda: -net.log_prob(x).mean(), opt)
+    return {"step": training_step(lambda: -net.log_prob(x).mean(), opt), "grads": grads_of(net)}
 
 
 def build(engine: str, state: dict | None) -> dict:
@@ -105,10 +105,11 @@ def build(engine: str, state: dict | None) -> dict:
     or PyTorch's twin loaded with minigen's initial weights `state`."""
     x = batch()
     if engine == "torch":
-        return {"step": torch_step(state, x)}
+        return torch_step(state, x)
     mg.manual_seed(0)
     net = GatedPixelCNN(SHAPE, 2, CHANNELS, LAYERS, KERNEL, FIRST_KERNEL)
-    return {"step": minigen_step(net, x), "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
+    return {"step": minigen_step(net, x), "grads": grads_of(net),
+            "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
             "size": lambda: {"parameters and masks": sum(v.size for v in net.state_dict().values())}}
 
 

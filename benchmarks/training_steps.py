@@ -39,7 +39,7 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import compare_training_steps, training_step  # noqa: E402
+from benchmarks.harness import compare_training_steps, grads_of, training_step  # noqa: E402
 
 THREADS = (1, 2)
 LATENT, WIDTH = 64, 32      # the GANs' noise size and conv width
@@ -237,7 +237,7 @@ def build(name: str, case: str, state: dict | None) -> dict:
         net.load_state_dict({k: e.tensor(v) for k, v in state.items()})
     return {"step": step, "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
             "size": lambda: {"parameters": sum(p.numpy().size for p in net.parameters())},
-            "grads": lambda: {k: p.grad.numpy().copy() for k, p in net.named_parameters() if p.grad is not None}}
+            "grads": grads_of(net)}
 
 
 def spread_table(rows: list[dict]) -> list[dict]:

@@ -26,7 +26,7 @@ if not __package__:   # run as a script: make `benchmarks` and `minigen` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minigen as mg  # noqa: E402
-from benchmarks.harness import compare_training_steps, training_step  # noqa: E402
+from benchmarks.harness import compare_training_steps, grads_of, training_step  # noqa: E402
 from minigen.models.diffusion import UNet, beta_schedule  # noqa: E402
 
 CHANNELS = (32, 64, 128)
@@ -53,7 +53,7 @@ def minigen_step(net: UNet, p: dict):
 
 
 def torch_step(state: dict, p: dict):
-    """The same network and step in PyTorch, loaded with minigen's weights."""
+    """The same network and step in PyTorch, loaded with minigen's weights: its "step" and "grads" calls."""
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -123,7 +123,7 @@ def torch_step(state: dict, p: dict):
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     x_t = torch.from_numpy(p["a"] * p["x0"] + p["b"] * p["eps"])
     t, eps = torch.from_numpy(p["t"]), torch.from_numpy(p["eps"])
-    return training_step(lambda: ((eps - net(x_t, t)) ** 2).mean(), opt)
+    return {"step": training_step(lambda: ((eps - net(x_t, t)) ** 2).mean(), opt), "grads": grads_of(net)}
 
 
 def build(engine: str, state: dict | None) -> dict:
@@ -131,10 +131,11 @@ def build(engine: str, state: dict | None) -> dict:
     or PyTorch's twin loaded with minigen's initial weights `state`."""
     p = problem()
     if engine == "torch":
-        return {"step": torch_step(state, p)}
+        return torch_step(state, p)
     mg.manual_seed(0)
     net = UNet(1, CHANNELS, attention=True)
-    return {"step": minigen_step(net, p), "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
+    return {"step": minigen_step(net, p), "grads": grads_of(net),
+            "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
             "size": lambda: {"parameters": sum(v.size for v in net.state_dict().values())}}
 
 

@@ -58,3 +58,16 @@ def test_engine_overhead_checks_and_times_each_engine_in_its_own_process():
     assert all(r["calls"] >= 6 and r["seconds"] > 0 and r["threads"] == 1 for r in rows)
     assert status["torch"]["status"] == "ok" and "torch.get_num_threads() = 1" in status["torch"]["notes"]
     assert "MLP losses of steps 1, 2: 2.31" in status["minigen"]["notes"]   # checked against torch in _check
+
+
+@pytest.mark.parametrize("module", ["training_steps", "unet_step", "pixelcnn_step"])
+def test_every_step_benchmark_serves_the_calls_the_comparison_asks_for(module):
+    """compare_training_steps asks minigen's process for step, grads, state and size, and PyTorch's for step
+    and grads: each step benchmark's build serves them (built here without running a step)."""
+    pytest.importorskip("torch")
+    import importlib
+    bench = importlib.import_module(f"benchmarks.{module}")
+    case = ("made 784-500-784, batch 100",) if module == "training_steps" else ()
+    ours = bench.build("minigen", *case, None)
+    assert {"step", "grads", "state", "size"} <= ours.keys()
+    assert {"step", "grads"} <= bench.build("torch", *case, ours["state"]()).keys()
