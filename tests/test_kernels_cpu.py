@@ -146,6 +146,28 @@ def test_convolutions_with_few_output_channels_match_the_reference(o, extra, ker
                                reference.conv_transpose2d(x, wt_t, None, **geo), **TOL[dtype])
 
 
+@FEW
+@given(n=st.integers(1, 3), c=st.integers(1, 6), o=st.integers(1, 6), size=st.sampled_from([(1, 1), (3, 5), (16, 16),
+       (17, 20)]), x_last=st.booleans(), gy_last=st.booleans(), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2 ** 16))
+def test_1x1_convolutions_in_either_layout_match_the_reference(n, c, o, size, x_last, gy_last, dtype, seed):
+    """1x1 layers multiply over channels in the inputs' layout (per image on NCHW maps of 16x16 or more, one
+    GEMM channels-last): conv2d, its weight gradient (the two inputs in either layout) and the transposed
+    conv, on NCHW arrays and on the channels-last views that convolutions return."""
+    from kernels import cpu
+    rng = np.random.default_rng(seed)
+
+    def laid_out(a, last):
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if last else a
+    x = laid_out(rng.standard_normal((n, c, *size)).astype(dtype), x_last)
+    gy = laid_out(rng.standard_normal((n, o, *size)).astype(dtype), gy_last)
+    w, b = rng.standard_normal((o, c, 1, 1)).astype(dtype), rng.standard_normal(o).astype(dtype)
+    np.testing.assert_allclose(cpu.conv2d(x, w, b), reference.conv2d(x, w, b), **TOL[dtype])
+    np.testing.assert_allclose(cpu.conv2d_weight(x, gy, 1), reference.conv2d_weight(x, gy, 1), **TOL[dtype])
+    np.testing.assert_allclose(cpu.conv_transpose2d(gy, w, None), reference.conv_transpose2d(gy, w, None),
+                               **TOL[dtype])
+
+
 @settings(max_examples=10)
 @given(n=st.integers(1, 3), c=st.integers(1, 5), o=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9),
        p=st.integers(0, 2), seed=st.integers(0, 2 ** 16))
