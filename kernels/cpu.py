@@ -5,9 +5,10 @@ channels-last (NHWC), a zero-copy ``as_strided`` view lists every kernel window,
 group contracts windows with the weight. Channels-last won over NCHW im2col (contiguous channel runs make
 the window copy ~2x cheaper) and over per-tap "shifted" GEMMs (K = C is too small for BLAS to run at speed).
 3x3 stride-1 layers of 16 channels or more go to Winograd's F(4x4, 3x3) instead (winograd.py: 0.25x the
-multiply-adds and no 9-fold copy); 1x1 layers are a GEMM over the channels in the input's own layout, no copy. The transposed convolution runs the GEMM first and then scatters each
-tap's block back (col2im, a Numba loop per image), instead of convolving a dilated input of zeros; so do
-stride-1 layers with few output channels (_taps: Glow's 64 -> 4 coupling output, 2.3-2.8x faster than im2col).
+multiply-adds and no 9-fold copy); 1x1 layers are a GEMM over the channels in the input's own layout, no copy.
+The transposed convolution runs the GEMM first and then scatters each tap's block back (col2im, a Numba loop
+per image), instead of convolving a dilated input of zeros; so do stride-1 layers with few output channels
+(_taps: Glow's 64 -> 4 coupling output, 2.3-2.8x faster than im2col).
 
 Softmax and the batched small LU are Numba kernels, parallel over rows / matrices: a row or a matrix
 stays in cache while it is reduced and written, where NumPy makes one pass over memory per ufunc.
