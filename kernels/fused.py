@@ -29,6 +29,7 @@ import numpy as np
 
 import kernels
 
+from . import layout
 from ._fastmath import FASTMATH, exp, expm1
 from ._threads import PARALLEL_MIN_SIZE
 
@@ -85,19 +86,9 @@ def _fused(kind, x, g, a=0.0):
     """The kernel over memory in g's order (x's for a forward, where g is x): a channels-last view of NCHW stays
     one, as in NumPy's g * f'(x), and the gradient flowing through keeps its layout."""
     out = np.empty_like(g)
-    flat = [_flat_in_order_of(b, out) for b in (x, g)]
+    flat = [layout.in_layout_of(b, out).ravel(order="K") for b in (x, g)]
     _activation(kind, *flat, x.dtype.type(a), out.ravel(order="K"))
     return out
-
-
-def _flat_in_order_of(a, out):
-    """a's elements as a 1-D array in the memory order of `out` (dense): a view when a has out's strides,
-    else one copy into out's layout."""
-    if a.strides != out.strides:
-        copy = np.empty_like(out)
-        copy[...] = a
-        a = copy
-    return a.ravel(order="K")
 
 
 def _sigmoid_formula(x):

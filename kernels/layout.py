@@ -50,6 +50,15 @@ def contiguous(x):
     return np.ascontiguousarray(x)
 
 
+def in_layout_of(a, ref):
+    """a (ref's shape) with ref's strides: itself when it has them, else a copy into ref's layout (dense)."""
+    if a.strides == ref.strides:
+        return a
+    out = np.empty_like(ref)
+    out[...] = a
+    return out
+
+
 @parallel()
 def _to_nhwc(x, out, ph, pw):
     """out[n, h + ph, w + pw, c] = x[n, c, h, w]: each slab x[n, :, h, :] (C lines of W) is read whole while its

@@ -18,15 +18,32 @@ from minigen.ops.nn import ChannelAffine, Standardize
 
 EPS = 1e-5
 
-# name: (shape, reduced axes) at >= PARALLEL_MIN_SIZE elements: LayerNorm rows, GroupNorm's (N, G, C/G*H*W),
-# BatchNorm2d's channels (N runs of H*W), BatchNorm1d's columns (the formula path), everything reduced
+# name: (shape, reduced axes) at >= PARALLEL_MIN_SIZE elements: LayerNorm rows, GroupNorm's (N, G, C/G*H*W)
+# and (N, G, C/G, H, W), BatchNorm2d's channels (N runs of H*W), BatchNorm1d's columns (the formula path),
+# everything reduced; "_channels_last": the same in the memory order of a convolution's output (N, H, W, C)
 LAYOUTS = {
     "layer_norm": ((64, 16, 48), (1, 2)),
     "group_norm": ((8, 4, 16 * 8 * 8), (2,)),
+    "group_norm_5d": ((8, 4, 16, 8, 8), (2, 3, 4)),
+    "group_norm_channels_last": ((8, 4, 16, 8, 8), (2, 3, 4)),
     "batch_norm2d": ((16, 32, 9, 9), (0, 2, 3)),
+    "batch_norm2d_channels_last": ((16, 32, 9, 9), (0, 2, 3)),
     "batch_norm1d": ((512, 96), (0,)),
     "all_axes": ((40, 1000), (0, 1)),
 }
+
+
+def channels_last(a):
+    """a (N, C, *spatial) or (N, G, C/G, *spatial) with the channel axes innermost in memory, as a view."""
+    lead = 3 if a.ndim == 5 else 2
+    order = (0,) + tuple(range(lead, a.ndim)) + tuple(range(1, lead))
+    return np.ascontiguousarray(a.transpose(order)).transpose(np.argsort(order))
+
+
+def normal(rng, layout, dtype):
+    """Standard normal values in the layout's shape and memory order."""
+    a = rng.standard_normal(LAYOUTS[layout][0]).astype(dtype)
+    return channels_last(a) if layout.endswith("_channels_last") else a
 
 
 def forced(numba_path: bool):
@@ -57,9 +74,10 @@ def assert_close(actual, expected, dtype, scale=1.0):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_standardize_matches_float64_reference(layout, dtype):
     shape, axes = LAYOUTS[layout]
-    x = np.random.default_rng(0).standard_normal(shape).astype(dtype) * 3 + 2
+    x = normal(np.random.default_rng(0), layout, dtype) * 3 + 2
     assert x.size >= norm.PARALLEL_MIN_SIZE
     y, mean, var = norm.standardize(x, axes, EPS)
+    assert y.strides == x.strides     # a channels-last x gives a channels-last y
     y_ref, mean_ref, var_ref = reference(x, axes)
     for a, b in ((y, y_ref), (mean, mean_ref), (var, var_ref)):
         assert_close(a, b, dtype)
@@ -72,22 +90,24 @@ def test_standardize_matches_float64_reference(layout, dtype):
 def test_standardize_backward_matches_float64_reference(layout, dtype):
     shape, axes = LAYOUTS[layout]
     rng = np.random.default_rng(1)
-    x, g = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    x, g = (normal(rng, layout, dtype) for _ in range(2))
     y, _, var = norm.standardize(x, axes, EPS)
     rstd = 1 / np.sqrt(var + EPS)
     expected = reference_backward(y, rstd, g, axes)
-    assert_close(norm.standardize_backward(y, rstd, g, axes), expected, dtype, scale=4.0)
+    for g_layout in (g, np.ascontiguousarray(g)):      # a gradient of another layout is copied to y's
+        assert_close(norm.standardize_backward(y, rstd, g_layout, axes), expected, dtype, scale=4.0)
     with forced(numba_path=False):
         assert_close(norm.standardize_backward(y, rstd, g, axes), expected, dtype, scale=4.0)
 
 
 @pytest.mark.parametrize("numba_path", [True, False])
-@pytest.mark.parametrize("layout", ["group_norm", "batch_norm2d"])
+@pytest.mark.parametrize("layout", ["group_norm", "batch_norm2d", "group_norm_channels_last",
+                                    "batch_norm2d_channels_last"])
 def test_a_large_mean_keeps_the_variance_in_float32(layout, numba_path):
     """1e4 + N(0, 0.1^2) in float32: E[x^2] - E[x]^2 would lose every digit of the variance (and a float32
     mean would shift y by its rounding, ~5e-4 / 0.1); two passes in float64 keep both to rounding."""
     shape, axes = LAYOUTS[layout]
-    x = (1e4 + 0.1 * np.random.default_rng(2).standard_normal(shape)).astype(np.float32)
+    x = (1e4 + 0.1 * normal(np.random.default_rng(2), layout, np.float64)).astype(np.float32)
     with forced(numba_path):
         y, mean, var = norm.standardize(x, axes, EPS)
     y_ref, mean_ref, var_ref = reference(x, axes)
@@ -100,7 +120,7 @@ def test_a_large_mean_keeps_the_variance_in_float32(layout, numba_path):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_nan_spoils_its_own_row_or_channel_only(layout, numba_path):
     shape, axes = LAYOUTS[layout]
-    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    x = normal(np.random.default_rng(3), layout, np.float32)
     x[(1,) * x.ndim] = np.nan
     with forced(numba_path):
         y, mean, var = norm.standardize(x, axes, EPS)
@@ -166,6 +186,8 @@ def test_the_three_norms_to_second_order(numba_path, data):
     n, groups, per_group = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
     c, spatial = groups * per_group, data.draw(mt.shapes(min_dims=0, max_dims=2, min_side=1, max_side=3))
     x = data.draw(mt.arrays((n, c) + spatial))
+    if spatial and data.draw(st.booleans(), label="channels_last"):   # the layout a convolution hands on
+        x = channels_last(x)
     w, b = data.draw(mt.arrays((c,))), data.draw(mt.arrays((c,)))
     check(lambda x, w, b: F.group_norm(x, groups, w, b), [x, w, b], numba_path)
     lw, lb = data.draw(mt.arrays(x.shape[1:])), data.draw(mt.arrays(x.shape[1:]))
@@ -184,12 +206,15 @@ def test_the_channel_scale_and_shift_and_their_sums_match_float64_formulas(dtype
     w, b = (rng.standard_normal(32).astype(dtype) for _ in range(2))
     x64, g64, shape = x.astype(np.float64), g.astype(np.float64), (1, -1, 1, 1)
     with forced(numba_path):
-        assert_close(norm.scale_shift(x, w, b), x64 * w.reshape(shape) + b.reshape(shape), dtype, 4)
-        assert_close(norm.scale_shift(x, w), x64 * w.reshape(shape), dtype, 4)
-        for g_layout in (g, np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):  # channels-last
-            sgx, sg = norm.channel_sums(g_layout, x)
-            assert_close(sgx, (g64 * x64).sum((0, 2, 3)), dtype, 16 * 81 * 4)
-            assert_close(sg, g64.sum((0, 2, 3)), dtype, 16 * 81)
+        for x_layout in (x, channels_last(x)):
+            y = norm.scale_shift(x_layout, w, b)
+            assert_close(y, x64 * w.reshape(shape) + b.reshape(shape), dtype, 4)
+            assert y.strides == x_layout.strides or not numba_path
+            assert_close(norm.scale_shift(x_layout, w), x64 * w.reshape(shape), dtype, 4)
+            for g_layout in (g, channels_last(g)):
+                sgx, sg = norm.channel_sums(g_layout, x_layout)
+                assert_close(sgx, (g64 * x64).sum((0, 2, 3)), dtype, 16 * 81 * 4)
+                assert_close(sg, g64.sum((0, 2, 3)), dtype, 16 * 81)
 
 
 @pytest.mark.parametrize("numba_path", [True, False])

@@ -223,8 +223,8 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
     n, c = x.shape[:2]
     if c % num_groups:
         raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
-    groups = reshape(x, (n, num_groups, (c // num_groups) * math.prod(x.shape[2:])))
-    y = reshape(Standardize((2,), eps)(groups), x.shape)
+    groups = reshape(x, (n, num_groups, c // num_groups) + x.shape[2:])   # a view in either layout
+    y = reshape(Standardize(tuple(range(2, groups.ndim)), eps)(groups), x.shape)
     return _channel_affine(y, weight, bias, "group_norm")
 
 
