@@ -12,6 +12,16 @@ memory, which a second core hardly widens. Measured in whole training steps at 2
 processes), running every loop below 4 M elements serially made them 6-19% faster (Glow 0.94, U-Net block
 0.85, 8 convs 0.92, DCGAN 0.81, WGAN-GP 0.89 of the time), where a threshold of 1 M elements gained less.
 Above it the second thread pays: softmax over 4096 x 1024 floats takes 1.8-2.3 ms parallel, 3.5-3.8 ms serial.
+
+Why a loop of 1-2 ms gains nothing at 2 threads inside a step, when it runs 1.6-1.9x as fast on its own: after
+each matrix product OpenBLAS's worker thread spins on the second core, waiting for the next one, for 2^28
+cycles (~0.1 s) before it sleeps. A parallel loop over 512 x 1024 floats (an exp per element) took 1.5-2.1 ms
+after a parallel one, 2.8-3.0 ms after a 512 x 512 GEMM, as long as the serial loop (3.0 ms). With
+OPENBLAS_THREAD_TIMEOUT=4 (read only when NumPy loads OpenBLAS) the worker sleeps at once and the loop after
+the GEMM took 1.6-1.8 ms, but every GEMM then waits for its worker to wake. Whole steps at 2 threads
+(interleaved engine processes): 3-11% slower (U-Net block, DCGAN, Glow, 8 convs, MLP); with loops from 32-64 K
+elements parallel as well, 2-14% slower but for the 8 convs (3-9% faster); on the OpenMP layer the U-Net block
+11-24% slower. So neither is set.
 """
 from __future__ import annotations
 
