@@ -22,6 +22,15 @@ the GEMM took 1.6-1.8 ms, but every GEMM then waits for its worker to wake. Whol
 (interleaved engine processes): 3-11% slower (U-Net block, DCGAN, Glow, 8 convs, MLP); with loops from 32-64 K
 elements parallel as well, 2-14% slower but for the 8 convs (3-9% faster); on the OpenMP layer the U-Net block
 11-24% slower. So neither is set.
+
+Tried too, and dropped: a Winograd convolution's rows of tiles split over two Python threads (nogil kernels)
+with OpenBLAS on one thread for the whole convolution. On its own it took 0.6-0.8x the time at 2 threads
+(U-Net layer, forward 3.5 against 4.4 ms, weight gradient 3.9 against 6.4), but whole steps came out mixed:
+U-Net block 0.85-0.89, Glow 1.04-1.12, 8 convs 1.24-1.35, since any OpenBLAS product at 2 threads elsewhere
+in the step (the first and last convolutions of the 8, Glow's 1x1 ones) wakes the spinning worker, which then
+takes a core from the two Python threads. (openblas_set_num_threads_local does not help: in the pthreads
+builds it sets the global count.) What this points to is a single pool owning every thread: OpenBLAS on one
+thread and minigen splitting its own GEMMs too; that would change NumPy's BLAS threads for the whole process.
 """
 from __future__ import annotations
 
