@@ -145,10 +145,11 @@ def test_strided_inputs_give_the_contiguous_results(layout):
                                   norm.standardize_backward(y[..., ::-1].copy(), rstd, g.copy(), axes))
 
 
-def test_batch_norm_statistics_come_from_the_node():
+@pytest.mark.parametrize("layout", ["batch_norm2d", "batch_norm2d_channels_last"])
+def test_batch_norm_statistics_come_from_the_node(layout):
     """Training batch_norm moves the running statistics by the node's mean and unbiased variance (Ioffe &
     Szegedy 2015, Algorithm 2), in float32 as in float64."""
-    x = np.random.default_rng(5).standard_normal((16, 32, 9, 9)).astype(np.float32) + 5
+    x = normal(np.random.default_rng(5), layout, np.float32) + 5
     mean, var = mg.zeros(32), mg.ones(32)
     F.batch_norm(mg.tensor(x), mean, var, training=True, momentum=0.25)
     n = x.size // 32
