@@ -146,6 +146,24 @@ def test_convolutions_with_few_output_channels_match_the_reference(o, extra, ker
                                reference.conv_transpose2d(x, wt_t, None, **geo), **TOL[dtype])
 
 
+@pytest.mark.parametrize("kernel, padding", [((2, 3), (1, 1)), ((1, 3), (0, 1)), ((5, 5), (2, 2))])
+def test_gemm_first_at_twice_the_output_channels_on_large_maps(kernel, padding):
+    """C = 2 Og goes GEMM-first on maps of 14x14 and more (the gated PixelCNN's layers), not on 7x7 ones; the
+    results match the reference either way."""
+    from kernels import cpu
+    from kernels._geometry import geometry
+    rng = np.random.default_rng(0)
+    geo = dict(stride=1, padding=padding, dilation=1)
+    for side, gemm_first in ((14, True), (7, False)):
+        x, wt = rng.standard_normal((2, 8, side, side)), rng.standard_normal((4, 8, *kernel))
+        assert cpu._gemm_first_serves(geometry(kernel, groups=1, **geo), x, 4) == gemm_first
+        y = cpu.conv2d(x, wt, None, **geo)
+        np.testing.assert_allclose(y, reference.conv2d(x, wt, None, **geo), **TOL[np.float64])
+        gy = rng.standard_normal(y.shape)
+        np.testing.assert_allclose(cpu.conv2d_weight(x, gy, kernel, **geo),
+                                   reference.conv2d_weight(x, gy, kernel, **geo), **TOL[np.float64])
+
+
 @FEW
 @given(n=st.integers(1, 3), c=st.integers(1, 6), o=st.integers(1, 6), size=st.sampled_from([(1, 1), (3, 5), (16, 16),
        (17, 20)]), x_last=st.booleans(), gy_last=st.booleans(), dtype=st.sampled_from(DTYPES),
