@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import lu, reference, winograd
 from ._fastmath import FASTMATH, exp, parallel_fastmath
-from .layout import padded_nhwc
+from .layout import channels_last, padded_nhwc
 from ._threads import PARALLEL_MIN_SIZE as _PARALLEL_MIN_SIZE
 from ._threads import parallel
 from ._geometry import check_channels, conv_out_size, conv_transpose_out_size, geometry
@@ -83,16 +83,11 @@ def _pointwise_serves(g) -> bool:
     return g.kernel == (1, 1) and g.stride == (1, 1) and g.padding == (0, 0) and g.groups == 1
 
 
-def _channels_last(x) -> bool:
-    """Whether x (N, C, H, W) is a channels-last view (a convolution's output) rather than NCHW."""
-    return not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous
-
-
 def _per_image(x) -> bool:
     """Whether a 1x1 layer on x multiplies per image on NCHW: x is NCHW and its maps are large enough for
     GEMMs H*W wide. Below 16x16 a channels-last copy and one GEMM measured faster (7x7, 128 -> 384 channels,
     batch 64: per image 1.1-1.7x the time)."""
-    return not _channels_last(x) and x.shape[2] * x.shape[3] >= 256
+    return not channels_last(x) and x.shape[2] * x.shape[3] >= 256
 
 
 def _pointwise(x, wm):

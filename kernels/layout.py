@@ -41,13 +41,17 @@ def padded_nhwc(x, padding=(0, 0), size=None):
 def contiguous(x):
     """x as a C-contiguous array; a wide channels-last view of (N, C, H, W), which the convolutions return, is
     copied by _to_nchw."""
-    if (type(x) is np.ndarray and x.ndim == 4 and not x.flags.c_contiguous and x.dtype in _COMPILED
-            and x.shape[1] >= 16 and x.shape[3] >= 16 and x.size >= PARALLEL_MIN_SIZE
-            and x.transpose(0, 2, 3, 1).flags.c_contiguous and kernels.numba_passes()):
+    if (type(x) is np.ndarray and x.ndim == 4 and x.dtype in _COMPILED and x.shape[1] >= 16 and x.shape[3] >= 16
+            and x.size >= PARALLEL_MIN_SIZE and channels_last(x) and kernels.numba_passes()):
         out = np.empty(x.shape, dtype=x.dtype)
         _to_nchw(x.transpose(0, 2, 3, 1), out)
         return out
     return np.ascontiguousarray(x)
+
+
+def channels_last(x) -> bool:
+    """Whether x (N, C, H, W) is a channels-last view (a convolution's output) rather than NCHW."""
+    return not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
 def in_layout_of(a, ref):

@@ -239,7 +239,7 @@ def standardize(x, axes: tuple, eps: float):
         (xv, k), y = last, np.empty_like(x)
         chunks, n = _chunks(xv), xv.shape[1] * k
         sums = np.empty((xv.shape[0], chunks, xv.shape[2]))
-        _column_sums(xv, np.zeros(sums.shape[::2]), False, chunks, sums)
+        _column_sums(xv, np.zeros((xv.shape[0], xv.shape[2])), False, chunks, sums)     # plain sums: m = 0
         m = _group_means(sums, k, n)
         _column_sums(xv, m, True, chunks, sums)
         v = _group_means(sums, k, n)
