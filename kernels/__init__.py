@@ -159,8 +159,13 @@ class _OnPlainViews:
 
         def call(*args):
             out = kernel(*(a.view(np.ndarray) if isinstance(a, cls) else a for a in args))
-            return tuple(o.view(cls) for o in out) if isinstance(out, tuple) else out.view(cls)
+            return tuple(_view(o, cls) for o in out) if isinstance(out, tuple) else out.view(cls)
         return call
+
+
+def _view(out, cls):
+    """A kernel's array output viewed as `cls`; anything else (slogdet's factors) as it is."""
+    return out.view(cls) if isinstance(out, np.ndarray) else out
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
@@ -198,14 +203,16 @@ def log_softmax_backward(y, gy, axis=-1):
     return _module_for(y).log_softmax_backward(y, gy, axis)
 
 
-def slogdet(a):
-    """(sign, log|det a|) of a batch (..., n, n); singular matrices give (0, -inf)."""
-    return _module_for(a).slogdet(a)
+def slogdet(a, keep_factors=False):
+    """(sign, log|det a|) of a batch (..., n, n); singular matrices give (0, -inf). With keep_factors, a third
+    item: the backend's LU factors of a, for inv(a, factors) (None where it keeps none)."""
+    return _module_for(a).slogdet(a, keep_factors)
 
 
-def inv(a):
-    """a^-1 of a batch (..., n, n) (slogdet's gradient is inv(a)^T); LinAlgError when singular."""
-    return _module_for(a).inv(a)
+def inv(a, factors=None):
+    """a^-1 of a batch (..., n, n) (slogdet's gradient is inv(a)^T); LinAlgError when singular. `factors`:
+    what slogdet(a, keep_factors=True) gave, so that a is not factored twice."""
+    return _module_for(a).inv(a, factors)
 
 
 if os.environ.get("MINIGEN_KERNELS"):

@@ -455,14 +455,15 @@ def _inv_batch(a, out, singular):
                         m[r, k], m[r, p] = m[r, p], m[r, k]
 
 
-def inv(a):
+def inv(a, factors=None):
     """a^-1 of a batch (..., n, n), like numpy.linalg.inv (LinAlgError for a singular matrix). Batches of
-    small matrices run in Numba, parallel over matrices (LAPACK's per-call overhead dominates there)."""
+    small matrices run in Numba, parallel over matrices (LAPACK's per-call overhead dominates there).
+    `factors`: slogdet's, a list of lu.lu(m) per matrix, or None."""
     n = a.shape[-1]
-    if _lu_serves(a, _LU_INV_MIN_N):
+    if factors is not None or _lu_serves(a, _LU_INV_MIN_N):
         out = np.empty(a.shape, a.dtype)
         for i, (m, x) in enumerate(zip(a.reshape(-1, n, n), out.reshape(-1, n, n))):
-            inverse = lu.inv(m)
+            inverse = lu.inv(m, None if factors is None else factors[i])
             if inverse is None:
                 raise np.linalg.LinAlgError(f"singular matrix (batch index {i})")
             x[...] = inverse
@@ -478,19 +479,27 @@ def inv(a):
     return out.reshape(a.shape)
 
 
-def slogdet(a):
-    """(sign, log|det a|) of a batch (..., n, n), like numpy.linalg.slogdet; singular: (0, -inf)."""
+def slogdet(a, keep_factors=False):
+    """(sign, log|det a|) of a batch (..., n, n), like numpy.linalg.slogdet; singular: (0, -inf).
+    keep_factors: a third item, the list of lu.lu(m) per matrix where lu.py factored them (large matrices:
+    inv(a, factors) then skips its own factorization), else None."""
+    sign, logabs, factors = _slogdet(a)
+    return (sign, logabs, factors) if keep_factors else (sign, logabs)
+
+
+def _slogdet(a):
     n = a.shape[-1]
     if _lu_serves(a, _LU_SLOGDET_MIN_N):
         batch = a.reshape(-1, n, n)
+        factors = [lu.lu(m) for m in batch]
         sign, logabs = np.empty(len(batch), a.dtype), np.empty(len(batch), a.dtype)
-        for i, m in enumerate(batch):
-            sign[i], logabs[i] = lu.slogdet(m)
-        return sign.reshape(a.shape[:-2]), logabs.reshape(a.shape[:-2])
+        for i, (m, f) in enumerate(zip(batch, factors)):
+            sign[i], logabs[i] = lu.slogdet(m, f)
+        return sign.reshape(a.shape[:-2]), logabs.reshape(a.shape[:-2]), factors
     if n > _LU_MAX_N or a.ndim < 2 or a.shape[-2] != n or a.size < _PARALLEL_MIN_SIZE // 8:
-        return tuple(np.linalg.slogdet(a))
+        return (*np.linalg.slogdet(a), None)
     batch = np.ascontiguousarray(a).reshape(-1, n, n)
     sign = np.empty(batch.shape[0], dtype=a.dtype)
     logabs = np.empty(batch.shape[0], dtype=a.dtype)
     _slogdet_batch(batch, sign, logabs)
-    return sign.reshape(a.shape[:-2]), logabs.reshape(a.shape[:-2])
+    return sign.reshape(a.shape[:-2]), logabs.reshape(a.shape[:-2]), None

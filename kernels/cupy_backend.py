@@ -173,12 +173,14 @@ class CudaKernels:
             partial[...] = 0
         return partial.sum(axis=0).reshape(o, cg, *g.kernel)
 
-    def inv(self, a):
-        """The inverse slogdet's gradient needs: the array library's batched LU solve (cuSOLVER on a GPU)."""
+    def inv(self, a, factors=None):
+        """The inverse slogdet's gradient needs: the array library's batched LU solve (cuSOLVER on a GPU);
+        slogdet keeps no factors, so `factors` is always None."""
         return self.xp(a).linalg.inv(a)
 
     # batched slogdet
-    def slogdet(self, a):
+    def slogdet(self, a, keep_factors=False):
+        """(sign, log|det a|); the kernels keep no factors: keep_factors gives None as the third item."""
         (a,) = self._float(a)
         xp = self.xp(a)
         *batch_shape, n, n2 = a.shape
@@ -195,7 +197,7 @@ class CudaKernels:
             work = a.copy()
             self.launch("slogdet", "slogdet_large", a.dtype, (batch,), (SLOGDET_LARGE_THREADS,),
                         (work.ravel(), sign, logabs, *_int32(n)))
-        return sign.reshape(batch_shape), logabs.reshape(batch_shape)
+        return (sign.reshape(batch_shape), logabs.reshape(batch_shape)) + ((None,) if keep_factors else ())
 
 
 @functools.lru_cache(maxsize=None)

@@ -143,6 +143,4 @@ def leaky_relu_backward(x, g, a):
 
 def tanh_backward(y, g):
     """g tanh'(x) = g (1 - y^2) from the output y = tanh(x)."""
-    # small arrays: g - g y y, three array operations without a Python scalar (NumPy's weak-scalar path made
-    # g * (1 - y * y) 0.6 us slower on 16 floats, a tenth of a tanh node's backward)
-    return _fused(_TANH_BACKWARD, y, g) if _fast(y, g) else g - g * y * y
+    return _fused(_TANH_BACKWARD, y, g) if _fast(y, g) else g * (1 - y * y)

@@ -92,11 +92,12 @@ def log_softmax_backward(y, gy, axis=-1):
     return gy - np.exp(y) * gy.sum(axis=axis, keepdims=True)
 
 
-def slogdet(a):
-    """(sign, log|det a|) of a batch (..., n, n), LAPACK's LU with partial pivoting; singular: (0, -inf)."""
-    return tuple(np.linalg.slogdet(a))
+def slogdet(a, keep_factors=False):
+    """(sign, log|det a|) of a batch (..., n, n), LAPACK's LU with partial pivoting; singular: (0, -inf).
+    LAPACK's factors are not kept: keep_factors gives None as the third item."""
+    return tuple(np.linalg.slogdet(a)) + ((None,) if keep_factors else ())
 
 
-def inv(a):
-    """a^-1 of a batch (..., n, n) (LAPACK's LU); LinAlgError for a singular matrix."""
+def inv(a, factors=None):
+    """a^-1 of a batch (..., n, n) (LAPACK's LU); LinAlgError for a singular matrix. (factors: always None.)"""
     return np.linalg.inv(a)

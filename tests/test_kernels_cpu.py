@@ -472,6 +472,9 @@ def test_blocked_lu_slogdet_and_inv_match_numpy(case, dtype):
     assert x.dtype == dtype     # the forward error bound of an inverse: n eps cond(a), relative
     bound = len(a) * np.finfo(dtype).eps * np.linalg.cond(a.astype(np.float64))
     assert np.linalg.norm(x - want) <= bound * np.linalg.norm(want)
+    factors = lu.lu(a)          # given the factors, both skip their own factorization: the same numbers
+    assert lu.slogdet(a, factors) == (sign, logabs)
+    np.testing.assert_array_equal(lu.inv(a, factors), x)
 
 
 def test_large_slogdet_and_inv_of_batches_and_nan():
@@ -491,6 +494,11 @@ def test_large_slogdet_and_inv_of_batches_and_nan():
         x = cpu.inv(batch)
         assert x.shape == batch.shape and x.dtype == dtype
         np.testing.assert_allclose(x, np.linalg.inv(a.reshape(2, 2, n, n)), atol=1e-4)
+        kept = cpu.slogdet(batch, keep_factors=True)        # the factors slogdet's gradient reuses
+        assert len(kept[2]) == 4
+        np.testing.assert_array_equal(kept[0], sign)
+        np.testing.assert_array_equal(kept[1], logabs)
+        np.testing.assert_array_equal(cpu.inv(batch, kept[2]), x)
         batch[1, 0, 3] = 0
         with pytest.raises(np.linalg.LinAlgError, match="batch index 2"):
             cpu.inv(batch)

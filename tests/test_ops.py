@@ -366,6 +366,27 @@ def test_logdet_gradient_on_badly_conditioned_matrix():
     np.testing.assert_allclose(x.grad.data, np.linalg.inv(a).T, rtol=1e-8)
 
 
+def test_slogdet_gradient_reuses_the_forward_factors(monkeypatch):
+    """Matrices large enough for kernels.lu (float32 from n = 192) are factored once per matrix: slogdet's
+    backward inverts with the forward's LU factors. Gradient a^-T, and second derivatives through it:
+    d/da sum(a^-T * v) = -(a^-1 v a^-1)^T."""
+    from kernels import lu
+    calls = []
+    factor = lu.lu
+    monkeypatch.setattr(lu, "lu", lambda m: calls.append(m.shape) or factor(m))
+    rng = np.random.default_rng(5)
+    n = 200
+    a = (rng.standard_normal((2, n, n)) + 3 * np.sqrt(n) * np.eye(n)).astype(np.float32)
+    x = mg.tensor(a, requires_grad=True)
+    g, = mg.grad(mg.slogdet(x)[1].sum(), [x], create_graph=True)
+    assert calls == [(n, n), (n, n)]
+    a_inv = np.linalg.inv(a.astype(np.float64))
+    np.testing.assert_allclose(g.data, a_inv.swapaxes(-1, -2), rtol=1e-3, atol=1e-6)
+    v = rng.standard_normal(a.shape).astype(np.float32)
+    (g * mg.tensor(v)).sum().backward()
+    np.testing.assert_allclose(x.grad.data, -(a_inv @ v @ a_inv).swapaxes(-1, -2), rtol=1e-3, atol=1e-6)
+
+
 # --- neural-network operations and losses ----------------------------------------------------------------
 
 

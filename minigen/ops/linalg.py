@@ -102,10 +102,13 @@ def einsum(spec: str, *operands) -> Tensor:
 
 
 class Inv(Function):
-    """Y = A^-1;  gA = -Y^T G Y^T."""
+    """Y = A^-1;  gA = -Y^T G Y^T. `factors`: A's LU factors from the slogdet kernel, when at hand."""
+
+    def __init__(self, factors=None):
+        self.factors = factors
 
     def forward(self, a):
-        return kernels.inv(a)
+        return kernels.inv(a, self.factors)
 
     def backward(self, g):
         yT = _mT(self.output())
@@ -165,13 +168,15 @@ def _solve_triangular_array(a, b, lower):
 
 class SlogDet(Function):
     """(sign, l) with l = log|det A| (batched, the LU kernel; sign carries no gradient);
-    gA = g A^-T, the inverse from the LU kernel (a solve against I), never from det."""
+    gA = g A^-T, the inverse from the forward's LU factors (a solve against I), never from det."""
 
     def forward(self, a):
-        return kernels.slogdet(a)
+        sign, logabsdet, self.factors = kernels.slogdet(a, keep_factors=True)
+        return sign, logabsdet
 
     def backward(self, g_sign, g_logabsdet):
-        return reshape(g_logabsdet, g_logabsdet.shape + (1, 1)) * _mT(inv(self.inputs[0]))
+        a_inv = Inv(self.factors)(self.inputs[0])
+        return reshape(g_logabsdet, g_logabsdet.shape + (1, 1)) * _mT(a_inv)
 
 
 class Trace(Function):
