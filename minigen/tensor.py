@@ -361,11 +361,11 @@ def _walk(outputs, grad_outputs, targets, retain_graph, create_graph) -> dict:
         while ready:
             f = heapq.heappop(ready)[1]
             gys = pending.pop(f)
-            _check_alive(f)
             if targets is not None:
                 _collect_targets(f, gys, targets, grads)
-                if f not in needed:
+                if f not in needed:       # e.g. made before the oldest target: its graph may be freed
                     continue
+            _check_alive(f)
             done.append(f)
             if len(gys) > 1:
                 gys = _fill_missing(f, gys)

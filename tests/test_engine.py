@@ -260,6 +260,19 @@ def test_grad_with_respect_to_an_intermediate_never_walks_the_graph_before_it():
     assert calls == [1]
 
 
+def test_grad_with_respect_to_an_intermediate_ignores_a_freed_graph_before_it():
+    """A tensor from a graph an earlier backward freed may feed the outputs: grad() with respect to a later
+    target never needs its creator, so it must not complain that the graph was freed."""
+    x = f64([1.0, 2.0])
+    w = x * 2
+    w.sum().backward()               # frees w's creator
+    z = (x * 3) * 1
+    gz, = mg.grad((z * w).sum(), [z])
+    np.testing.assert_allclose(gz.data, w.data)
+    with pytest.raises(RuntimeError, match="second time"):
+        mg.grad((z * w).sum(), [x])  # through w's creator: freed
+
+
 def test_second_derivatives_of_piecewise_linear_ops_are_zeros_not_unused():
     """An input the forward used is reachable from its gradient's graph: relu's second derivative is an
     exact zero (PyTorch's and JAX's answer); an input never used stays an error, or None with allow_unused."""
