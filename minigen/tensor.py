@@ -187,13 +187,14 @@ class Tensor:
 # Tensor operators and methods are attached in minigen/ops/__init__.py, right beside the operations.
 
 
-def _wrap(data) -> Tensor:
-    """A tensor around `data` that needs no gradient (the fast path of every operation)."""
+def _wrap(data, creator: Function | None = None) -> Tensor:
+    """A tensor around `data`: one that needs no gradient (the fast path of every operation), or the output
+    of `creator` (Function._record, the hot path of every recorded op)."""
     t = Tensor.__new__(Tensor)
     t.data = data
     t.grad = None
-    t.requires_grad = False
-    t.creator = None
+    t.requires_grad = creator is not None
+    t.creator = creator
     t.index = 0
     return t
 
@@ -233,8 +234,7 @@ class Function:
         """Link the outputs `ys` to this function and it to its inputs."""
         self.number = next(_counter)
         if not multi:
-            out = Tensor.__new__(Tensor)    # _wrap's fields set once (the hot path of every recorded op)
-            out.data, out.grad, out.requires_grad, out.creator, out.index = ys, None, True, self, 0
+            out = _wrap(ys, self)
             self.inputs = inputs
             self.outputs = (weakref.ref(out),)
             return out
