@@ -7,9 +7,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["minigen", "minigen.*", "kernels", "kernels.*"]),
     package_data={"kernels": ["cuda/*.cu"], "minigen": ["assets/*.npz"]},
-    install_requires=["numpy>=2.1", "scipy>=1.11", "numba>=0.60", "tqdm>=4.60", "Pillow>=9.0"],
+    install_requires=["numpy>=2.1", "scipy>=1.11", "numba>=0.60", "threadpoolctl>=3", "tqdm>=4.60", "Pillow>=9.0"],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3", "threadpoolctl>=3"],
+        "test": ["pytest>=7", "hypothesis>=6.80", "scikit-learn>=1.3"],
         # the oracle tier: tests that check minigen against PyTorch (CPU wheel); they skip without it
         "oracle": ["torch==2.13.0"],
         # the CUDA compile checks (NVRTC, NVVM for numba.cuda) run without a GPU; they skip without these

@@ -28,17 +28,9 @@ import functools
 import importlib
 import os
 
-import numba
 import numpy as np
 
-# Numba's parallel loops run on its "workqueue" threads unless the user chose a layer (NUMBA_THREADING_LAYER).
-# The default, OpenMP, keeps its threads spinning after each parallel loop, on the cores that OpenBLAS's
-# threads need for the matrix product that follows; measured at 2 threads, minigen's steps took 2.8x (U-Net
-# block, 106 ms against 34), 4.0x (DCGAN) and 2.3x (8 convs) as long as with workqueue, whose idle threads
-# sleep. Workqueue aborts the process when parallel loops are launched from several Python threads at once,
-# so kernels/_threads.py launches them one at a time.
-if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+from . import _threads  # noqa: E402,F401  (chooses Numba's threading layer before any parallel loop runs)
 
 
 def _keep_freed_memory() -> bool:
@@ -60,7 +52,7 @@ def _keep_freed_memory() -> bool:
 
 MALLOC_TUNED = _keep_freed_memory()
 
-from . import cpu, reference  # noqa: E402
+from . import cpu, gemm, reference  # noqa: E402
 
 CPU_BACKENDS = ("reference", "cpu")
 GPU_BACKENDS = ("cupy", "numba_cuda")
@@ -213,6 +205,12 @@ def inv(a, factors=None):
     """a^-1 of a batch (..., n, n) (slogdet's gradient is inv(a)^T); LinAlgError when singular. `factors`:
     what slogdet(a, keep_factors=True) gave, so that a is not factored twice."""
     return _module_for(a).inv(a, factors)
+
+
+def matmul(a, b):
+    """np.matmul(a, b); large float products of NumPy arrays split over minigen's threads (gemm.py) unless the
+    'reference' backend is chosen."""
+    return gemm.matmul(a, b) if numba_passes() else np.matmul(a, b)
 
 
 if os.environ.get("MINIGEN_KERNELS"):

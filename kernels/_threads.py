@@ -5,36 +5,35 @@ one thread, that handoff made whole training steps 10-27% slower (DCGAN 81 ms ag
 loops compiled without `parallel`, where `prange` is a plain `range`. So each kernel is compiled both ways
 and every call picks by numba.get_num_threads().
 
-On two threads a parallel loop pays only on large arrays: the workqueue's threads sleep between loops, and
-waking them (and bringing the main thread back) costs 64-115 us on these virtual machines (the kernel
-benchmark's launch table: a loop over two elements, 9-21 us serial), while a loop over a few MB is bound by
-memory, which a second core hardly widens. Measured in whole training steps at 2 threads (interleaved engine
-processes), running every loop below 4 M elements serially made them 6-19% faster (Glow 0.94, U-Net block
-0.85, 8 convs 0.92, DCGAN 0.81, WGAN-GP 0.89 of the time), where a threshold of 1 M elements gained less.
-Above it the second thread pays: softmax over 4096 x 1024 floats takes 1.8-2.3 ms parallel, 3.5-3.8 ms serial.
+Two pools of threads cannot share two cores. After each matrix product OpenBLAS's worker thread spins on the
+second core for 2^28 cycles (~0.1 s) waiting for the next one; OpenMP's threads spin after each parallel loop
+too. Under Numba's OpenMP layer beside NumPy's threaded BLAS, minigen's steps at 2 threads took 2.8x (U-Net
+block), 4.0x (DCGAN) and 2.3x (8 convs) the time they took on the workqueue layer, whose idle threads sleep;
+and under workqueue a parallel loop paid only from 4 M elements, since waking its threads costs 64-115 us on
+these virtual machines (the kernel benchmark's launch table) and a loop after a product found the second core
+taken by OpenBLAS's spinning worker (512 x 1024 floats, an exp each: 1.5-2.1 ms after a parallel loop, 2.8-3.0
+after a 512 x 512 GEMM, as long as serial).
 
-Why a loop of 1-2 ms gains nothing at 2 threads inside a step, when it runs 1.6-1.9x as fast on its own: after
-each matrix product OpenBLAS's worker thread spins on the second core, waiting for the next one, for 2^28
-cycles (~0.1 s) before it sleeps. A parallel loop over 512 x 1024 floats (an exp per element) took 1.5-2.1 ms
-after a parallel one, 2.8-3.0 ms after a 512 x 512 GEMM, as long as the serial loop (3.0 ms). With
-OPENBLAS_THREAD_TIMEOUT=4 (read only when NumPy loads OpenBLAS) the worker sleeps at once and the loop after
-the GEMM took 1.6-1.8 ms, but every GEMM then waits for its worker to wake. Whole steps at 2 threads
-(interleaved engine processes): 3-11% slower (U-Net block, DCGAN, Glow, 8 convs, MLP); with loops from 32-64 K
-elements parallel as well, 2-14% slower but for the 8 convs (3-9% faster); on the OpenMP layer the U-Net block
-11-24% slower. So neither is set.
+So, on OpenMP (the layer chosen unless the user set NUMBA_THREADING_LAYER, and Numba finds an OpenMP runtime),
+minigen's kernels own the threads: every large product minigen computes is split over Numba's threads by
+kernels/gemm.py, each part a single-threaded BLAS call, and no OpenBLAS worker is ever woken by minigen; a
+launch on OpenMP's spinning threads costs ~3 us (workqueue: 35 us back to back), so loops run in parallel from
+32 K elements. Measured in whole training steps at 2 threads against the workqueue layer with NumPy's threaded
+BLAS (interleaved engine processes, p25): U-Net block 0.70, 8 convs 0.66, Glow 0.83, DCGAN 0.92, WGAN-GP 0.99,
+MLP VAE 1.03, MADE 1.02 of the time. Under workqueue (the user's choice, or no OpenMP runtime) products stay
+NumPy's and loops run in parallel from 4 M elements, as before.
 
-Tried too, and dropped: a Winograd convolution's rows of tiles split over two Python threads (nogil kernels)
-with OpenBLAS on one thread for the whole convolution. On its own it took 0.6-0.8x the time at 2 threads
-(U-Net layer, forward 3.5 against 4.4 ms, weight gradient 3.9 against 6.4), but whole steps came out mixed:
-U-Net block 0.85-0.89, Glow 1.04-1.12, 8 convs 1.24-1.35, since any OpenBLAS product at 2 threads elsewhere
-in the step (the first and last convolutions of the 8, Glow's 1x1 ones) wakes the spinning worker, which then
-takes a core from the two Python threads. (openblas_set_num_threads_local does not help: in the pthreads
-builds it sets the global count.) What this points to is a single pool owning every thread: OpenBLAS on one
-thread and minigen splitting its own GEMMs too; that would change NumPy's BLAS threads for the whole process.
+Tried before, and dropped: the Winograd convolution's tiles split over two Python threads with OpenBLAS on one
+thread (whole steps mixed: any OpenBLAS product at 2 threads elsewhere woke the spinning worker), a thread pool
+of Python threads splitting GEMMs (a handoff costs 16 us back to back, 40-73 us after a sleep: steps 1.05-1.50x
+slower), and OPENBLAS_THREAD_TIMEOUT=4 (the worker sleeps at once, and every GEMM waits for it to wake: steps
+3-11% slower).
 """
 from __future__ import annotations
 
 import functools
+import importlib
+import os
 import threading
 import types
 
@@ -47,12 +46,53 @@ import numpy as np
 # 128x10 softmax backward inside an MLP step cost 5-15 ms, NumPy's formula 7 us.)
 PARALLEL_MIN_SIZE = 1 << 15
 
-# Numba's workqueue threading layer (kernels/__init__.py) aborts the process ("Concurrent access has been
-# detected") when two Python threads launch parallel loops at once: they take turns.
+# Numba's workqueue threading layer aborts the process ("Concurrent access has been detected") when two Python
+# threads launch parallel loops at once: they take turns.
 _LAUNCH = threading.Lock()
 
+
+def _choose_layer() -> str:
+    """Numba's threading layer: the user's (NUMBA_THREADING_LAYER), else OpenMP where Numba finds an OpenMP
+    runtime, else workqueue."""
+    if numba.config.THREADING_LAYER == "default":
+        try:
+            importlib.import_module("numba.np.ufunc.omppool")   # fails without an OpenMP runtime (libgomp)
+            numba.config.THREADING_LAYER = "omp"
+        except (ImportError, OSError):
+            numba.config.THREADING_LAYER = "workqueue"
+    return numba.config.THREADING_LAYER
+
+
+# On OpenMP, minigen's kernels own the threads: matrix products split over them too (kernels/gemm.py).
+OWN_THREADS = _choose_layer() == "omp"
+
 # A kernel call runs its parallel compilation only when its largest array has this many elements (see above).
-THREADS_MIN_SIZE = 1 << 22
+THREADS_MIN_SIZE = 1 << 15 if OWN_THREADS else 1 << 22
+
+
+def shared() -> bool:
+    """Whether minigen's kernels split work over several threads of their own (OpenMP layer, > 1 thread)."""
+    return OWN_THREADS and numba.get_num_threads() > 1
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_blas() -> tuple:
+    """threadpoolctl's controllers of the BLAS libraries that Numba's np.dot may call: every one loaded once
+    SciPy's cython_blas is, but NumPy's own (when it is a separate library)."""
+    importlib.import_module("scipy.linalg.cython_blas")     # loads the BLAS that Numba's np.dot calls
+    from threadpoolctl import ThreadpoolController
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    return tuple(lib for lib in libs if not lib.filepath.startswith(os.path.join(numpy_dir, "numpy")))
+
+
+def spread(kernel: "_Kernel", *args):
+    """kernel's parallel compilation on args, its BLAS calls each on one thread (set again at every call, since
+    threadpoolctl's limits elsewhere can have raised it)."""
+    for lib in _numba_blas():
+        lib.set_num_threads(1)
+    with _LAUNCH:
+        return kernel.parallel(*args)
 
 
 class _Kernel:
@@ -63,8 +103,8 @@ class _Kernel:
         # two compilations apart (its cache index is keyed by the function's name, not by the parallel flag)
         serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
         serial.__qualname__ = fn.__qualname__ + "__serial"
-        self.parallel = numba.njit(parallel=True, cache=True, **options)(fn)
-        self.serial = numba.njit(cache=True, **options)(serial)
+        self.parallel = numba.njit(parallel=True, **options)(fn)
+        self.serial = numba.njit(**options)(serial)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
@@ -75,6 +115,6 @@ class _Kernel:
             return self.parallel(*args)
 
 
-def parallel(**options):
-    """Decorator: `fn` as a _Kernel with Numba `options` (e.g. fastmath)."""
-    return lambda fn: _Kernel(fn, options)
+def parallel(cache: bool = True, **options):
+    """Decorator: `fn` as a _Kernel with Numba `options` (e.g. fastmath), cached on disk unless cache=False."""
+    return lambda fn: _Kernel(fn, dict(options, cache=cache))

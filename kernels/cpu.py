@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import lu, reference, winograd
+from . import gemm, lu, reference, winograd
 from ._fastmath import FASTMATH, exp, parallel_fastmath
 from .layout import channels_last, padded_nhwc
 from ._threads import PARALLEL_MIN_SIZE as _PARALLEL_MIN_SIZE
@@ -94,8 +94,8 @@ def _pointwise(x, wm):
     """y[n, o] = sum over c of wm[o, c] x[n, c] for x (N, C, H, W), in x's layout."""
     n, c, h, w = x.shape
     if _per_image(x):
-        return np.matmul(wm, x.reshape(n, c, h * w)).reshape(n, -1, h, w)
-    return (_nhwc(x).reshape(-1, c) @ wm.T).reshape(n, h, w, -1).transpose(0, 3, 1, 2)
+        return gemm.matmul(wm, x.reshape(n, c, h * w)).reshape(n, -1, h, w)
+    return gemm.matmul(_nhwc(x).reshape(-1, c), wm.T).reshape(n, h, w, -1).transpose(0, 3, 1, 2)
 
 
 def _pointwise_weight(x, gy):
@@ -103,8 +103,8 @@ def _pointwise_weight(x, gy):
     channels-last."""
     n, c, h, w = x.shape
     if _per_image(x) and _per_image(gy):
-        return np.matmul(gy.reshape(n, -1, h * w), x.reshape(n, c, h * w).transpose(0, 2, 1)).sum(axis=0)
-    return _nhwc(gy).reshape(-1, gy.shape[1]).T @ _nhwc(x).reshape(-1, c)
+        return gemm.matmul(gy.reshape(n, -1, h * w), x.reshape(n, c, h * w).transpose(0, 2, 1)).sum(axis=0)
+    return gemm.matmul(_nhwc(gy).reshape(-1, gy.shape[1]).T, _nhwc(x).reshape(-1, c))
 
 
 def _nhwc(x):
@@ -128,12 +128,12 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     if _gemm_first_serves(g, x, og):
         wm = w.transpose(1, 2, 3, 0).reshape(c, -1).astype(x.dtype, copy=False)      # (C, kh*kw*O)
-        z = (_nhwc(x).reshape(-1, c) @ wm).reshape(n, h, wd, *g.kernel, og)
+        z = gemm.matmul(_nhwc(x).reshape(-1, c), wm).reshape(n, h, wd, *g.kernel, og)
         y = np.zeros((n, ho, wo, og), dtype=x.dtype)
         _taps(z, y, *g.padding, *g.dilation, False)
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     wm = w.reshape(G, og, cg, -1).transpose(0, 3, 2, 1).reshape(G, -1, og)   # (G, kh*kw*Cg, Og)
-    y = np.matmul(_im2col(x, g, ho, wo), wm.astype(x.dtype, copy=False))      # (G, N*Ho*Wo, Og)
+    y = gemm.matmul(_im2col(x, g, ho, wo), wm.astype(x.dtype, copy=False))    # (G, N*Ho*Wo, Og)
     y = y.reshape(G, n, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(n, G * og, ho, wo)
     return _add_bias(y, b)
 
@@ -153,10 +153,10 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1)
     if _gemm_first_serves(g, x, og):          # dw = x^T @ t, t the adjoint of conv2d's tap sums applied to gy
         t = np.zeros((n, *x.shape[2:], *g.kernel, og), dtype=x.dtype)
         _taps(t, _nhwc(gy), *g.padding, *g.dilation, True)
-        dw = _nhwc(x).reshape(-1, c).T @ t.reshape(n * x.shape[2] * x.shape[3], -1)  # (C, kh*kw*O)
+        dw = gemm.matmul(_nhwc(x).reshape(-1, c).T, t.reshape(n * x.shape[2] * x.shape[3], -1))  # (C, kh*kw*O)
         return np.ascontiguousarray(dw.reshape(c, *g.kernel, og).transpose(3, 0, 1, 2))
     gym = gy.reshape(n, G, og, ho * wo).transpose(1, 2, 0, 3).reshape(G, og, -1)   # (G, Og, N*Ho*Wo)
-    dw = np.matmul(gym, _im2col(x, g, ho, wo))                                      # (G, Og, kh*kw*Cg)
+    dw = gemm.matmul(gym, _im2col(x, g, ho, wo))                                   # (G, Og, kh*kw*Cg)
     return dw.reshape(G * og, *g.kernel, cg).transpose(0, 3, 1, 2).copy()
 
 
@@ -182,7 +182,7 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     (kh, kw) = g.kernel
     xm = x.reshape(n, G, cg, h, wd).transpose(1, 0, 3, 4, 2).reshape(G, -1, cg)        # (G, N*H*W, Cg)
     wm = w.reshape(G, cg, og, kh * kw).transpose(0, 1, 3, 2).reshape(G, cg, -1)         # (G, Cg, kh*kw*Og)
-    cols = np.matmul(xm, wm.astype(x.dtype, copy=False)).reshape(G * n, h, wd, kh, kw, og)
+    cols = gemm.matmul(xm, wm.astype(x.dtype, copy=False)).reshape(G * n, h, wd, kh, kw, og)
     y = np.empty((G * n, ho, wo, og), dtype=x.dtype)
     _col2im(cols, y, *g.stride, *g.padding, *g.dilation)
     y = y.reshape(G, n, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(n, G * og, ho, wo)

@@ -584,15 +584,23 @@ def test_parallel_kernels_launched_from_two_python_threads_take_turns():
              "work = lambda: [norm.standardize(x, (0, 2, 3), 1e-5) for _ in range(100)]; "
              "ts = [threading.Thread(target=work) for _ in range(3)]; [t.start() for t in ts]; "
              "[t.join() for t in ts]; print(numba.threading_layer())")
-    assert _printed_by_a_new_process(probe, "NUMBA_THREADING_LAYER", None) == "workqueue"
+    assert _printed_by_a_new_process(probe, "NUMBA_THREADING_LAYER", "workqueue") == "workqueue"
 
 
-def test_parallel_kernels_run_on_workqueue_threads_unless_the_user_chose_a_layer():
-    """OpenMP's spinning threads starve BLAS's between kernels (kernels/__init__.py): workqueue by default."""
+def test_parallel_kernels_run_on_openmp_threads_unless_the_user_chose_a_layer():
+    """kernels/_threads.py: OpenMP where Numba finds a runtime for it (minigen's kernels and products then share
+    its threads), workqueue otherwise or when the user says so; products split only on OpenMP."""
+    import importlib
+    try:
+        importlib.import_module("numba.np.ufunc.omppool")
+        default = "omp"
+    except (ImportError, OSError):
+        default = "workqueue"
     probe = ("import numpy as np, numba, kernels; kernels._threads.THREADS_MIN_SIZE = 0; "
              "kernels.softmax(np.ones((512, 128), np.float32)); "
-             "print(numba.threading_layer())")
-    assert [_printed_by_a_new_process(probe, "NUMBA_THREADING_LAYER", v) for v in (None, "omp")] == ["workqueue", "omp"]
+             "print(numba.threading_layer(), kernels._threads.OWN_THREADS)")
+    assert [_printed_by_a_new_process(probe, "NUMBA_THREADING_LAYER", v) for v in (None, "workqueue")] == \
+        [f"{default} {default == 'omp'}", "workqueue False"]
 
 
 def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):

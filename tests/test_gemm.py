@@ -1,0 +1,112 @@
+"""kernels/gemm.py: matrix products split over Numba's threads agree with np.matmul, for every way of cutting
+them and every operand layout; splitting happens only where it is meant to."""
+import contextlib
+from unittest import mock
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from kernels import _threads, gemm
+
+LAYOUTS = ("C", "F", "strided")
+
+
+def _laid_out(x: np.ndarray, layout: str) -> np.ndarray:
+    """x with the same values in a C-ordered, F-ordered (last two axes swapped in memory) or strided array."""
+    if layout == "C":
+        return np.ascontiguousarray(x)
+    if layout == "F":
+        return np.swapaxes(np.ascontiguousarray(np.swapaxes(x, -1, -2)), -1, -2)
+    wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+    wide[..., ::2] = x
+    return wide[..., ::2]
+
+
+@contextlib.contextmanager
+def _split_everything():
+    """Every product split, on two threads where Numba has them (one thread still runs each way's loop)."""
+    with mock.patch.object(gemm, "_SPLIT_MIN", 0), mock.patch.object(_threads, "shared", lambda: True):
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(1)
+
+
+@pytest.fixture
+def split_everything():
+    with _split_everything():
+        yield
+
+
+@given(m=st.integers(1, 40), k=st.integers(1, 90), n=st.integers(1, 40), stack=st.sampled_from([None, 1, 3]),
+       stacked=st.sampled_from(["both", "a", "b"]), layout_a=st.sampled_from(LAYOUTS),
+       layout_b=st.sampled_from(LAYOUTS), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 9))
+def test_split_products_equal_numpys(m, k, n, stack, stacked, layout_a, layout_b, dtype, seed):
+    rng = np.random.default_rng(seed)
+    lead_a = () if stack is None or stacked == "b" else (stack,)
+    lead_b = () if stack is None or stacked == "a" else (stack,)
+    a = _laid_out(rng.standard_normal(lead_a + (m, k)).astype(dtype), layout_a)
+    b = _laid_out(rng.standard_normal(lead_b + (k, n)).astype(dtype), layout_b)
+    with _split_everything():
+        y = gemm.matmul(a, b)
+    expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    assert y.shape == expected.shape and y.dtype == dtype
+    np.testing.assert_allclose(y, expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=(1e-4 if dtype == np.float32 else 1e-11) * np.sqrt(k))
+
+
+@pytest.mark.parametrize("a_shape, a_layout, b_shape, b_layout, way", [
+    ((600, 64), "C", (64, 32), "C", "_rows"),          # tall: rows of a (an im2col product)
+    ((64, 600), "C", (600, 32), "F", "_rows"),         # ... whatever b's layout
+    ((32, 64), "C", (64, 600), "F", "_columns"),       # wide, b = w.T (Linear's x @ w.T)
+    ((32, 6000), "C", (6000, 64), "C", "_inner"),      # a long inner axis (a weight gradient)
+    ((32, 6000), "F", (6000, 64), "C", "_inner"),
+    ((600, 64), "F", (64, 32), "C", "_rows"),          # x^T g with a short inner axis: rows, a copied
+    ((8, 60, 64), "C", (8, 64, 32), "F", "_stack"),    # a stack of products (Winograd's 36)
+])
+def test_each_layout_takes_its_way(split_everything, monkeypatch, a_shape, a_layout, b_shape, b_layout, way):
+    a, b = _laid_out(np.ones(a_shape, np.float32), a_layout), _laid_out(np.ones(b_shape, np.float32), b_layout)
+    taken = []
+    spread = _threads.spread
+    monkeypatch.setattr(_threads, "spread", lambda kernel, *args: taken.append(kernel.__name__) or spread(kernel, *args))
+    np.testing.assert_allclose(gemm.matmul(a, b), np.matmul(a, b))
+    assert taken == [way]
+
+
+def test_small_products_mixed_dtypes_and_other_shapes_stay_numpys(monkeypatch):
+    monkeypatch.setattr(_threads, "shared", lambda: True)
+    monkeypatch.setattr(_threads, "spread", lambda *args: pytest.fail("split a product it should have left alone"))
+    rng = np.random.default_rng(0)
+    big32, big64 = rng.standard_normal((256, 256)).astype(np.float32), rng.standard_normal((256, 256))
+    for a, b in [(big32[:64, :64], big32[:64, :64]),        # 64^3 multiply-adds: OpenBLAS's one-thread size
+                 (big32, big64), (big32.astype(np.int64), big32.astype(np.int64)),
+                 (big32.reshape(2, 2, 128, 128), big32.reshape(2, 2, 128, 128))]:
+        np.testing.assert_array_equal(gemm.matmul(a, b), np.matmul(a, b))
+
+
+def test_splitting_pins_the_blas_numba_calls_to_one_thread(split_everything):
+    """Each thread's np.dot must not start BLAS threads of its own: spread sets them to one at every call, even
+    after threadpoolctl raised them."""
+    from threadpoolctl import threadpool_limits
+    libs = _threads._numba_blas()
+    if not libs:
+        pytest.skip("no BLAS library apart from NumPy's is loaded for Numba")
+    a = np.ones((300, 40), np.float32)
+    with threadpool_limits(2):
+        gemm.matmul(a, a.T)
+        assert [lib.get_num_threads() for lib in libs] == [1] * len(libs)
+
+
+def test_products_split_only_on_the_openmp_layer_with_threads(monkeypatch):
+    monkeypatch.setattr(_threads, "OWN_THREADS", False)
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        assert not _threads.shared()
+        monkeypatch.setattr(_threads, "OWN_THREADS", True)
+        assert _threads.shared() == (numba.get_num_threads() > 1)
+    finally:
+        numba.set_num_threads(1)
+    assert not _threads.shared()
