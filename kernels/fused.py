@@ -2,10 +2,11 @@
 backward, tanh's backward, ELU), each one vectorized pass over memory where NumPy makes one pass (and one
 temporary) per ufunc, and np.where one unpredictable branch per element (1.4 ms on 0.4 M random float32).
 
-The pass is serial: it is bound by memory. Under OpenMP a parallel region's threads spun after it and starved
-the BLAS threads of the convolution that follows (at 2 threads: DCGAN step 250 ms with a parallel kernel, 190
-ms serial); under workqueue, the default since, parallel blocks of 64 K elements gained nothing measurable in
-whole training steps either.
+The pass is bound by memory. It runs in parallel from THREADS_MIN_SIZE elements (kernels/_threads.py: 32 K
+where minigen's kernels own the threads, on the OpenMP layer; 4 M on workqueue): under OpenMP beside NumPy's threaded BLAS a parallel
+region's threads spun after it and starved the BLAS threads of the convolution that follows (at 2 threads:
+DCGAN step 250 ms with a parallel kernel, 190 ms serial); with the products on Numba's threads too, the
+parallel pass measured 0.97 of the step time (DCGAN, MLP VAE; in-process A/B, p25), 0.99-1.03 elsewhere.
 
 Every function takes any array: NumPy arrays of float32 / float64 with at least PARALLEL_MIN_SIZE elements
 go to the Numba kernel, everything else (small arrays, CuPy arrays, other dtypes) to the same formula in
@@ -31,7 +32,7 @@ import kernels
 
 from . import layout
 from ._fastmath import FASTMATH, exp, expm1
-from ._threads import PARALLEL_MIN_SIZE
+from ._threads import PARALLEL_MIN_SIZE, parallel
 
 _SIGMOID, _SILU, _SILU_BACKWARD, _ELU, _ELU_BACKWARD, _LEAKY, _TANH_BACKWARD = range(7)
 
@@ -47,7 +48,7 @@ def _sigmoid(v, one):
     return (one if v >= 0 else e) / (one + e)
 
 
-@_serial
+@parallel(fastmath=FASTMATH, error_model="numpy")
 def _activation(kind, x, g, a, out):
     """out = f(x) or g f'(x) elementwise on flat arrays, f chosen by `kind` (a: the slope or alpha).
 
@@ -55,7 +56,7 @@ def _activation(kind, x, g, a, out):
     kind, as fast as a kernel of its own (measured), as long as every branch is branch-free arithmetic (a
     libm call such as math.log1p in any branch would leave every kind scalar, 2-6x slower)."""
     one = x.dtype.type(1)
-    for i in range(x.size):
+    for i in numba.prange(x.size):
         v = x[i]
         if kind == _LEAKY:
             out[i] = g[i] if v > 0 else a * g[i]

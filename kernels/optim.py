@@ -1,10 +1,11 @@
 """Adam's update in one pass over memory, where NumPy makes eight (and allocates four temporaries): the
 update of a 784x500 MADE weight is about a third of that model's whole training step on one thread.
 
-The loop is serial on purpose. A parallel Numba region before every parameter's update was measured to
-leave its threads spinning into the matrix products that follow, starving BLAS's threads (the README's
-2-thread VAE run went 2.4x slower, under OpenMP; under workqueue, the default since, parallel blocks gained
-nothing measurable); one thread streaming through p, g, m and v is memory-bound anyway.
+The loop runs in parallel from THREADS_MIN_SIZE elements (kernels/_threads.py: 32 K where minigen's kernels
+own the threads, on the OpenMP layer; 4 M on workqueue). Under OpenMP beside NumPy's threaded BLAS, a parallel region before every parameter's
+update left its threads spinning into the matrix products that follow, starving BLAS's threads (the README's
+2-thread VAE run went 2.4x slower); with the products on Numba's threads too, the parallel loop measured 0.95
+of a MADE step's time at 2 threads (in-process A/B, p25).
 """
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ import numpy as np
 
 import kernels
 
+from ._threads import parallel
 
-@numba.njit(cache=True, error_model="numpy")      # no zero-division check: the loop vectorizes (4x faster)
+
+@parallel(error_model="numpy")      # no zero-division check: the loop vectorizes (4x faster)
 def _adam(p, g, m, v, beta2, one_minus_beta1, one_minus_beta2, step_size, bias2_sqrt, eps):
     """In place, elementwise, in the order of optim.Adam's array formulas (so float64 results agree with
     them and with torch.optim to rounding): m <- m + (1 - beta1)(g - m), v <- beta2 v + (1 - beta2) g^2,
     p <- p - step_size m / (sqrt(v) / bias2_sqrt + eps)."""
-    for i in range(p.size):
+    for i in numba.prange(p.size):
         m[i] += one_minus_beta1 * (g[i] - m[i])
         v[i] = v[i] * beta2 + one_minus_beta2 * g[i] * g[i]
         p[i] -= step_size * (m[i] / (np.sqrt(v[i]) / bias2_sqrt + eps))

@@ -607,7 +607,7 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
     """Each Numba loop is compiled parallel (run on 2+ threads and large arrays) and serial (kernels/_threads.py):
     the suite runs on one thread, so here every kernel runs both ways on inputs large enough for Numba."""
     import numba
-    from kernels import _threads, cpu, layout, norm
+    from kernels import _threads, cpu, fused, layout, norm
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has one thread here")
     monkeypatch.setattr(_threads, "THREADS_MIN_SIZE", 0)
@@ -627,7 +627,9 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
              "scale and shift": lambda: norm.scale_shift(x, w[:, 0, 0, 0], w[0, :, 0, 0]),
              "channel sums": lambda: np.stack(norm.channel_sums(x, x * 2)),
              "to channels-last": lambda: layout.padded_nhwc(wide, (1, 1)),
-             "to NCHW": lambda: layout.contiguous(wide.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2))}
+             "to NCHW": lambda: layout.contiguous(wide.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)),
+             "silu backward": lambda: fused.silu_backward(x, 1 - x),
+             "adam": lambda: _adam_step(x.copy(), 1 - x, x * 0.1, x * x)}
     for name, call in calls.items():
         numba.set_num_threads(1)
         serial = call()
@@ -637,6 +639,12 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
         finally:
             numba.set_num_threads(1)
         np.testing.assert_allclose(parallel, serial, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def _adam_step(p, g, m, v):
+    from kernels import optim
+    assert optim.adam_update(p, g, m, v, 0.9, 0.999, 1e-3, 0.5, 1e-8)
+    return np.stack([p, m, v])
 
 
 def test_kernels_run_in_parallel_only_on_two_threads_and_large_arrays(monkeypatch):
