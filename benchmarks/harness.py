@@ -249,11 +249,13 @@ class EngineProcess:
         import multiprocessing
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        # a peer's process imports minigen too (the benchmark modules do): MINIGEN_MALLOC=default keeps minigen
-        # from tuning its malloc (kernels._keep_freed_memory), so that the peer runs as it would on its own
+        # a peer's process imports minigen too (the benchmark modules do), so that the peer runs as it would on
+        # its own: MINIGEN_MALLOC=default keeps minigen from tuning its malloc (kernels._keep_freed_memory), and
+        # the workqueue layer keeps Numba from loading the system's libgomp, which PyTorch then takes for its own
+        # (same soname): with Numba's OpenMP pool started beside it, PyTorch's 2-thread MLP step took 4-6x as long
         env = {k: str(threads) for k in THREAD_VARIABLES}
         if engine != "minigen":
-            env["MINIGEN_MALLOC"] = "default"
+            env.update(MINIGEN_MALLOC="default", NUMBA_THREADING_LAYER="workqueue")
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
