@@ -2,10 +2,12 @@
 
 minigen's backends and PyTorch run in processes of their own (harness.EngineProcess), at 1 and at 2
 threads, and are timed in interleaved rounds of back-to-back calls (harness.measure_processes), so that
-load from other jobs hits them alike and no engine's idle threads spin on the other's cores. Shapes: the DCGAN-on-MNIST layers (batch 64), a U-Net block (batch 32), softmax rows, batched slogdet.
+load from other jobs hits them alike and no engine's idle threads spin on the other's cores. Shapes: the DCGAN-on-MNIST layers (batch 64), a U-Net block (batch 32), softmax rows, batched slogdet,
+matrix products (minigen's own, kernels/gemm.py, for the 'cpu' backend; NumPy's for 'reference').
 'forward' times the op; 'forward+backward' adds what its backward needs: for conv2d the input gradient
 (conv_transpose2d) and the weight gradient (conv2d_weight), for conv_transpose2d conv2d and
-conv2d_weight, for softmax softmax_backward, for slogdet the gradient inv(A)^T (the backend's `inv`).
+conv2d_weight, for softmax softmax_backward, for slogdet the gradient inv(A)^T (the backend's `inv`), for a
+product y = a w^T the two products of its gradients.
 PyTorch runs the same through autograd.
 """
 from __future__ import annotations
@@ -34,6 +36,9 @@ CONVS = [
 ]
 SOFTMAX = [(4096, 1024), (64, 10)]
 SLOGDET = [(1024, 8, 8), (64, 32, 32), (512, 512)]
+# matrix products (m, k, n): a Linear layer of the MLP VAE (batch 100) and of MADE, and an im2col convolution
+# (DCGAN's 64 -> 128 layer: 64 x 7 x 7 rows, 4 x 4 x 64 columns)
+MATMUL = [(100, 784, 200), (100, 784, 500), (3136, 1024, 128)]
 
 
 def _conv_arrays(transposed, n, c, h, o, k, s, p, rng):
@@ -118,6 +123,22 @@ def _cases(rng, engine: str):
         if torch:
             impls["torch"] = (*_torch_fns(torch, lambda t: torch.linalg.slogdet(t)[1].sum(), (a,)), None)
         yield "slogdet " + "x".join(map(str, shape)), impls
+    for m, k, n in MATMUL:
+        a, w, gy = (rng.standard_normal(shape, dtype=np.float32) for shape in ((m, k), (n, k), (m, n)))
+        impls = {}
+        for i, _, conv, sync in backends:
+            product = kernels.gemm.matmul if i == "cpu" else (lambda p, q: p @ q)
+            aa, wa, ga = conv(a), conv(w), conv(gy)
+            impls[i] = (lambda product=product, aa=aa, wa=wa: product(aa, wa.T),
+                        lambda product=product, aa=aa, wa=wa, ga=ga: _linear_and_gradients(product, aa, wa, ga), sync)
+        if torch:
+            impls["torch"] = (*_torch_fns(torch, lambda p, q: p @ q.T, (a, w), gy), None)
+        yield f"matmul {m}x{k} @ ({n}x{k})^T", impls
+
+
+def _linear_and_gradients(product, a, w, gy):
+    """y = a w^T and what its node's backward computes, gy w and gy^T a (minigen.ops.nn.Linear)."""
+    return product(a, w.T), product(gy, w), product(gy.T, a)
 
 
 def _slogdet_and_gradient(m, a):
