@@ -198,7 +198,7 @@ print(json.dumps(out))
 
 def launch_costs() -> list[dict]:
     """The time of a Numba kernel call over two elements, serial (1 thread) and parallel (2 threads): what waking
-    the workqueue's threads costs, which sets kernels._threads.THREADS_MIN_SIZE."""
+    Numba's threads (OpenMP's, or workqueue's) costs, which sets kernels._threads.THREADS_MIN_SIZE."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", _LAUNCH_PROBE], cwd=root, capture_output=True, text=True,
                          check=True, env={**os.environ, "NUMBA_NUM_THREADS": "2"})

@@ -30,8 +30,10 @@ warnings.filterwarnings("ignore", category=numba.NumbaPerformanceWarning, module
 
 _SPLIT_MIN = 1 << 18
 
+# The kernels are not cached on disk (cache=False): Numba's np.dot calls BLAS through pointers it cannot cache.
 
-@_threads.parallel(cache=False)   # Numba's np.dot calls BLAS through pointers it cannot cache
+
+@_threads.parallel(cache=False)
 def _rows(a, b, out):
     """out = a @ b, the rows of a cut into one block per thread (each thread packs all of b)."""
     m, parts = a.shape[0], numba.get_num_threads()
@@ -64,7 +66,7 @@ def _inner(a_t, b, partial):
             partial[p] = 0
 
 
-@_threads.parallel(cache=False)   # Numba's np.dot calls BLAS through pointers it cannot cache
+@_threads.parallel(cache=False)
 def _stack(a, a_t, b, b_t, out):
     """out[i] = A[i] @ B[i] over a stack, A[i] = a[i].T if a_t else a[i], B alike: a and b C-contiguous, so
     that each branch's operands are typed contiguous."""
