@@ -66,6 +66,12 @@ def _choose_layer() -> str:
 # On OpenMP, minigen's kernels own the threads: matrix products split over them too (kernels/gemm.py).
 OWN_THREADS = _choose_layer() == "omp"
 
+# GNU OpenMP cannot serve a forked child (Numba terminates the child at its first parallel region, "fork()
+# called from a process already using GNU OpenMP"): a child of fork() runs minigen's kernels on one thread, as
+# PyTorch's DataLoader workers do.
+if OWN_THREADS and hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: numba.set_num_threads(1))
+
 # A kernel call runs its parallel compilation only when its largest array has this many elements (see above).
 THREADS_MIN_SIZE = 1 << 15 if OWN_THREADS else 1 << 22
 

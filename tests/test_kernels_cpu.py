@@ -603,6 +603,20 @@ def test_parallel_kernels_run_on_openmp_threads_unless_the_user_chose_a_layer():
         [f"{default} {default == 'omp'}", "workqueue False"]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_runs_the_kernels_on_one_thread():
+    """GNU OpenMP cannot serve a child of fork() once the parent used it (Numba terminates the child at its
+    first parallel region): kernels/_threads.py sets the child to one thread."""
+    probe = ("import os, numpy as np, numba, kernels; from kernels import fused, gemm; numba.set_num_threads(2); "
+             "x = np.ones(1 << 20, np.float32); a = np.ones((300, 300), np.float32); "
+             "fused.silu(x); gemm.matmul(a, a); pid = os.fork()\n"
+             "if pid == 0:\n"
+             "    print(numba.get_num_threads(), fused.silu(x)[0] > 0.73, gemm.matmul(a, a)[0, 0], flush=True); "
+             "os._exit(0)\n"
+             "print(os.waitpid(pid, 0)[1], numba.get_num_threads())")
+    assert _printed_by_a_new_process(probe, "NUMBA_NUM_THREADS", "2").split("\n") == ["1 True 300.0", "0 2"]
+
+
 def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
     """Each Numba loop is compiled parallel (run on 2+ threads and large arrays) and serial (kernels/_threads.py):
     the suite runs on one thread, so here every kernel runs both ways on inputs large enough for Numba."""
