@@ -13,7 +13,8 @@ same signatures; this package dispatches each call to one of them:
   'cupy', 'numba_cuda'.
 
 The Numba passes beside them (fused activations and arithmetic in fused.py, normalizations in norm.py,
-Adam in optim.py, layout copies in layout.py) each fall back to the same formula in array operations;
+Adam in optim.py, layout copies in layout.py, matrix products split over minigen's threads in gemm.py, through
+`matmul`) each fall back to the same formula in array operations;
 with the 'reference' backend chosen they all take it (`numba_passes()`), so that 'reference' is plain NumPy
 throughout.
 
