@@ -2,8 +2,9 @@
 
 minigen's backends and PyTorch run in processes of their own (harness.EngineProcess), at 1 and at 2
 threads, and are timed in interleaved rounds of back-to-back calls (harness.measure_processes), so that
-load from other jobs hits them alike and no engine's idle threads spin on the other's cores. Shapes: the DCGAN-on-MNIST layers (batch 64), a U-Net block (batch 32), softmax rows, batched slogdet,
-matrix products (minigen's own, kernels/gemm.py, for the 'cpu' backend; NumPy's for 'reference').
+load from other jobs hits them alike and no engine's idle threads spin on the other's cores. Shapes: the
+DCGAN-on-MNIST layers (batch 64), a U-Net block (batch 32), softmax rows, batched slogdet, matrix products
+(minigen's own, kernels/gemm.py, for the 'cpu' backend; NumPy's for 'reference').
 'forward' times the op; 'forward+backward' adds what its backward needs: for conv2d the input gradient
 (conv_transpose2d) and the weight gradient (conv2d_weight), for conv_transpose2d conv2d and
 conv2d_weight, for softmax softmax_backward, for slogdet the gradient inv(A)^T (the backend's `inv`), for a

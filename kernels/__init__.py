@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from . import _threads  # noqa: E402,F401  (chooses Numba's threading layer before any parallel loop runs)
+from . import _threads  # noqa: F401  (chooses Numba's threading layer before any parallel loop runs)
 
 
 def _keep_freed_memory() -> bool:

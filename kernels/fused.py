@@ -3,10 +3,11 @@ backward, tanh's backward, ELU), each one vectorized pass over memory where NumP
 temporary) per ufunc, and np.where one unpredictable branch per element (1.4 ms on 0.4 M random float32).
 
 The pass is bound by memory. It runs in parallel from THREADS_MIN_SIZE elements (kernels/_threads.py: 32 K
-where minigen's kernels own the threads, on the OpenMP layer; 4 M on workqueue): under OpenMP beside NumPy's threaded BLAS a parallel
-region's threads spun after it and starved the BLAS threads of the convolution that follows (at 2 threads:
-DCGAN step 250 ms with a parallel kernel, 190 ms serial); with the products on Numba's threads too, the
-parallel pass measured 0.97 of the step time (DCGAN, MLP VAE; in-process A/B, p25), 0.99-1.03 elsewhere.
+where minigen's kernels own the threads, on the OpenMP layer; 4 M on workqueue). Under OpenMP beside NumPy's
+threaded BLAS a parallel region's threads spun after it and starved the BLAS threads of the convolution that
+follows (at 2 threads: DCGAN step 250 ms with a parallel kernel, 190 ms serial); with the products on Numba's
+threads too, the parallel pass measured 0.97 of the step time (DCGAN, MLP VAE; in-process A/B, p25),
+0.99-1.03 elsewhere.
 
 Every function takes any array: NumPy arrays of float32 / float64 with at least PARALLEL_MIN_SIZE elements
 go to the Numba kernel, everything else (small arrays, CuPy arrays, other dtypes) to the same formula in

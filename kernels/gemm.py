@@ -33,12 +33,18 @@ _SPLIT_MIN = 1 << 18
 # The kernels are not cached on disk (cache=False): Numba's np.dot calls BLAS through pointers it cannot cache.
 
 
+@numba.njit(inline="always")
+def _block(p, parts, size):
+    """The range of part p of `parts` near-equal parts of range(size)."""
+    return p * size // parts, (p + 1) * size // parts
+
+
 @_threads.parallel(cache=False)
 def _rows(a, b, out):
     """out = a @ b, the rows of a cut into one block per thread (each thread packs all of b)."""
-    m, parts = a.shape[0], numba.get_num_threads()
+    parts = numba.get_num_threads()
     for p in numba.prange(parts):
-        i0, i1 = p * m // parts, (p + 1) * m // parts
+        i0, i1 = _block(p, parts, a.shape[0])
         if i1 > i0:
             np.dot(a[i0:i1], b, out[i0:i1])
 
@@ -46,9 +52,9 @@ def _rows(a, b, out):
 @_threads.parallel(cache=False)
 def _columns(a, b_t, out):
     """out = a @ b_t.T, the columns of b cut into one block per thread (each thread packs all of a)."""
-    n, parts = b_t.shape[0], numba.get_num_threads()
+    parts = numba.get_num_threads()
     for p in numba.prange(parts):
-        j0, j1 = p * n // parts, (p + 1) * n // parts
+        j0, j1 = _block(p, parts, b_t.shape[0])
         if j1 > j0:
             out[:, j0:j1] = np.dot(a, b_t[j0:j1].T)
 
@@ -57,9 +63,9 @@ def _columns(a, b_t, out):
 def _inner(a_t, b, partial):
     """partial[p] = a[:, k_p] @ b[k_p] for a = a_t.T, the inner axis cut into one slice per thread; the product
     is partial's sum."""
-    k, parts = b.shape[0], partial.shape[0]
+    parts = partial.shape[0]
     for p in numba.prange(parts):
-        k0, k1 = p * k // parts, (p + 1) * k // parts
+        k0, k1 = _block(p, parts, b.shape[0])
         if k1 > k0:
             np.dot(a_t[k0:k1].T, b[k0:k1], partial[p])
         else:

@@ -2,10 +2,10 @@
 update of a 784x500 MADE weight is about a third of that model's whole training step on one thread.
 
 The loop runs in parallel from THREADS_MIN_SIZE elements (kernels/_threads.py: 32 K where minigen's kernels
-own the threads, on the OpenMP layer; 4 M on workqueue). Under OpenMP beside NumPy's threaded BLAS, a parallel region before every parameter's
-update left its threads spinning into the matrix products that follow, starving BLAS's threads (the README's
-2-thread VAE run went 2.4x slower); with the products on Numba's threads too, the parallel loop measured 0.95
-of a MADE step's time at 2 threads (in-process A/B, p25).
+own the threads, on the OpenMP layer; 4 M on workqueue). Under OpenMP beside NumPy's threaded BLAS, a parallel
+region before every parameter's update left its threads spinning into the matrix products that follow,
+starving BLAS's threads (the README's 2-thread VAE run went 2.4x slower); with the products on Numba's threads
+too, the parallel loop measured 0.95 of a MADE step's time at 2 threads (in-process A/B, p25).
 """
 from __future__ import annotations
 

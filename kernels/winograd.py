@@ -56,13 +56,13 @@ def conv3x3(xp, w, ho: int, wo: int):
     `padded_size(ho, wo)` asks for. Returns y channels-last, (N, ho, wo, O)."""
     n, _, _, c = xp.shape
     o, (th, tw) = w.shape[0], tiles(ho, wo)
-    u = gemm.matmul(_GG.astype(xp.dtype), w.reshape(-1, 9).T.astype(xp.dtype, copy=False))        # G g G^T: (36, O C)
+    u = gemm.matmul(_GG.astype(xp.dtype), w.reshape(-1, 9).T.astype(xp.dtype, copy=False))   # G g G^T: (36, O C)
     u = u.reshape(36, o, c).transpose(0, 2, 1)                                           # (36, C, O)
     y = np.empty((n, ho, wo, o), dtype=xp.dtype)
     for r0, r1 in _chunks(n, th, tw, max(c, o), xp.itemsize):
         v = np.empty((36, (r1 - r0) * tw, c), dtype=xp.dtype)
         _input_transform(xp, v, th, tw, r0)
-        _output_transform(gemm.matmul(v, u), y, th, tw, r0)                                # (36, tiles, O)
+        _output_transform(gemm.matmul(v, u), y, th, tw, r0)                              # (36, tiles, O)
     return y
 
 
@@ -78,8 +78,8 @@ def conv3x3_weight(xp, gy, ho: int, wo: int):
         _input_transform(xp, v, th, tw, r0)
         z = np.empty((36, (r1 - r0) * tw, o), dtype=xp.dtype)
         _gradient_transform(gy, z, th, tw, r0)
-        s += gemm.matmul(v.transpose(0, 2, 1), z)                                          # (36, C, O)
-    dw = gemm.matmul(_GG.T.astype(xp.dtype), s.reshape(36, -1))                                    # G^T s G: (9, C O)
+        s += gemm.matmul(v.transpose(0, 2, 1), z)                                        # (36, C, O)
+    dw = gemm.matmul(_GG.T.astype(xp.dtype), s.reshape(36, -1))                          # G^T s G: (9, C O)
     return np.ascontiguousarray(dw.reshape(3, 3, c, -1).transpose(3, 2, 0, 1))
 
 
