@@ -161,9 +161,11 @@ def _view(out, cls):
     return out.view(cls) if isinstance(out, np.ndarray) else out
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D cross-correlation, PyTorch semantics: x (N, C, H, W), w (O, C/groups, kh, kw) -> (N, O, Ho, Wo)."""
-    return _module_for(x).conv2d(x, w, b, stride, padding, dilation, groups)
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
+    """2-D cross-correlation, PyTorch semantics: x (N, C, H, W), w (O, C/groups, kh, kw) -> (N, O, Ho, Wo).
+    A dict `saved` receives what a backend computed from x alone and conv2d_weight of the same x, given the
+    same dict, can reuse (the CPU backend's im2col columns); backends that keep nothing leave it empty."""
+    return _module_for(x).conv2d(x, w, b, stride, padding, dilation, groups, saved)
 
 
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
@@ -171,9 +173,9 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     return _module_for(x).conv_transpose2d(x, w, b, stride, padding, output_padding, dilation, groups)
 
 
-def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1):
-    """Gradient of sum(conv2d(x, w) * gy) in w: (O, C/groups, kh, kw)."""
-    return _module_for(x).conv2d_weight(x, gy, kernel_size, stride, padding, dilation, groups)
+def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1, saved=None):
+    """Gradient of sum(conv2d(x, w) * gy) in w: (O, C/groups, kh, kw); `saved` as conv2d filled it."""
+    return _module_for(x).conv2d_weight(x, gy, kernel_size, stride, padding, dilation, groups, saved)
 
 
 def softmax(x, axis=-1):

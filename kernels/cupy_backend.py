@@ -115,7 +115,8 @@ class CudaKernels:
     def log_softmax_backward(self, y, gy, axis=-1):
         return self._rows("log_softmax_backward", [y, gy], axis)
 
-    # convolutions: implicit GEMMs over (p, q, bias, out) with the geometry as int32 scalars
+    # convolutions: implicit GEMMs over (p, q, bias, out) with the geometry as int32 scalars; they keep no
+    # im2col columns, so conv2d leaves `saved` empty
     def _gemm(self, op, algorithm, p, q, bias, out, geom, m, n, k, splits=1, kchunk=None):
         groups = geom[-1]
         grid, block = gemm_launch(algorithm, m, n, groups * splits)
@@ -126,7 +127,7 @@ class CudaKernels:
         xp = self.xp(like)
         return xp.zeros(o, like.dtype) if b is None else self._float(xp.asarray(b, like.dtype))[0]
 
-    def conv2d(self, x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="gemm"):
+    def conv2d(self, x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None, *, algorithm="gemm"):
         g = geometry(w.shape[2:], stride, padding, dilation, groups)
         x, w = self._float(x, w)
         n, c, h, wd = x.shape
@@ -153,7 +154,8 @@ class CudaKernels:
                        og, n * ho * wo, cg * g.kernel[0] * g.kernel[1])
         return y
 
-    def conv2d_weight(self, x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1, *, algorithm="gemm"):
+    def conv2d_weight(self, x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1, saved=None, *,
+                      algorithm="gemm"):
         g = geometry(kernel_size, stride, padding, dilation, groups)
         x, gy = self._float(x, gy)
         xp = self.xp(x)

@@ -21,9 +21,9 @@ def _add_bias(out, b):
     return out if b is None else out + b.reshape(1, -1, 1, 1).astype(out.dtype, copy=False)
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """y[n, o, ho, wo] = b[o] + sum_{c, i, j} x_pad[n, c, ho*sh + i*dh, wo*sw + j*dw] * w[o, c, i, j]
-    (c runs over the channels of o's group)."""
+    (c runs over the channels of o's group). Keeps nothing in `saved`: conv2d_weight computes afresh."""
     g = geometry(w.shape[2:], stride, padding, dilation, groups)
     (n, c, h, wd), G = x.shape, g.groups
     cg, og = check_channels(c, w.shape, g, transposed=False)
@@ -55,7 +55,7 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     return _add_bias(y.reshape(n, G * og, ho, wo), b)
 
 
-def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """dL/dw[o, c, i, j] = sum_{n, ho, wo} gy[n, o, ho, wo] * x_pad[n, c, ho*sh + i*dh, wo*sw + j*dw]."""
     g = geometry(kernel_size, stride, padding, dilation, groups)
     (n, c, h, wd), G = x.shape, g.groups

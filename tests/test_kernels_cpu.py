@@ -263,6 +263,41 @@ def test_conv2d_weight_matches_finite_differences():
             assert np.isclose(dw[idx], fd, rtol=1e-6, atol=1e-6)
 
 
+@FEW
+@given(conv_cases(), st.sampled_from(DTYPES))
+def test_conv2d_weight_reuses_the_columns_conv2d_saved_only_for_its_own_input(case, dtype):
+    from kernels import cpu
+    x, w, _, geo = case
+    x, w = x.astype(dtype), w.astype(dtype)
+    saved = {}
+    y = cpu.conv2d(x, w, None, **geo, saved=saved)
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    want = reference.conv2d_weight(x, gy, w.shape[2:], **geo)
+    if saved:    # the im2col path kept its columns: conv2d_weight must take them, not copy x again
+        with mock.patch.object(cpu, "_im2col", side_effect=AssertionError("columns copied again")):
+            np.testing.assert_allclose(cpu.conv2d_weight(x, gy, w.shape[2:], **geo, saved=saved), want,
+                                       **TOL[dtype])
+    other = x[::-1].copy() + 1    # another input of the same shape, handed the first one's columns
+    np.testing.assert_allclose(cpu.conv2d_weight(other, gy, w.shape[2:], **geo, saved=saved),
+                               reference.conv2d_weight(other, gy, w.shape[2:], **geo), **TOL[dtype])
+
+
+def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
+    """DCGAN's critic layer: one im2col copy of x serves conv2d and the weight gradient of its node."""
+    import minigen as mg
+    from kernels import cpu
+    rng = np.random.default_rng(2)
+    x = mg.tensor(rng.standard_normal((3, 5, 10, 10)).astype(np.float32))
+    w = mg.tensor(rng.standard_normal((4, 5, 4, 4)).astype(np.float32), requires_grad=True)
+    with mock.patch.object(cpu, "_im2col", wraps=cpu._im2col) as im2col:
+        y = mg.nn.functional.conv2d(x, w, stride=2, padding=1)
+        (y * y).sum().backward()
+    assert im2col.call_count == 1
+    gy = 2 * reference.conv2d(x.data, w.data, stride=2, padding=1)
+    np.testing.assert_allclose(w.grad.data, reference.conv2d_weight(x.data, gy, (4, 4), stride=2, padding=1),
+                               rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("mod", CPU)
 def test_convolution_argument_errors(mod):
     x = np.zeros((1, 4, 5, 5))

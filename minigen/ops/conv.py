@@ -53,10 +53,11 @@ class _Conv:
 
 class Conv2d(_Conv, Function):
     """y = conv2d(x, w) (+ b per output channel);  gx = conv_transpose2d(g, w), gw = conv2d_weight(x, g),
-    gb = sum of g over (N, H, W)."""
+    gb = sum of g over (N, H, W). The kernel may leave in `saved` what gw reuses (the CPU's im2col columns)."""
 
     def forward(self, x, w, b=None):
-        return kernels.conv2d(x, w, b, **self.geometry)
+        self.saved = {}
+        return kernels.conv2d(x, w, b, saved=self.saved, **self.geometry)
 
     def backward(self, g):
         x, w = self.inputs[:2]
@@ -65,7 +66,7 @@ class Conv2d(_Conv, Function):
             op = self.output_padding_for(x.shape[2:], g.shape[2:])
             gx = ConvTranspose2d(self.kernel_size, output_padding=op, **self.geometry)(g, w)
         if w.requires_grad:
-            gw = Conv2dWeight(self.kernel_size, **self.geometry)(x, g)
+            gw = Conv2dWeight(self.kernel_size, saved=self.saved, **self.geometry)(x, g)
         if len(self.inputs) == 3 and self.inputs[2].requires_grad:
             gb = _sum(g, axis=(0, 2, 3))
         return gx, gw, gb
@@ -93,8 +94,13 @@ class Conv2dWeight(_Conv, Function):
     """z = conv2d_weight(x, g), the weight gradient of conv2d as a node of its own. Bilinear in (x, g):
     with upstream h, gx = conv_transpose2d(g, h) and gg = conv2d(x, h)."""
 
+    def __init__(self, kernel_size, stride, padding, dilation, groups, saved=None):
+        super().__init__(kernel_size, stride, padding, dilation, groups)
+        self.saved = saved     # Conv2d's, for its weight gradient: read once, then let go
+
     def forward(self, x, g):
-        return kernels.conv2d_weight(x, g, self.kernel_size, **self.geometry)
+        saved, self.saved = self.saved, None
+        return kernels.conv2d_weight(x, g, self.kernel_size, saved=saved, **self.geometry)
 
     def backward(self, h):
         x, g = self.inputs
