@@ -44,16 +44,22 @@ def _im2col(x, g, ho, wo):
     return windows.reshape(G, n * ho * wo, kh * kw * cg)
 
 
-def _columns(x, g, ho, wo, saved):
-    """_im2col(x), taken from `saved` when conv2d of this same x and geometry left it there, else computed
-    (and left there when `saved` is a dict). conv2d and its weight gradient read the same columns: keeping
-    them spares one copy of kh*kw/(sh*sw) times x per layer and step (DCGAN's 4x4 stride-2 layers)."""
-    if saved is not None and saved.get("x") is x and saved.get("geometry") == g:
-        return saved["columns"]
-    cols = _im2col(x, g, ho, wo)
+# conv2d and its weight gradient both read x through the same transform: the im2col columns (sparing one
+# copy of kh*kw/(sh*sw) times x per layer and step, DCGAN's 4x4 stride-2 layers) or Winograd's transformed
+# tiles (one input transform of two). conv2d leaves it in the caller's dict `saved`, under the x and geometry
+# it belongs to; conv2d_weight takes it only for that same x (an array object) and geometry.
+
+def _save(saved, x, g, name, value):
     if saved is not None:
-        saved.update(x=x, geometry=g, columns=cols)
-    return cols
+        saved.clear()
+        saved.update(x=x, geometry=g, **{name: value})
+
+
+def _saved(saved, x, g, name):
+    """What conv2d of this same x and geometry left in `saved` under `name`, else None."""
+    if saved and saved.get("x") is x and saved.get("geometry") == g:
+        return saved.get(name)
+    return None
 
 
 def _add_bias(y, b):
@@ -128,7 +134,8 @@ def _nhwc(x):
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """y = im2col(x) @ w^T per group: (N*Ho*Wo, kh*kw*Cg) @ (kh*kw*Cg, Og); 1x1 layers by a GEMM in x's layout,
     3x3 stride-1 layers by Winograd, layers with few output channels by a GEMM first: (N*H*W, C) @
-    (C, kh*kw*O), then the taps summed. The im2col columns are left in `saved` (a dict) for conv2d_weight."""
+    (C, kh*kw*O), then the taps summed. The im2col columns or Winograd's tiles of x are left in `saved` (a dict)
+    for conv2d_weight."""
     g = geometry(w.shape[2:], stride, padding, dilation, groups)
     (n, c, h, wd), G = x.shape, g.groups
     cg, og = check_channels(c, w.shape, g, transposed=False)
@@ -136,7 +143,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
     if _pointwise_serves(g):
         return _add_bias(_pointwise(x, w.reshape(og, c).astype(x.dtype, copy=False)), b)
     if _winograd_serves(g, x, og):
-        y = winograd.conv3x3(padded_nhwc(x, g.padding, winograd.padded_size(ho, wo)), w, ho, wo)
+        kept = [] if saved is not None else None
+        y = winograd.conv3x3(padded_nhwc(x, g.padding, winograd.padded_size(ho, wo)), w, ho, wo, kept)
+        _save(saved, x, g, "tiles", kept)
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     if _gemm_first_serves(g, x, og):
         wm = w.transpose(1, 2, 3, 0).reshape(c, -1).astype(x.dtype, copy=False)      # (C, kh*kw*O)
@@ -145,7 +154,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
         _taps(z, y, *g.padding, *g.dilation, False)
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     wm = w.reshape(G, og, cg, -1).transpose(0, 3, 2, 1).reshape(G, -1, og)   # (G, kh*kw*Cg, Og)
-    y = gemm.matmul(_columns(x, g, ho, wo, saved), wm.astype(x.dtype, copy=False))   # (G, N*Ho*Wo, Og)
+    cols = _im2col(x, g, ho, wo)
+    _save(saved, x, g, "columns", cols)
+    y = gemm.matmul(cols, wm.astype(x.dtype, copy=False))                      # (G, N*Ho*Wo, Og)
     y = y.reshape(G, n, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(n, G * og, ho, wo)
     return _add_bias(y, b)
 
@@ -153,7 +164,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
 def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """dw = gy^T @ im2col(x) per group: (Og, N*Ho*Wo) @ (N*Ho*Wo, kh*kw*Cg), reordered to (O, Cg, kh, kw),
     im2col(x) from `saved` when conv2d of x left it; 1x1 layers by a GEMM in the inputs' layout, 3x3 stride-1
-    layers by Winograd."""
+    layers by Winograd (its transformed tiles of x from `saved` alike)."""
     g = geometry(kernel_size, stride, padding, dilation, groups)
     (n, c), G = x.shape[:2], g.groups
     ho, wo = gy.shape[2:]
@@ -161,15 +172,17 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1,
     if _pointwise_serves(g):     # gy may be smaller than x: conv_transpose2d's output_padding adds rows
         return _pointwise_weight(x[:, :, :ho, :wo], gy).reshape(og, c, 1, 1)
     if _winograd_serves(g, x, og):
-        xp = padded_nhwc(x, g.padding, winograd.padded_size(ho, wo))
-        return winograd.conv3x3_weight(xp, _nhwc(gy), ho, wo)
+        kept = _saved(saved, x, g, "tiles")
+        xp = None if kept else padded_nhwc(x, g.padding, winograd.padded_size(ho, wo))
+        return winograd.conv3x3_weight(xp, _nhwc(gy), ho, wo, kept)
     if _gemm_first_serves(g, x, og):          # dw = x^T @ t, t the adjoint of conv2d's tap sums applied to gy
         t = np.zeros((n, *x.shape[2:], *g.kernel, og), dtype=x.dtype)
         _taps(t, _nhwc(gy), *g.padding, *g.dilation, True)
         dw = gemm.matmul(_nhwc(x).reshape(-1, c).T, t.reshape(n * x.shape[2] * x.shape[3], -1))  # (C, kh*kw*O)
         return np.ascontiguousarray(dw.reshape(c, *g.kernel, og).transpose(3, 0, 1, 2))
     gym = gy.reshape(n, G, og, ho * wo).transpose(1, 2, 0, 3).reshape(G, og, -1)   # (G, Og, N*Ho*Wo)
-    dw = gemm.matmul(gym, _columns(x, g, ho, wo, saved))                           # (G, Og, kh*kw*Cg)
+    cols = _saved(saved, x, g, "columns")
+    dw = gemm.matmul(gym, _im2col(x, g, ho, wo) if cols is None else cols)        # (G, Og, kh*kw*Cg)
     return dw.reshape(G * og, *g.kernel, cg).transpose(0, 3, 1, 2).copy()
 
 

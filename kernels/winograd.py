@@ -51,36 +51,46 @@ def _chunks(n: int, th: int, tw: int, channels: int, itemsize: int) -> list[tupl
     return [(r, min(r + rows, n * th)) for r in range(0, n * th, rows)]
 
 
-def conv3x3(xp, w, ho: int, wo: int):
+def conv3x3(xp, w, ho: int, wo: int, kept: list | None = None):
     """y = conv2d(x, w) for w (O, C, 3, 3), stride 1, from xp: x zero-padded, channels-last, of the size
-    `padded_size(ho, wo)` asks for. Returns y channels-last, (N, ho, wo, O)."""
+    `padded_size(ho, wo)` asks for. Returns y channels-last, (N, ho, wo, O). The transformed input tiles B^T d B
+    of each chunk are appended to the list `kept`, if given, for conv3x3_weight."""
     n, _, _, c = xp.shape
     o, (th, tw) = w.shape[0], tiles(ho, wo)
     u = gemm.matmul(_GG.astype(xp.dtype), w.reshape(-1, 9).T.astype(xp.dtype, copy=False))   # G g G^T: (36, O C)
     u = u.reshape(36, o, c).transpose(0, 2, 1)                                           # (36, C, O)
     y = np.empty((n, ho, wo, o), dtype=xp.dtype)
     for r0, r1 in _chunks(n, th, tw, max(c, o), xp.itemsize):
-        v = np.empty((36, (r1 - r0) * tw, c), dtype=xp.dtype)
-        _input_transform(xp, v, th, tw, r0)
+        v = _transformed_input(xp, th, tw, r0, r1)
         _output_transform(gemm.matmul(v, u), y, th, tw, r0)                              # (36, tiles, O)
+        if kept is not None:
+            kept.append(v)
     return y
 
 
-def conv3x3_weight(xp, gy, ho: int, wo: int):
+def conv3x3_weight(xp, gy, ho: int, wo: int, kept: list | None = None):
     """The weight gradient dw (O, C, 3, 3) of y = conv3x3(xp, w) given gy channels-last (N, ho, wo, O).
     y is linear in U = G g G^T, y = A^T (U * V) A per tile, so dL/dU = V * (A gy A^T) summed over tiles (36
-    GEMMs V[xi nu]^T @ (A gy A^T)[xi nu]) and dw = G^T (dL/dU) G."""
-    n, _, _, c = xp.shape
+    GEMMs V[xi nu]^T @ (A gy A^T)[xi nu]) and dw = G^T (dL/dU) G. V is taken from `kept` when conv3x3 filled
+    it for the same input, xp then unused (None)."""
+    first = kept[0] if kept else xp
+    n, c, dtype = gy.shape[0], first.shape[-1], first.dtype
     o, (th, tw) = gy.shape[3], tiles(ho, wo)
-    s = np.zeros((36, c, o), dtype=xp.dtype)
-    for r0, r1 in _chunks(n, th, tw, max(c, o), xp.itemsize):
-        v = np.empty((36, (r1 - r0) * tw, c), dtype=xp.dtype)
-        _input_transform(xp, v, th, tw, r0)
-        z = np.empty((36, (r1 - r0) * tw, o), dtype=xp.dtype)
+    s = np.zeros((36, c, o), dtype=dtype)
+    for i, (r0, r1) in enumerate(_chunks(n, th, tw, max(c, o), dtype.itemsize)):
+        v = kept[i] if kept else _transformed_input(xp, th, tw, r0, r1)
+        z = np.empty((36, (r1 - r0) * tw, o), dtype=dtype)
         _gradient_transform(gy, z, th, tw, r0)
         s += gemm.matmul(v.transpose(0, 2, 1), z)                                        # (36, C, O)
-    dw = gemm.matmul(_GG.T.astype(xp.dtype), s.reshape(36, -1))                          # G^T s G: (9, C O)
+    dw = gemm.matmul(_GG.T.astype(dtype), s.reshape(36, -1))                             # G^T s G: (9, C O)
     return np.ascontiguousarray(dw.reshape(3, 3, c, -1).transpose(3, 2, 0, 1))
+
+
+def _transformed_input(xp, th: int, tw: int, r0: int, r1: int):
+    """V = B^T d B for the tiles d of rows of tiles r0..r1: (36, tiles, C)."""
+    v = np.empty((36, (r1 - r0) * tw, xp.shape[3]), dtype=xp.dtype)
+    _input_transform(xp, v, th, tw, r0)
+    return v
 
 
 @numba.njit(inline="always")

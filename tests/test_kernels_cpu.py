@@ -191,7 +191,8 @@ def test_1x1_convolutions_in_either_layout_match_the_reference(n, c, o, size, x_
        p=st.integers(0, 2), seed=st.integers(0, 2 ** 16))
 def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
     """F(4x4, 3x3) and its weight gradient on any map (sizes not a multiple of 4 crop the last tile, maps
-    smaller than a tile) in float64, with the tiles in one chunk and in a chunk per row of tiles."""
+    smaller than a tile) in float64, with the tiles in one chunk and in a chunk per row of tiles, the weight
+    gradient transforming x itself or taking the tiles the forward kept."""
     from kernels import layout, winograd
     assume(h + 2 * p >= 3 and w + 2 * p >= 3)
     rng = np.random.default_rng(seed)
@@ -201,11 +202,13 @@ def test_winograd_3x3_matches_the_reference(n, c, o, h, w, p, seed):
     gy = rng.standard_normal((n, ho, wo, o))
     for chunk_bytes in (winograd._CHUNK_BYTES, 1):       # all tiles in one chunk; a chunk per row of tiles
         with mock.patch.object(winograd, "_CHUNK_BYTES", chunk_bytes):
-            np.testing.assert_allclose(winograd.conv3x3(xp, wt, ho, wo).transpose(0, 3, 1, 2),
+            kept = []
+            np.testing.assert_allclose(winograd.conv3x3(xp, wt, ho, wo, kept).transpose(0, 3, 1, 2),
                                        reference.conv2d(x, wt, None, 1, p), rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(winograd.conv3x3_weight(xp, gy, ho, wo),
-                                       reference.conv2d_weight(x, gy.transpose(0, 3, 1, 2), 3, 1, p),
-                                       rtol=1e-10, atol=1e-10)
+            want = reference.conv2d_weight(x, gy.transpose(0, 3, 1, 2), 3, 1, p)
+            for xp_, kept_ in ((xp, None), (None, kept)):
+                np.testing.assert_allclose(winograd.conv3x3_weight(xp_, gy, ho, wo, kept_), want,
+                                           rtol=1e-10, atol=1e-10)
 
 
 @settings(max_examples=20)
@@ -247,6 +250,12 @@ def test_cpu_conv2d_and_its_weight_gradient_take_winograd_on_a_unet_layer(dtype)
     assert dw.dtype == dtype
     want = reference.conv2d_weight(x, gy, 3, 1, 1)
     np.testing.assert_allclose(dw, want, rtol=0, atol=tol * np.abs(want).max())
+    # the weight gradient takes the transformed tiles conv2d kept for the same x: no second input transform
+    from kernels import winograd
+    xd, saved = x.astype(dtype), {}
+    np.testing.assert_array_equal(cpu.conv2d(xd, w.astype(dtype), b.astype(dtype), 1, 1, saved=saved), y)
+    with mock.patch.object(winograd, "_input_transform", side_effect=AssertionError("tiles transformed again")):
+        np.testing.assert_array_equal(cpu.conv2d_weight(xd, gy.astype(dtype), 3, 1, 1, saved=saved), dw)
 
 
 def test_conv2d_weight_matches_finite_differences():
