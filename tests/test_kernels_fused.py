@@ -1,7 +1,7 @@
-"""The fused elementwise kernels (kernels/fused.py): the Numba path (large NumPy arrays) against float64
-references, on ordinary values, at +-1e4 (no NaN, exact limits) and on NaN, on non-contiguous inputs; the
-small-array formula path gives the same values; the ops built on them keep their first and second
-derivatives on the Numba path."""
+"""The fused elementwise kernels (kernels/fused.py), softplus's float32 kernel among them: the Numba path (large
+NumPy arrays) against float64 references, on ordinary values, at +-1e4 (no NaN, exact limits) and on NaN, on
+non-contiguous inputs; the small-array formula path gives the same values; the ops built on them keep their
+first and second derivatives on the Numba path."""
 import numpy as np
 import pytest
 from scipy.special import expit
@@ -35,6 +35,10 @@ CASES = {
                             lambda x: G * np.where(x > 0, 1, A), None),
     "relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), 0.0), lambda x: G * (x > 0), None),
     "tanh_backward": (lambda x: fused.tanh_backward(x, _g(x)), lambda x: G * (1 - x * x), np.square),  # 0 at |y| = 1
+    # x itself past the cut-off -log(eps), where log1p(exp(-x)) is below half an ulp of x
+    "softplus": (lambda x: fused.softplus(x, 1.0, -np.log(np.finfo(x.dtype).eps)), lambda x: np.logaddexp(0, x), None),
+    "softplus_beta": (lambda x: fused.softplus(x, 2.0, 20.0),     # beta x exact: the error is softplus's alone
+                      lambda x: np.where(2 * x > 20, x, np.logaddexp(0, 2 * x) / 2), None),
 }
 
 

@@ -570,11 +570,7 @@ class Softplus(Function):
         return -math.log(np.finfo(dtype).eps) if self.threshold is None else self.threshold
 
     def forward(self, x):
-        bx = x * self.beta if self.beta != 1 else x
-        y = np.maximum(bx, 0) + np.log1p(np.exp(-np.abs(bx)))
-        if self.beta != 1:
-            y = y / self.beta
-        return np.where(bx > self._cutoff(x.dtype), x, y).astype(x.dtype, copy=False)
+        return fused.softplus(x, self.beta, self._cutoff(x.dtype))
 
     def backward(self, g):
         x = self.inputs[0]
