@@ -343,3 +343,19 @@ def channel_sums(g, x):
         _column_sums_product(view[None], _rows(x)[None], chunks, sums, products)
         sgx, sg = products.sum(axis=(0, 1)), sums.sum(axis=(0, 1))
     return sgx.astype(g.dtype), sg.astype(g.dtype)
+
+
+def channel_sum(x):
+    """The sum of x (N, C, ...) over every axis but the channels' (a bias's gradient), (C,) in x's dtype. A
+    channels-last x (a convolution's gradient) is summed down its rows in parallel, in float64: NumPy's
+    reduction over those axes of such a view took 0.39 ms for (64, 32, 14, 14) float32, about 1 GFLOP/s. Else
+    NumPy's sum."""
+    axes = _channel_axes(x.ndim)
+    rows = _rows(x) if _fast(x, axes) is not None else None
+    if rows is None:
+        return x.sum(axis=axes)
+    view = rows[None]
+    chunks = _chunks(view)
+    sums = np.empty((1, chunks, x.shape[1]))
+    _column_sums(view, np.zeros((1, x.shape[1])), False, chunks, sums)
+    return sums.sum(axis=(0, 1)).astype(x.dtype)

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from kernels.norm import channel_sum
+
 from .. import backend
 from ..tensor import Function, Tensor
 from .elementwise import Scale, exp, sqrt, tie, where
@@ -35,6 +37,9 @@ class Sum(Function):
         self.axes, self.keepdims = axes, keepdims
 
     def forward(self, x):
+        if x.ndim >= 3 and self.axes == (0, *range(2, x.ndim)):    # all but the channels: a bias's gradient
+            y = channel_sum(x)
+            return y.reshape(_kept_shape(x.shape, self.axes)) if self.keepdims else y
         return x.sum(axis=self.axes, keepdims=self.keepdims)
 
     def backward(self, g):
