@@ -22,6 +22,12 @@ def _silu_grad(x):
     return s * (1 + x * (1 - s))
 
 
+def _softplus(x):
+    """log(1 + exp(x)) in float64, NaN for NaN without NumPy's warning."""
+    with np.errstate(invalid="ignore"):
+        return np.logaddexp(0, x)
+
+
 # name: (fused function of x, float64 reference, size of the terms that cancel in it (None: none do))
 CASES = {
     "sigmoid": (fused.sigmoid, expit, None),
@@ -36,9 +42,9 @@ CASES = {
     "relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), 0.0), lambda x: G * (x > 0), None),
     "tanh_backward": (lambda x: fused.tanh_backward(x, _g(x)), lambda x: G * (1 - x * x), np.square),  # 0 at |y| = 1
     # x itself past the cut-off -log(eps), where log1p(exp(-x)) is below half an ulp of x
-    "softplus": (lambda x: fused.softplus(x, 1.0, -np.log(np.finfo(x.dtype).eps)), lambda x: np.logaddexp(0, x), None),
+    "softplus": (lambda x: fused.softplus(x, 1.0, -np.log(np.finfo(x.dtype).eps)), _softplus, None),
     "softplus_beta": (lambda x: fused.softplus(x, 2.0, 20.0),     # beta x exact: the error is softplus's alone
-                      lambda x: np.where(2 * x > 20, x, np.logaddexp(0, 2 * x) / 2), None),
+                      lambda x: np.where(2 * x > 20, x, _softplus(2 * x) / 2), None),
 }
 
 
