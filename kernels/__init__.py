@@ -164,7 +164,8 @@ def _view(out, cls):
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """2-D cross-correlation, PyTorch semantics: x (N, C, H, W), w (O, C/groups, kh, kw) -> (N, O, Ho, Wo).
     A dict `saved` receives what a backend computed from x alone and conv2d_weight of the same x, given the
-    same dict, can reuse (the CPU backend's im2col columns); backends that keep nothing leave it empty."""
+    same dict, can reuse (the CPU backend's im2col columns or Winograd tiles); backends that keep nothing
+    leave it empty."""
     return _module_for(x).conv2d(x, w, b, stride, padding, dilation, groups, saved)
 
 
