@@ -200,7 +200,7 @@ def test_the_three_norms_to_second_order(numba_path, data):
 @pytest.mark.parametrize("numba_path", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_channel_scale_and_shift_and_their_sums_match_float64_formulas(dtype, numba_path):
-    """norm.scale_shift, norm.channel_sums (the norms' affine step and its weight gradients) and norm.channel_sum
+    """norm.scale_shift, norm.channel_sums (the norms' affine step and its weight gradients) and norm.sum_over
     (a bias's gradient, the sum node over (0, 2, 3)) on BatchNorm2d's layout, NCHW and channels-last."""
     rng = np.random.default_rng(3)
     x, g = (rng.standard_normal((16, 32, 9, 9)).astype(dtype) * 3 + 1 for _ in range(2))
@@ -216,7 +216,7 @@ def test_the_channel_scale_and_shift_and_their_sums_match_float64_formulas(dtype
                 sgx, sg = norm.channel_sums(g_layout, x_layout)
                 assert_close(sgx, (g64 * x64).sum((0, 2, 3)), dtype, 16 * 81 * 4)
                 assert_close(sg, g64.sum((0, 2, 3)), dtype, 16 * 81)
-                assert_close(norm.channel_sum(g_layout), g64.sum((0, 2, 3)), dtype, 16 * 81)
+                assert_close(norm.sum_over(g_layout, (0, 2, 3)), g64.sum((0, 2, 3)), dtype, 16 * 81)
                 assert_close(mg.tensor(g_layout).sum((0, 2, 3), keepdims=True).data,
                              g64.sum((0, 2, 3), keepdims=True), dtype, 16 * 81)
 

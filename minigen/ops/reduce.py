@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from kernels.norm import channel_sum
+from kernels.norm import sum_over
 
 from .. import backend
 from ..tensor import Function, Tensor
@@ -37,10 +37,7 @@ class Sum(Function):
         self.axes, self.keepdims = axes, keepdims
 
     def forward(self, x):
-        if x.ndim >= 3 and self.axes == (0, *range(2, x.ndim)):    # all but the channels: a bias's gradient
-            y = channel_sum(x)
-            return y.reshape(_kept_shape(x.shape, self.axes)) if self.keepdims else y
-        return x.sum(axis=self.axes, keepdims=self.keepdims)
+        return sum_over(x, self.axes, self.keepdims)
 
     def backward(self, g):
         return _expand(g, self.inputs[0].shape, self.axes, self.keepdims)
