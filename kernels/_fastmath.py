@@ -27,6 +27,23 @@ def _float32_from_bits(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def wide_vectors(typingctx):
+    """Let LLVM vectorize the function this is called in with 512-bit vectors where the CPU has them.
+
+    On AVX-512 CPUs LLVM prefers 256-bit vectors (its tuning "prefer-256-bit", against the clock drop of wide
+    instructions on the first AVX-512 chips), so a Numba loop gets ymm registers by default. The function
+    attribute "prefer-vector-width"="512" lifts that for one function; LLVM inlines the helpers it calls into
+    it first. Call it inside a prange loop's body, which Numba compiles as a function of its own. It emits no
+    instructions. Softmax over 4096 x 1024 float32 with _fastmath.exp: 0.77-0.82 of the time with 256-bit
+    vectors (Xeon, Emerald Rapids). llvmlite's attribute set takes LLVM's keyword attributes only, so the
+    string attribute is added past its check; without AVX-512 the widest legal vector stays the limit."""
+    def codegen(context, builder, signature, args):
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
 _F32 = np.float32
 _LOG2E, _LN2_HI, _LN2_LO = _F32(1.4426950408889634), _F32(0.693359375), _F32(-2.1219444e-4)
 INV_FACTORIAL = tuple(_F32(1 / math.factorial(k)) for k in range(8))

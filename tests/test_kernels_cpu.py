@@ -403,6 +403,30 @@ def test_float32_exp_of_the_softmax_kernel_is_accurate():
     assert got[-5] == 1 and (got[-4:-1] == 0).all() and np.isnan(got[-1])
 
 
+def test_wide_vectors_marks_the_function_that_calls_it_and_leaves_its_result_alone():
+    """wide_vectors adds LLVM's "prefer-vector-width"="512" to the function it is called in (none other), and
+    a loop compiled with it computes what it computes without it."""
+    import numba
+    from kernels import _fastmath
+
+    @numba.njit(fastmath=_fastmath.FASTMATH)
+    def plain(x):
+        s = x.dtype.type(0)
+        for v in x:
+            s += _fastmath.exp(-abs(v))
+        return s
+
+    @numba.njit(fastmath=_fastmath.FASTMATH)
+    def wide(x):
+        _fastmath.wide_vectors()
+        return plain(x)
+
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    np.testing.assert_allclose(wide(x), plain(x), rtol=1e-5)
+    assert '"prefer-vector-width"="512"' in next(iter(wide.inspect_llvm().values()))
+    assert "prefer-vector-width" not in next(iter(plain.inspect_llvm().values()))
+
+
 def test_softmax_backward_is_the_jacobian_product():
     """softmax_backward(y, gy) = J^T gy with J = diag(y) - y y^T, checked by central differences."""
     rng = np.random.default_rng(5)
