@@ -123,6 +123,19 @@ def _unswap_columns(x, piv):
 
 
 @_jit
+def _forward_substitute(m, j, h, c0, c1):
+    """B <- L^-1 B in place for B = m[j:j+h, c0:c1], L the unit lower triangle of m[j:j+h, j:j+h]: row i of
+    the result is B[i] - sum over k < i of L[i, k] X[k], a run along m's contiguous row per k (a third of the
+    time of L^-1 and a GEMM at h = 32: 3.4 against 10.7 us for 32 columns, 8.2 against 15.4 for 256)."""
+    for i in range(1, h):
+        bi = m[j + i, c0:c1]
+        for k in range(i):
+            f, xk = m[j + i, j + k], m[j + k, c0:c1]
+            for c in range(c1 - c0):
+                bi[c] -= f * xk[c]
+
+
+@_jit
 def _unit_lower_inverse(m, j, h):
     """L^-1 for L the unit lower triangle of m[j:j+h, j:j+h], by forward substitution, row by row."""
     x = np.eye(h, dtype=m.dtype)
@@ -154,16 +167,16 @@ def _upper_inverse(m, j, h):
 
 # ------------------------------------------------------------------------------ recursions (GEMM between)
 
-def _solve_unit_lower(m, j, h, b):
-    """b <- L^-1 b in place (b has h rows), L the unit lower triangle of m[j:j+h, j:j+h]: with
-    L = [L11 0; L21 L22], X1 = L11^-1 B1, X2 = L22^-1 (B2 - L21 X1); small blocks by GEMM with L^-1."""
+def _solve_unit_lower(m, j, h, c0, c1):
+    """B <- L^-1 B in place for B = m[j:j+h, c0:c1], L the unit lower triangle of m[j:j+h, j:j+h]: with
+    L = [L11 0; L21 L22], X1 = L11^-1 B1, X2 = L22^-1 (B2 - L21 X1); small blocks by forward substitution."""
     if h <= _NB:
-        b[...] = _unit_lower_inverse(m, j, h) @ b
+        _forward_substitute(m, j, h, c0, c1)
         return
     g = h // 2
-    _solve_unit_lower(m, j, g, b[:g])
-    b[g:] -= m[j + g:j + h, j:j + g] @ b[:g]
-    _solve_unit_lower(m, j + g, h - g, b[g:])
+    _solve_unit_lower(m, j, g, c0, c1)
+    m[j + g:j + h, c0:c1] -= m[j + g:j + h, j:j + g] @ m[j:j + g, c0:c1]
+    _solve_unit_lower(m, j + g, h - g, c0, c1)
 
 
 def _unit_lower_inverse_blocked(m, j, h):
@@ -202,7 +215,7 @@ def _getrf(m, piv, j, w):
     h = w // 2
     _getrf(m, piv, j, h)
     _swap_rows(m, piv, j, j + h, j + h, j + w)
-    _solve_unit_lower(m, j, h, m[j:j + h, j + h:j + w])
+    _solve_unit_lower(m, j, h, j + h, j + w)
     m[j + h:, j + h:j + w] -= m[j + h:, j:j + h] @ m[j:j + h, j + h:j + w]
     _getrf(m, piv, j + h, w - h)
     _swap_rows(m, piv, j + h, j + w, j, j + h)
