@@ -49,15 +49,23 @@ def _conv_arrays(transposed, n, c, h, o, k, s, p, rng):
 
 
 def _conv_fns(mod, transposed, x, w, gy, k, s, p):
-    """(forward, forward+backward) closures of one backend module for one layer."""
+    """(forward, forward+backward) closures of one backend module for one layer; forward+backward hands the
+    weight gradient what the convolution of the same input saved, as minigen's nodes do."""
     if transposed:
         fwd = lambda: mod.conv_transpose2d(x, w, None, s, p)
-        both = lambda: (fwd(), mod.conv2d(gy, w, None, s, p), mod.conv2d_weight(gy, x, k, s, p))
+
+        def both():
+            saved = {}
+            return fwd(), mod.conv2d(gy, w, None, s, p, saved=saved), mod.conv2d_weight(gy, x, k, s, p, saved=saved)
     else:
         h_in, h_out = x.shape[2], gy.shape[2]
         op = h_in - ((h_out - 1) * s - 2 * p + k)
         fwd = lambda: mod.conv2d(x, w, None, s, p)
-        both = lambda: (fwd(), mod.conv_transpose2d(gy, w, None, s, p, op), mod.conv2d_weight(x, gy, k, s, p))
+
+        def both():
+            saved = {}
+            y = mod.conv2d(x, w, None, s, p, saved=saved)
+            return y, mod.conv_transpose2d(gy, w, None, s, p, op), mod.conv2d_weight(x, gy, k, s, p, saved=saved)
     return fwd, both
 
 

@@ -46,18 +46,19 @@ def _im2col(x, g, ho, wo):
 
 # conv2d and its weight gradient both read x through the same transform: the im2col columns (sparing one
 # copy of kh*kw/(sh*sw) times x per layer and step, DCGAN's 4x4 stride-2 layers) or Winograd's transformed
-# tiles (one input transform of two). conv2d leaves it in the caller's dict `saved`, under the x and geometry
-# it belongs to; conv2d_weight takes it only for that same x (an array object) and geometry.
+# tiles (one input transform of two). conv2d leaves it in the caller's dict `saved`, under the x, geometry and
+# output size it belongs to; conv2d_weight takes it only for that same x (an array object), geometry and size
+# (a transposed convolution's gradient can be cropped smaller than conv2d's output: a dilated output_padding).
 
-def _save(saved, x, g, name, value):
+def _save(saved, x, g, size, name, value):
     if saved is not None:
         saved.clear()
-        saved.update(x=x, geometry=g, **{name: value})
+        saved.update(x=x, geometry=g, size=size, **{name: value})
 
 
-def _saved(saved, x, g, name):
-    """What conv2d of this same x and geometry left in `saved` under `name`, else None."""
-    if saved and saved.get("x") is x and saved.get("geometry") == g:
+def _saved(saved, x, g, size, name):
+    """What conv2d of this same x, geometry and output size left in `saved` under `name`, else None."""
+    if saved and saved.get("x") is x and saved.get("geometry") == g and saved.get("size") == size:
         return saved.get(name)
     return None
 
@@ -145,7 +146,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
     if _winograd_serves(g, x, og):
         kept = [] if saved is not None else None
         y = winograd.conv3x3(padded_nhwc(x, g.padding, winograd.padded_size(ho, wo)), w, ho, wo, kept)
-        _save(saved, x, g, "tiles", kept)
+        _save(saved, x, g, (ho, wo), "tiles", kept)
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     if _gemm_first_serves(g, x, og):
         wm = w.transpose(1, 2, 3, 0).reshape(c, -1).astype(x.dtype, copy=False)      # (C, kh*kw*O)
@@ -155,7 +156,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     wm = w.reshape(G, og, cg, -1).transpose(0, 3, 2, 1).reshape(G, -1, og)   # (G, kh*kw*Cg, Og)
     cols = _im2col(x, g, ho, wo)
-    _save(saved, x, g, "columns", cols)
+    _save(saved, x, g, (ho, wo), "columns", cols)
     y = gemm.matmul(cols, wm.astype(x.dtype, copy=False))                      # (G, N*Ho*Wo, Og)
     y = y.reshape(G, n, ho, wo, og).transpose(1, 0, 4, 2, 3).reshape(n, G * og, ho, wo)
     return _add_bias(y, b)
@@ -172,7 +173,7 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1,
     if _pointwise_serves(g):     # gy may be smaller than x: conv_transpose2d's output_padding adds rows
         return _pointwise_weight(x[:, :, :ho, :wo], gy).reshape(og, c, 1, 1)
     if _winograd_serves(g, x, og):
-        kept = _saved(saved, x, g, "tiles")
+        kept = _saved(saved, x, g, (ho, wo), "tiles")
         xp = None if kept else padded_nhwc(x, g.padding, winograd.padded_size(ho, wo))
         return winograd.conv3x3_weight(xp, _nhwc(gy), ho, wo, kept)
     if _gemm_first_serves(g, x, og):          # dw = x^T @ t, t the adjoint of conv2d's tap sums applied to gy
@@ -181,7 +182,7 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1,
         dw = gemm.matmul(_nhwc(x).reshape(-1, c).T, t.reshape(n * x.shape[2] * x.shape[3], -1))  # (C, kh*kw*O)
         return np.ascontiguousarray(dw.reshape(c, *g.kernel, og).transpose(3, 0, 1, 2))
     gym = gy.reshape(n, G, og, ho * wo).transpose(1, 2, 0, 3).reshape(G, og, -1)   # (G, Og, N*Ho*Wo)
-    cols = _saved(saved, x, g, "columns")
+    cols = _saved(saved, x, g, (ho, wo), "columns")
     dw = gemm.matmul(gym, _im2col(x, g, ho, wo) if cols is None else cols)        # (G, Og, kh*kw*Cg)
     return dw.reshape(G * og, *g.kernel, cg).transpose(0, 3, 1, 2).copy()
 

@@ -289,6 +289,11 @@ def test_conv2d_weight_reuses_the_columns_conv2d_saved_only_for_its_own_input(ca
     other = x[::-1].copy() + 1    # another input of the same shape, handed the first one's columns
     np.testing.assert_allclose(cpu.conv2d_weight(other, gy, w.shape[2:], **geo, saved=saved),
                                reference.conv2d_weight(other, gy, w.shape[2:], **geo), **TOL[dtype])
+    if gy.shape[2] > 1:           # the same input with a cropped gradient (a transposed layer's, dilated)
+        cropped = np.ascontiguousarray(gy[:, :, :-1])
+        cpu.conv2d(x, w, None, **geo, saved=saved)
+        np.testing.assert_allclose(cpu.conv2d_weight(x, cropped, w.shape[2:], **geo, saved=saved),
+                                   reference.conv2d_weight(x, cropped, w.shape[2:], **geo), **TOL[dtype])
 
 
 def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
@@ -304,6 +309,24 @@ def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
     assert im2col.call_count == 1
     gy = 2 * reference.conv2d(x.data, w.data, stride=2, padding=1)
     np.testing.assert_allclose(w.grad.data, reference.conv2d_weight(x.data, gy, (4, 4), stride=2, padding=1),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_strided_transposed_layer_convolves_its_gradient_once_for_both_gradients():
+    """DCGAN's generator layer: its backward's conv2d of g (the input gradient) and conv2d_weight of g (the
+    weight gradient) share one im2col copy of g."""
+    import minigen as mg
+    from kernels import cpu
+    rng = np.random.default_rng(3)
+    x = mg.tensor(rng.standard_normal((3, 5, 5, 5)).astype(np.float32), requires_grad=True)
+    w = mg.tensor(rng.standard_normal((5, 4, 4, 4)).astype(np.float32), requires_grad=True)
+    y = mg.nn.functional.conv_transpose2d(x, w, stride=2, padding=1)
+    with mock.patch.object(cpu, "_im2col", wraps=cpu._im2col) as im2col:
+        (y * y).sum().backward()
+    assert im2col.call_count == 1
+    g = 2 * y.data
+    np.testing.assert_allclose(x.grad.data, reference.conv2d(g, w.data, stride=2, padding=1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(w.grad.data, reference.conv2d_weight(g, x.data, (4, 4), stride=2, padding=1),
                                rtol=1e-4, atol=1e-4)
 
 

@@ -44,11 +44,13 @@ class _Conv:
                      for n, m, s, p, d, k in zip(size, small, g.stride, g.padding, g.dilation, g.kernel))
 
 
-    def conv2d_to(self, shape: tuple, x: Tensor, w: Tensor) -> Tensor:
-        """conv2d(x, w) as the adjoint of a transposed convolution whose input had `shape`. An output_padding
-        of stride or more (allowed when dilated) adds rows that no input reached: they are cropped."""
-        y = Conv2d(self.kernel_size, **self.geometry)(x, w)
-        return y if y.shape[2:] == shape[2:] else y[:, :, :shape[2], :shape[3]]
+    def conv2d_to(self, shape: tuple, x: Tensor, w: Tensor) -> tuple[Tensor, dict]:
+        """conv2d(x, w) as the adjoint of a transposed convolution whose input had `shape`, and what that
+        conv2d saved of x for a weight gradient. An output_padding of stride or more (allowed when dilated)
+        adds rows that no input reached: they are cropped."""
+        node = Conv2d(self.kernel_size, **self.geometry)
+        y = node(x, w)
+        return (y if y.shape[2:] == shape[2:] else y[:, :, :shape[2], :shape[3]]), node.saved
 
 
 class Conv2d(_Conv, Function):
@@ -73,7 +75,8 @@ class Conv2d(_Conv, Function):
 
 
 class ConvTranspose2d(_Conv, Function):
-    """y = conv_transpose2d(x, w) (+ b);  gx = conv2d(g, w), gw = conv2d_weight(g, x), gb = sum of g."""
+    """y = conv_transpose2d(x, w) (+ b);  gx = conv2d(g, w), gw = conv2d_weight(g, x), gb = sum of g. Both
+    gradients convolve g alike: gw reuses what gx's conv2d saved (the CPU's im2col columns of g)."""
 
     def __init__(self, kernel_size, stride, padding, dilation, groups, output_padding):
         super().__init__(kernel_size, stride, padding, dilation, groups)
@@ -84,8 +87,8 @@ class ConvTranspose2d(_Conv, Function):
 
     def backward(self, g):
         x, w = self.inputs[:2]
-        gx = self.conv2d_to(x.shape, g, w) if x.requires_grad else None
-        gw = Conv2dWeight(self.kernel_size, **self.geometry)(g, x) if w.requires_grad else None
+        gx, saved = self.conv2d_to(x.shape, g, w) if x.requires_grad else (None, None)
+        gw = Conv2dWeight(self.kernel_size, saved=saved, **self.geometry)(g, x) if w.requires_grad else None
         gb = _sum(g, axis=(0, 2, 3)) if len(self.inputs) == 3 and self.inputs[2].requires_grad else None
         return gx, gw, gb
 
@@ -109,7 +112,7 @@ class Conv2dWeight(_Conv, Function):
             op = self.output_padding_for(x.shape[2:], g.shape[2:])
             gx = ConvTranspose2d(self.kernel_size, output_padding=op, **self.geometry)(g, h)
         if g.requires_grad:
-            gg = self.conv2d_to(g.shape, x, h)
+            gg = self.conv2d_to(g.shape, x, h)[0]
         return gx, gg
 
 
