@@ -296,6 +296,40 @@ def test_conv2d_weight_reuses_the_columns_conv2d_saved_only_for_its_own_input(ca
                                    reference.conv2d_weight(x, cropped, w.shape[2:], **geo), **TOL[dtype])
 
 
+@FEW
+@given(conv_cases(), st.sampled_from(DTYPES))
+def test_im2col_columns_are_the_same_from_the_parallel_gather_and_numpy(case, dtype):
+    """_windows (threads shared) and NumPy's copy of the strided windows give the same columns, for every
+    stride, dilation and padding; groups stay NumPy's."""
+    from kernels import cpu
+    from kernels._geometry import conv_out_size, geometry
+    x, w, _, geo = case
+    x = x.astype(dtype)
+    g = geometry(w.shape[2:], **geo)
+    ho, wo = conv_out_size(*x.shape[2:], g)
+    with mock.patch.object(cpu._threads, "shared", return_value=False):
+        want = cpu._im2col(x, g, ho, wo)
+    with mock.patch.object(cpu._threads, "shared", return_value=True), \
+            mock.patch.object(cpu, "_windows", wraps=cpu._windows) as windows:
+        got = cpu._im2col(x, g, ho, wo)
+    assert windows.call_count == (g.groups == 1)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_im2col_parallel_gather_on_a_dcgan_sized_layer(dilation):
+    """The parallel compilation of _windows (an input past THREADS_MIN_SIZE) against NumPy's copy."""
+    from kernels import cpu
+    from kernels._geometry import conv_out_size, geometry
+    x = np.random.default_rng(4).standard_normal((16, 32, 14, 14)).astype(np.float32)
+    g = geometry((4, 4), 2, 1, dilation, 1)
+    ho, wo = conv_out_size(14, 14, g)
+    with mock.patch.object(cpu._threads, "shared", return_value=False):
+        want = cpu._im2col(x, g, ho, wo)
+    with mock.patch.object(cpu._threads, "shared", return_value=True):
+        np.testing.assert_array_equal(cpu._im2col(x, g, ho, wo), want)
+
+
 def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
     """DCGAN's critic layer: one im2col copy of x serves conv2d and the weight gradient of its node."""
     import minigen as mg
