@@ -54,6 +54,19 @@ def channels_last(x) -> bool:
     return not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
+def matched(a, b):
+    """(a, b) for an elementwise op of two arrays of one 4-d shape: a wide channels-last view beside a C-contiguous
+    array is copied to NCHW first (`contiguous`), where NumPy's loop would read it across its strides. The U-Net
+    block's residual add, x + h on 32x64x16x16 float32: 1.2 ms, against 0.75 (1 thread) and 0.50 (2) with the
+    copy."""
+    if type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 4 and a.shape == b.shape:
+        if a.flags.c_contiguous and channels_last(b):
+            return a, contiguous(b)
+        if b.flags.c_contiguous and channels_last(a):
+            return contiguous(a), b
+    return a, b
+
+
 def in_layout_of(a, ref):
     """a (ref's shape) with ref's strides: itself when it has them, else a copy into ref's layout (dense)."""
     if a.strides == ref.strides:

@@ -232,6 +232,26 @@ def test_layout_copies_match_numpy_transposes(shape, ph, pw, extra, dtype):
         np.testing.assert_array_equal(copy, view)
 
 
+def test_elementwise_ops_copy_a_channels_last_operand_beside_an_nchw_one_first():
+    """layout.matched: a channels-last view added to an NCHW array is copied to NCHW first, on either side;
+    the sum, difference, product and quotient nodes give NumPy's values either way."""
+    import minigen as mg
+    from kernels import layout
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((4, 32, 16, 16)).astype(np.float32)
+    b = np.ascontiguousarray(rng.standard_normal((4, 16, 16, 32)).astype(np.float32)).transpose(0, 3, 1, 2)
+    for x, y in ((a, b), (b, a)):
+        mx, my = layout.matched(x, y)
+        assert mx.flags.c_contiguous and my.flags.c_contiguous
+        np.testing.assert_array_equal(mx, x)
+        np.testing.assert_array_equal(my, y)
+        tx, ty = mg.Tensor(x), mg.Tensor(y)
+        for got, want in ((tx + ty, x + y), (tx - ty, x - y), (tx * ty, x * y), (tx / ty, x / y)):
+            np.testing.assert_array_equal(got.data, want)
+    same = layout.matched(a, a[::-1])     # no channels-last operand: both as they are
+    assert same[0] is a and same[1].base is a
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_conv2d_and_its_weight_gradient_take_winograd_on_a_unet_layer(dtype):
     from kernels import cpu

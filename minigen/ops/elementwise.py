@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from kernels import fused
+from kernels import fused, layout
 
 from .. import backend
 from ..tensor import Function, Tensor, as_tensor, is_grad_enabled
@@ -81,6 +81,7 @@ class Add(Function):
     """y = a + b;  ga = g, gb = g."""
 
     def forward(self, a, b):
+        a, b = layout.matched(a, b)
         return a + b
 
     def backward(self, g):
@@ -91,6 +92,7 @@ class Sub(Function):
     """y = a - b;  ga = g, gb = -g."""
 
     def forward(self, a, b):
+        a, b = layout.matched(a, b)
         return a - b
 
     def backward(self, g):
@@ -101,6 +103,7 @@ class Mul(Function):
     """y = a * b;  ga = g * b, gb = g * a."""
 
     def forward(self, a, b):
+        a, b = layout.matched(a, b)
         return a * b
 
     def backward(self, g):
@@ -112,6 +115,7 @@ class Div(Function):
     """y = a / b;  ga = g / b, gb = -g * y / b."""
 
     def forward(self, a, b):
+        a, b = layout.matched(a, b)
         return a / b
 
     def backward(self, g):
