@@ -68,9 +68,16 @@ def matched(a, b):
 
 
 def in_layout_of(a, ref):
-    """a (ref's shape) with ref's strides: itself when it has them, else a copy into ref's layout (dense)."""
+    """a (ref's shape) with ref's strides: itself when it has them, else a copy into ref's layout (dense): NCHW
+    or channels-last by the copies above (parallel where they pay: the U-Net block's gradient into its
+    convolution's layout, 0.53 ms by NumPy's strided copy at 2 threads)."""
     if a.strides == ref.strides:
         return a
+    if a.dtype == ref.dtype and a.ndim == 4:
+        if ref.flags.c_contiguous:
+            return contiguous(a)
+        if channels_last(ref):
+            return padded_nhwc(a).transpose(0, 3, 1, 2)
     out = np.empty_like(ref)
     out[...] = a
     return out

@@ -232,6 +232,22 @@ def test_layout_copies_match_numpy_transposes(shape, ph, pw, extra, dtype):
         np.testing.assert_array_equal(copy, view)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_layout_of_copies_into_the_reference_layout(dtype):
+    """layout.in_layout_of gives ref's strides and a's values, for NCHW, channels-last and other references."""
+    from kernels import layout
+    rng = np.random.default_rng(6)
+    nchw = rng.standard_normal((4, 32, 16, 16)).astype(dtype)
+    last = np.ascontiguousarray(rng.standard_normal((4, 16, 16, 32)).astype(dtype)).transpose(0, 3, 1, 2)
+    flipped = rng.standard_normal((4, 32, 16, 16)).astype(dtype)[:, :, ::-1]
+    for a in (nchw, last, flipped, nchw.astype(np.float16)):
+        for ref in (nchw, last, flipped):
+            got = layout.in_layout_of(a, ref)
+            assert got.dtype == ref.dtype
+            assert got.strides == ref.strides or ref is flipped      # a reversed view: a dense copy
+            np.testing.assert_array_equal(got, a.astype(ref.dtype))
+
+
 def test_elementwise_ops_copy_a_channels_last_operand_beside_an_nchw_one_first():
     """layout.matched: a channels-last view added to an NCHW array is copied to NCHW first, on either side;
     the sum, difference, product and quotient nodes give NumPy's values either way."""
