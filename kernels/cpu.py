@@ -292,8 +292,8 @@ def _col2im(cols, y, sh, sw, ph, pw, dh, dw):
 # One Numba pass per row, parallel over rows: the row sits in L1 while its max, its exponentials, their sum
 # and the normalized values are computed, where NumPy makes one pass over memory per ufunc. Its exp is
 # _fastmath.exp, written out in float32 arithmetic so that LLVM vectorizes it, in 512-bit vectors where the CPU
-# has them (wide_vectors; the forward 0.81-0.89 of its time with 256-bit ones, the backward, bound by memory,
-# unchanged).
+# has them (wide_vectors; 4096 x 1024 float32 on an Emerald Rapids Xeon, in-process A/B against 256-bit
+# vectors: the forward 0.81-0.84 of the time at 1 thread, 0.89 at 2; the backward, bound by memory, 0.98-1.00).
 
 @numba.njit(cache=True, fastmath=FASTMATH)
 def _row_max(x, r):
