@@ -3,34 +3,76 @@
 On the OpenMP layer minigen's kernels own the threads (kernels/_threads.py): a product left to NumPy's
 threaded OpenBLAS would wake its worker thread, which then spins against OpenMP's (whole steps 1.5-3x slower,
 measured). So `matmul(a, b)` cuts a large product into one part per thread inside a Numba parallel loop, and
-each part is an `np.dot` that Numba hands to SciPy's OpenBLAS, kept at one thread (_threads.spread). Products
-of at most `_SPLIT_MIN` multiply-adds stay NumPy's: OpenBLAS runs those on one thread anyway
-(interface/gemm.c: m n k <= 65536 * GEMM_MULTITHREAD_THRESHOLD, 4).
+each part is one call of SciPy's sgemm / dgemm (the BLAS Numba's np.dot calls, kept at one thread:
+_threads.spread). Products of at most `_SPLIT_MIN` multiply-adds stay NumPy's: OpenBLAS runs those on one
+thread anyway (interface/gemm.c: m n k <= 65536 * GEMM_MULTITHREAD_THRESHOLD, 4).
 
-Each thread packs the whole of the operand it does not cut, so matmul cuts the longer of the product's axes,
-where the blocks are contiguous (Numba copies a block it cannot type contiguous, rows of an F-ordered array
-say): rows of a for a tall product (an im2col convolution), columns of b for a wide one whose b is a
-transposed array (Linear's x @ w.T); a long inner axis (a weight gradient, x^T gy over every pixel) into
-slices whose partial products are summed; a stack into whole products. On its own a split product is no
-faster than NumPy's 2-thread OpenBLAS (measured, p25: 0.9-1.2x the time for MLP-sized products, 100 x 784 x
-200 to 784 x 100 x 500; 1.2-1.3x for a stack of 36 Winograd products 448 x 64 x 64): the gain is in the
-step, where no worker spins against the parallel loops.
+BLAS reads a matrix through a pointer, a leading dimension and a transpose flag, so a block of a C- or
+F-ordered matrix (some of its rows, columns or inner slices) is read in place: `_gemm` is called on the
+blocks themselves, with no copy. (Numba's np.dot copied every block it could not type contiguous: columns of
+a C-ordered b, rows of an F-ordered a; calling BLAS on the blocks took 0.90-0.93 of the time for such products
+of MLP sizes at 2 threads, 0.75 for 64 x 64 x 3136, and the same elsewhere.)
+
+Each thread packs the whole of the operand it does not cut, so matmul cuts the longer of the product's outer
+axes: rows of a for a tall product (an im2col convolution), columns of b for a wide one (a Linear layer's
+batch times its weight); a long inner axis (a weight gradient, x^T gy over every pixel) into slices whose
+partial products are summed; a stack into whole products. On its own a split product is no faster than
+NumPy's 2-thread OpenBLAS (measured, p25: 0.9-1.2x the time for MLP-sized products, 100 x 784 x 200 to 784 x
+100 x 500; 1.2-1.3x for a stack of 36 Winograd products 448 x 64 x 64): the gain is in the step, where no
+worker spins against the parallel loops.
 """
 from __future__ import annotations
 
-import warnings
+import ctypes
+import importlib
 
 import numba
 import numpy as np
+from numba.extending import get_cython_function_address
 
 from . import _threads
 
-# Numba warns when it copies a block to make it contiguous; here that copy is the plan, not an accident.
-warnings.filterwarnings("ignore", category=numba.NumbaPerformanceWarning, module=r".*kernels[/\\]gemm")
-
 _SPLIT_MIN = 1 << 18
 
-# The kernels are not cached on disk (cache=False): Numba's np.dot calls BLAS through pointers it cannot cache.
+
+def _blas_gemm(name: str):
+    """SciPy's BLAS routine `name` (Fortran's arguments: every one a pointer) as a ctypes function Numba calls."""
+    importlib.import_module("scipy.linalg.cython_blas")
+    address = get_cython_function_address("scipy.linalg.cython_blas", name)
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(address)
+
+
+_sgemm, _dgemm = _blas_gemm("sgemm"), _blas_gemm("dgemm")
+_N, _T = ord("N"), ord("T")
+
+# The kernels are not cached on disk (cache=False): they call BLAS at addresses known only in this process.
+
+
+@numba.njit(inline="always")
+def _operand(x, size):
+    """How BLAS, column-major, reads the transpose of the row-major matrix x: (flag, leading dimension). A
+    row-major block is that transpose as it lies ('N'); a column-major block is x itself, to transpose ('T')."""
+    if x.strides[1] == size and x.strides[0] >= x.shape[1] * size:
+        return _N, max(x.strides[0] // size, x.shape[1], 1)
+    return _T, max(x.strides[1] // size, x.shape[0], 1)
+
+
+@numba.njit
+def _gemm(a, b, c):
+    """c = a @ b by one BLAS call on 2-D blocks as _blocks leaves them (c row-major). Column-major, BLAS
+    computes c^T = b^T a^T."""
+    size = a.itemsize
+    dims = np.empty(6, np.int32)            # n, m, k and the leading dimensions of b^T, a^T, c^T
+    flags = np.empty(2, np.uint8)
+    dims[0], dims[1], dims[2] = b.shape[1], a.shape[0], a.shape[1]
+    flags[0], dims[3] = _operand(b, size)
+    flags[1], dims[4] = _operand(a, size)
+    dims[5] = max(c.strides[0] // size, c.shape[1], 1)
+    scale = np.zeros(2, a.dtype)            # alpha 1, beta 0
+    scale[0] = 1
+    gemm = _sgemm if size == 4 else _dgemm
+    gemm(flags[0:].ctypes, flags[1:].ctypes, dims[0:].ctypes, dims[1:].ctypes, dims[2:].ctypes, scale.ctypes,
+         b.ctypes, dims[3:].ctypes, a.ctypes, dims[4:].ctypes, scale[1:].ctypes, c.ctypes, dims[5:].ctypes)
 
 
 @numba.njit(inline="always")
@@ -46,55 +88,47 @@ def _rows(a, b, out):
     for p in numba.prange(parts):
         i0, i1 = _block(p, parts, a.shape[0])
         if i1 > i0:
-            np.dot(a[i0:i1], b, out[i0:i1])
+            _gemm(a[i0:i1], b, out[i0:i1])
 
 
 @_threads.parallel(cache=False)
-def _columns(a, b_t, out):
-    """out = a @ b_t.T, the columns of b cut into one block per thread (each thread packs all of a)."""
+def _columns(a, b, out):
+    """out = a @ b, the columns of b cut into one block per thread (each thread packs all of a)."""
     parts = numba.get_num_threads()
     for p in numba.prange(parts):
-        j0, j1 = _block(p, parts, b_t.shape[0])
+        j0, j1 = _block(p, parts, b.shape[1])
         if j1 > j0:
-            out[:, j0:j1] = np.dot(a, b_t[j0:j1].T)
+            _gemm(a, b[:, j0:j1], out[:, j0:j1])
 
 
 @_threads.parallel(cache=False)
-def _inner(a_t, b, partial):
-    """partial[p] = a[:, k_p] @ b[k_p] for a = a_t.T, the inner axis cut into one slice per thread; the product
-    is partial's sum."""
+def _inner(a, b, partial):
+    """partial[p] = a[:, k_p] @ b[k_p], the inner axis cut into one slice per thread; the product is partial's
+    sum."""
     parts = partial.shape[0]
     for p in numba.prange(parts):
         k0, k1 = _block(p, parts, b.shape[0])
         if k1 > k0:
-            np.dot(a_t[k0:k1].T, b[k0:k1], partial[p])
+            _gemm(a[:, k0:k1], b[k0:k1], partial[p])
         else:
             partial[p] = 0
 
 
 @_threads.parallel(cache=False)
-def _stack(a, a_t, b, b_t, out):
-    """out[i] = A[i] @ B[i] over a stack, A[i] = a[i].T if a_t else a[i], B alike: a and b C-contiguous, so
-    that each branch's operands are typed contiguous."""
+def _stack(a, b, out):
+    """out[i] = a[i] @ b[i] over a stack, one whole product per iteration."""
     for i in numba.prange(out.shape[0]):
-        if a_t and b_t:
-            np.dot(a[i].T, b[i].T, out[i])
-        elif a_t:
-            np.dot(a[i].T, b[i], out[i])
-        elif b_t:
-            np.dot(a[i], b[i].T, out[i])
-        else:
-            np.dot(a[i], b[i], out[i])
+        _gemm(a[i], b[i], out[i])
 
 
-def _storage(a) -> tuple:
-    """(c, t): a C-contiguous array c with a == c, or (when t) with a == c.T in its last two axes."""
-    if a.flags.c_contiguous:
-        return a, False
-    a_t = np.swapaxes(a, -1, -2)
-    if a_t.flags.c_contiguous:
-        return a_t, True
-    return np.ascontiguousarray(a), False
+def _blocks(x):
+    """x, or a copy of it, such that each of its matrices is one BLAS reads in place: unit stride along one of
+    the last two axes, and along the other a positive stride over a whole row (column)."""
+    size, (rows, cols), (s_row, s_col) = x.itemsize, x.shape[-2:], x.strides[-2:]
+    if (s_col == size and s_row >= cols * size or s_row == size and s_col >= rows * size) and \
+            s_row % size == 0 and s_col % size == 0:
+        return x
+    return np.ascontiguousarray(x)
 
 
 def matmul(a, b):
@@ -113,19 +147,15 @@ def matmul(a, b):
         return matmul(np.ascontiguousarray(a).reshape(-1, k), b).reshape(stack, m, n)
     if b.ndim == 3 and stack == 1:
         return matmul(a if a.ndim == 2 else a[0], b[0])[None]
+    a, b = _blocks(a), _blocks(b)
     if b.ndim == 3:                                 # a stack times a stack, or one matrix times a stack
         out = np.empty((stack, m, n), dtype=a.dtype)
-        _threads.spread(_stack, *_storage(np.broadcast_to(a, (stack, m, k))), *_storage(b), out)
+        _threads.spread(_stack, np.broadcast_to(a, (stack, m, k)), b, out)
         return out
-    a = a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
-    b = b if b.flags.c_contiguous or b.flags.f_contiguous else np.ascontiguousarray(b)
-    if k >= 2 * (m + n) and not (a.flags.c_contiguous and m >= n or b.flags.f_contiguous and n >= m):
+    if k >= 2 * (m + n):
         partial = np.empty((numba.get_num_threads(), m, n), dtype=a.dtype)
-        _threads.spread(_inner, a.T, b, partial)
+        _threads.spread(_inner, a, b, partial)
         return partial.sum(axis=0)
     out = np.empty((m, n), dtype=a.dtype)
-    if m >= n and (a.flags.c_contiguous or not b.flags.f_contiguous):
-        _threads.spread(_rows, a, b, out)
-    else:
-        _threads.spread(_columns, a, b.T, out)
+    _threads.spread(_rows if m >= n else _columns, a, b, out)
     return out

@@ -10,15 +10,21 @@ from hypothesis import given, strategies as st
 
 from kernels import _threads, gemm
 
-LAYOUTS = ("C", "F", "strided")
+LAYOUTS = ("C", "F", "C block", "F block", "strided")
 
 
 def _laid_out(x: np.ndarray, layout: str) -> np.ndarray:
-    """x with the same values in a C-ordered, F-ordered (last two axes swapped in memory) or strided array."""
+    """x with the same values in a C-ordered or F-ordered (last two axes swapped in memory) array, in a block
+    of a larger one of either order (its matrices' rows and columns a part of the larger ones'), or in a
+    strided array."""
     if layout == "C":
         return np.ascontiguousarray(x)
     if layout == "F":
         return np.swapaxes(np.ascontiguousarray(np.swapaxes(x, -1, -2)), -1, -2)
+    if layout.endswith("block"):
+        big = _laid_out(np.zeros(x.shape[:-2] + (x.shape[-2] + 3, x.shape[-1] + 2), dtype=x.dtype), layout[0])
+        big[..., 2:-1, 1:-1] = x
+        return big[..., 2:-1, 1:-1]
     wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
     wide[..., ::2] = x
     return wide[..., ::2]
@@ -60,11 +66,12 @@ def test_split_products_equal_numpys(m, k, n, stack, stacked, layout_a, layout_b
 
 @pytest.mark.parametrize("a_shape, a_layout, b_shape, b_layout, way", [
     ((600, 64), "C", (64, 32), "C", "_rows"),          # tall: rows of a (an im2col product)
-    ((64, 600), "C", (600, 32), "F", "_rows"),         # ... whatever b's layout
+    ((600, 64), "F", (64, 32), "F", "_rows"),          # ... whatever the layouts
     ((32, 64), "C", (64, 600), "F", "_columns"),       # wide, b = w.T (Linear's x @ w.T)
+    ((32, 64), "C", (64, 600), "C", "_columns"),       # ... or b = w (Linear's gradient g @ w)
     ((32, 6000), "C", (6000, 64), "C", "_inner"),      # a long inner axis (a weight gradient)
-    ((32, 6000), "F", (6000, 64), "C", "_inner"),
-    ((600, 64), "F", (64, 32), "C", "_rows"),          # x^T g with a short inner axis: rows, a copied
+    ((32, 6000), "F", (6000, 64), "F", "_inner"),
+    ((600, 64), "F", (64, 32), "C", "_rows"),          # x^T g with a short inner axis
     ((8, 60, 64), "C", (8, 64, 32), "F", "_stack"),    # a stack of products (Winograd's 36)
 ])
 def test_each_layout_takes_its_way(split_everything, monkeypatch, a_shape, a_layout, b_shape, b_layout, way):
@@ -74,6 +81,19 @@ def test_each_layout_takes_its_way(split_everything, monkeypatch, a_shape, a_lay
     monkeypatch.setattr(_threads, "spread", lambda kernel, *args: taken.append(kernel.__name__) or spread(kernel, *args))
     np.testing.assert_allclose(gemm.matmul(a, b), np.matmul(a, b))
     assert taken == [way]
+
+
+def test_blocks_of_c_and_f_arrays_are_read_in_place():
+    """BLAS reads a block of a C- or F-ordered matrix through its pointer and leading dimension: no copy. A
+    strided, reversed or broadcast view is copied, since BLAS cannot read it."""
+    x = np.zeros((3, 7, 9), np.float32)
+    for view in (x, x[1], x[:, 2:5], x[..., 1:4], x[1, 2:6, 3:8], np.swapaxes(x, -1, -2)[:, 1:5, 2:4],
+                 x[..., :1], x[:, :1]):
+        assert gemm._blocks(view) is view
+    for view in (x[..., ::2], x[:, ::-1], np.broadcast_to(x[0, :1], (7, 9))):
+        copy = gemm._blocks(view)
+        assert copy is not view and copy.flags.c_contiguous
+        np.testing.assert_array_equal(copy, view)
 
 
 def test_small_products_mixed_dtypes_and_other_shapes_stay_numpys(monkeypatch):
