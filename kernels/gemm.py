@@ -35,17 +35,20 @@ from . import _threads
 _SPLIT_MIN = 1 << 18
 
 
-def _blas_gemm(name: str):
-    """SciPy's BLAS routine `name` (Fortran's arguments: every one a pointer) as a ctypes function Numba calls."""
-    importlib.import_module("scipy.linalg.cython_blas")
-    address = get_cython_function_address("scipy.linalg.cython_blas", name)
-    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(address)
-
-
-_sgemm, _dgemm = _blas_gemm("sgemm"), _blas_gemm("dgemm")
+# SciPy's sgemm and dgemm as ctypes functions, which Numba calls: looked up at the first split product
+# (_load_blas), as importing scipy.linalg takes 0.1-0.2 s that `import minigen` need not pay. The kernels are
+# not cached on disk (cache=False): they call BLAS at addresses known only in this process.
+_sgemm = _dgemm = None
 _N, _T = ord("N"), ord("T")
 
-# The kernels are not cached on disk (cache=False): they call BLAS at addresses known only in this process.
+
+def _load_blas() -> None:
+    global _sgemm, _dgemm
+    if _sgemm is None:
+        importlib.import_module("scipy.linalg.cython_blas")
+        gemm_type = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)     # Fortran's arguments: all pointers
+        _sgemm, _dgemm = (gemm_type(get_cython_function_address("scipy.linalg.cython_blas", name))
+                          for name in ("sgemm", "dgemm"))
 
 
 @numba.njit(inline="always")
@@ -147,6 +150,7 @@ def matmul(a, b):
         return matmul(np.ascontiguousarray(a).reshape(-1, k), b).reshape(stack, m, n)
     if b.ndim == 3 and stack == 1:
         return matmul(a if a.ndim == 2 else a[0], b[0])[None]
+    _load_blas()
     a, b = _blocks(a), _blocks(b)
     if b.ndim == 3:                                 # a stack times a stack, or one matrix times a stack
         out = np.empty((stack, m, n), dtype=a.dtype)
