@@ -217,6 +217,12 @@ def matmul(a, b):
     return gemm.matmul(a, b) if numba_passes() else np.matmul(a, b)
 
 
+def matmul_pair(a1, b1, a2, b2) -> tuple:
+    """(a1 @ b1, a2 @ b2): on minigen's threads two large products of NumPy matrices run at once, half the
+    threads each (gemm.py), unless the 'reference' backend is chosen."""
+    return gemm.matmul_pair(a1, b1, a2, b2) if numba_passes() else (np.matmul(a1, b1), np.matmul(a2, b2))
+
+
 if os.environ.get("MINIGEN_KERNELS"):
     _backend = _validate(os.environ["MINIGEN_KERNELS"].strip())
     _backend_checked = _backend not in GPU_BACKENDS

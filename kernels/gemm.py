@@ -20,6 +20,10 @@ partial products are summed; a stack into whole products. On its own a split pro
 NumPy's 2-thread OpenBLAS (measured, p25: 0.9-1.2x the time for MLP-sized products, 100 x 784 x 200 to 784 x
 100 x 500; 1.2-1.3x for a stack of 36 Winograd products 448 x 64 x 64): the gain is in the step, where no
 worker spins against the parallel loops.
+
+A product cut in two runs at 0.66-0.93 of its one-thread time at these sizes, where two whole products, one
+on each thread, run at 0.57-0.72 of theirs: so a layer's two gradient products go through `matmul_pair`
+together (Linear's backward, minigen.ops.nn.LinearGrad).
 """
 from __future__ import annotations
 
@@ -84,24 +88,37 @@ def _block(p, parts, size):
     return p * size // parts, (p + 1) * size // parts
 
 
-@_threads.parallel(cache=False)
-def _rows(a, b, out):
-    """out = a @ b, the rows of a cut into one block per thread (each thread packs all of b)."""
-    parts = numba.get_num_threads()
-    for p in numba.prange(parts):
+@numba.njit(inline="always")
+def _part(a, b, out, p, parts):
+    """Part p of `parts` of out = a @ b: a block of the rows of a for a tall product (the thread packs all of b),
+    else of the columns of b (it packs all of a)."""
+    if a.shape[0] >= b.shape[1]:
         i0, i1 = _block(p, parts, a.shape[0])
         if i1 > i0:
             _gemm(a[i0:i1], b, out[i0:i1])
-
-
-@_threads.parallel(cache=False)
-def _columns(a, b, out):
-    """out = a @ b, the columns of b cut into one block per thread (each thread packs all of a)."""
-    parts = numba.get_num_threads()
-    for p in numba.prange(parts):
+    else:
         j0, j1 = _block(p, parts, b.shape[1])
         if j1 > j0:
             _gemm(a, b[:, j0:j1], out[:, j0:j1])
+
+
+@_threads.parallel(cache=False)
+def _outer(a, b, out):
+    """out = a @ b, cut along its longer outer axis into one part per thread."""
+    parts = numba.get_num_threads()
+    for p in numba.prange(parts):
+        _part(a, b, out, p, parts)
+
+
+@_threads.parallel(cache=False)
+def _pair(a1, b1, out1, a2, b2, out2):
+    """out1 = a1 @ b1 and out2 = a2 @ b2 at once, each cut into half as many parts as there are threads."""
+    parts = max(1, numba.get_num_threads() // 2)
+    for p in numba.prange(2 * parts):
+        if p < parts:
+            _part(a1, b1, out1, p, parts)
+        else:
+            _part(a2, b2, out2, p - parts, parts)
 
 
 @_threads.parallel(cache=False)
@@ -134,13 +151,19 @@ def _blocks(x):
     return np.ascontiguousarray(x)
 
 
+def _splits(a, b) -> bool:
+    """Whether matmul may cut a @ b over minigen's threads: float NumPy matrices or stacks of them (2-D or 3-D,
+    either one a single matrix) of one dtype."""
+    return (_threads.shared() and isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
+            and a.ndim in (2, 3) and b.ndim in (2, 3) and a.shape[-1] == b.shape[-2]
+            and (a.ndim == 2 or b.ndim == 2 or a.shape[0] == b.shape[0]))
+
+
 def matmul(a, b):
     """np.matmul(a, b), split over Numba's threads for large float products of matrices and stacks of them
     (2-D or 3-D operands, either one a single matrix); everything else is np.matmul's."""
-    if not (_threads.shared() and isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
-            and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
-            and a.ndim in (2, 3) and b.ndim in (2, 3) and a.shape[-1] == b.shape[-2]
-            and (a.ndim == 2 or b.ndim == 2 or a.shape[0] == b.shape[0])):
+    if not _splits(a, b):
         return np.matmul(a, b)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     stack = a.shape[0] if a.ndim == 3 else b.shape[0] if b.ndim == 3 else 1
@@ -161,5 +184,22 @@ def matmul(a, b):
         _threads.spread(_inner, a, b, partial)
         return partial.sum(axis=0)
     out = np.empty((m, n), dtype=a.dtype)
-    _threads.spread(_rows if m >= n else _columns, a, b, out)
+    _threads.spread(_outer, a, b, out)
     return out
+
+
+def matmul_pair(a1, b1, a2, b2) -> tuple:
+    """(a1 @ b1, a2 @ b2), the two products of a layer's backward (g W and g^T x). On minigen's threads two
+    matrix products that are large together run at once, each on half the threads: at two threads one whole
+    product on each. For a Linear layer's gradients at MLP sizes (batch 100-128, 50-784 features) at 2 threads
+    that took 0.53-0.91 of the time of the two products cut in two one after the other, where a whole product
+    on one thread runs at its full speed and a product cut in two does not."""
+    if not (_splits(a1, b1) and _splits(a2, b2) and a1.ndim == b1.ndim == a2.ndim == b2.ndim == 2
+            and a1.dtype == a2.dtype and 0 not in a1.shape + b1.shape + a2.shape + b2.shape
+            and a1.shape[0] * a1.shape[1] * b1.shape[1] + a2.shape[0] * a2.shape[1] * b2.shape[1] > _SPLIT_MIN):
+        return matmul(a1, b1), matmul(a2, b2)
+    _load_blas()
+    out1 = np.empty((a1.shape[0], b1.shape[1]), dtype=a1.dtype)
+    out2 = np.empty((a2.shape[0], b2.shape[1]), dtype=a2.dtype)
+    _threads.spread(_pair, _blocks(a1), _blocks(b1), out1, _blocks(a2), _blocks(b2), out2)
+    return out1, out2

@@ -65,13 +65,13 @@ def test_split_products_equal_numpys(m, k, n, stack, stacked, layout_a, layout_b
 
 
 @pytest.mark.parametrize("a_shape, a_layout, b_shape, b_layout, way", [
-    ((600, 64), "C", (64, 32), "C", "_rows"),          # tall: rows of a (an im2col product)
-    ((600, 64), "F", (64, 32), "F", "_rows"),          # ... whatever the layouts
-    ((32, 64), "C", (64, 600), "F", "_columns"),       # wide, b = w.T (Linear's x @ w.T)
-    ((32, 64), "C", (64, 600), "C", "_columns"),       # ... or b = w (Linear's gradient g @ w)
+    ((600, 64), "C", (64, 32), "C", "_outer"),         # tall: rows of a (an im2col product)
+    ((600, 64), "F", (64, 32), "F", "_outer"),         # ... whatever the layouts
+    ((32, 64), "C", (64, 600), "F", "_outer"),         # wide, b = w.T (Linear's x @ w.T)
+    ((32, 64), "C", (64, 600), "C", "_outer"),         # ... or b = w (Linear's gradient g @ w)
     ((32, 6000), "C", (6000, 64), "C", "_inner"),      # a long inner axis (a weight gradient)
     ((32, 6000), "F", (6000, 64), "F", "_inner"),
-    ((600, 64), "F", (64, 32), "C", "_rows"),          # x^T g with a short inner axis
+    ((600, 64), "F", (64, 32), "C", "_outer"),         # x^T g with a short inner axis
     ((8, 60, 64), "C", (8, 64, 32), "F", "_stack"),    # a stack of products (Winograd's 36)
 ])
 def test_each_layout_takes_its_way(split_everything, monkeypatch, a_shape, a_layout, b_shape, b_layout, way):
@@ -94,6 +94,38 @@ def test_blocks_of_c_and_f_arrays_are_read_in_place():
         copy = gemm._blocks(view)
         assert copy is not view and copy.flags.c_contiguous
         np.testing.assert_array_equal(copy, view)
+
+
+@given(m=st.integers(1, 40), k=st.integers(1, 40), n=st.integers(1, 40), layouts=st.lists(
+    st.sampled_from(LAYOUTS), min_size=4, max_size=4), dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 9))
+def test_product_pairs_equal_numpys(m, k, n, layouts, dtype, seed):
+    """A layer's two gradient products, g W and g^T x, computed at once: each as np.matmul gives it."""
+    rng = np.random.default_rng(seed)
+    g, w, x = (rng.standard_normal(shape).astype(dtype) for shape in ((m, n), (n, k), (m, k)))
+    operands = [_laid_out(a, layout) for a, layout in zip((g, w, g.T, x), layouts)]
+    with _split_everything():
+        gx, gw = gemm.matmul_pair(*operands)
+    for got, (a, b) in zip((gx, gw), ((g, w), (g.T, x))):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, a.astype(np.float64) @ b.astype(np.float64),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=(1e-4 if dtype == np.float32 else 1e-11) * np.sqrt(m))
+
+
+def test_a_pair_runs_at_once_only_where_both_products_split(split_everything, monkeypatch):
+    taken = []
+    spread = _threads.spread
+    monkeypatch.setattr(_threads, "spread", lambda kernel, *args: taken.append(kernel.__name__) or spread(kernel, *args))
+    a, b = np.ones((60, 50), np.float32), np.ones((50, 40), np.float32)
+    gemm.matmul_pair(a, b, a.T, a)
+    assert taken == ["_pair"]
+    taken.clear()
+    for pair in [(a, b, a.T.astype(np.float64), a.astype(np.float64)),      # two dtypes
+                 (a, b, np.ones((2, 50, 60), np.float32), a)]:              # a stack
+        for got, want in zip(gemm.matmul_pair(*pair), (np.matmul(*pair[:2]), np.matmul(*pair[2:]))):
+            np.testing.assert_array_equal(got, want)
+        assert "_pair" not in taken
 
 
 def test_small_products_mixed_dtypes_and_other_shapes_stay_numpys(monkeypatch):
