@@ -58,7 +58,8 @@ def _load_blas() -> None:
 @numba.njit(inline="always")
 def _operand(x, size):
     """How BLAS, column-major, reads the transpose of the row-major matrix x: (flag, leading dimension). A
-    row-major block is that transpose as it lies ('N'); a column-major block is x itself, to transpose ('T')."""
+    row-major block is that transpose as it lies ('N'); a column-major block is x itself, to transpose ('T').
+    The row-major test is _blocks' own, which has made every operand one or the other."""
     if x.strides[1] == size and x.strides[0] >= x.shape[1] * size:
         return _N, max(x.strides[0] // size, x.shape[1], 1)
     return _T, max(x.strides[1] // size, x.shape[0], 1)
@@ -191,9 +192,7 @@ def matmul(a, b):
 def matmul_pair(a1, b1, a2, b2) -> tuple:
     """(a1 @ b1, a2 @ b2), the two products of a layer's backward (g W and g^T x). On minigen's threads two
     matrix products that are large together run at once, each on half the threads: at two threads one whole
-    product on each. For a Linear layer's gradients at MLP sizes (batch 100-128, 50-784 features) at 2 threads
-    that took 0.53-0.91 of the time of the two products cut in two one after the other, where a whole product
-    on one thread runs at its full speed and a product cut in two does not."""
+    product on each, which runs at its full speed where a product cut in two does not (module docstring)."""
     if not (_splits(a1, b1) and _splits(a2, b2) and a1.ndim == b1.ndim == a2.ndim == b2.ndim == 2
             and a1.dtype == a2.dtype and 0 not in a1.shape + b1.shape + a2.shape + b2.shape
             and a1.shape[0] * a1.shape[1] * b1.shape[1] + a2.shape[0] * a2.shape[1] * b2.shape[1] > _SPLIT_MIN):
