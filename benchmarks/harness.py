@@ -11,6 +11,7 @@ from collections import defaultdict
 from importlib import metadata as _pkg
 from pathlib import Path
 
+from kernels import gemm
 from minigen.train import load_checkpoint, restore_training_state, save_checkpoint, training_state
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -76,7 +77,8 @@ def metadata() -> dict:
         "load average (1 min, at start)": round(LOAD_AT_START, 2),
         "load average (1 min, at end)": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
-        **{p: _version(p) for p in ("numpy", "numba", "scipy", "torch", "cupy-cuda12x")},
+        **{p: _version(p) for p in ("numpy", "numba", "scipy", "mkl", "torch", "cupy-cuda12x")},
+        "minigen's BLAS": gemm.blas(),      # MKL where installed (pip install -e ".[mkl]"), else OpenBLAS
     }
 
 

@@ -93,10 +93,12 @@ def _numba_blas() -> tuple:
 
 
 def spread(kernel: "_Kernel", *args):
-    """kernel's parallel compilation on args, its BLAS calls each on one thread (set again at every call, since
-    threadpoolctl's limits elsewhere can have raised it)."""
+    """kernel's parallel compilation on args (its serial one on one thread), its BLAS calls each on one thread
+    (set again at every call, since threadpoolctl's limits elsewhere can have raised it)."""
     for lib in _numba_blas():
         lib.set_num_threads(1)
+    if numba.get_num_threads() == 1:
+        return kernel.serial(*args)
     with _LAUNCH:
         return kernel.parallel(*args)
 

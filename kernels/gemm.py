@@ -3,9 +3,10 @@
 On the OpenMP layer minigen's kernels own the threads (kernels/_threads.py): a product left to NumPy's
 threaded OpenBLAS would wake its worker thread, which then spins against OpenMP's (whole steps 1.5-3x slower,
 measured). So `matmul(a, b)` cuts a large product into one part per thread inside a Numba parallel loop, and
-each part is one call of SciPy's sgemm / dgemm (the BLAS Numba's np.dot calls, kept at one thread:
-_threads.spread). Products of at most `_SPLIT_MIN` multiply-adds stay NumPy's: OpenBLAS runs those on one
-thread anyway (interface/gemm.c: m n k <= 65536 * GEMM_MULTITHREAD_THRESHOLD, 4).
+each part is one single-threaded call of sgemm / dgemm: MKL's where it is installed, else SciPy's OpenBLAS
+(below). On one thread a product is computed here, whole, only on MKL, from `_WHOLE_MIN` multiply-adds.
+Products of at most `_SPLIT_MIN` multiply-adds stay NumPy's: OpenBLAS runs those on one thread anyway
+(interface/gemm.c: m n k <= 65536 * GEMM_MULTITHREAD_THRESHOLD, 4).
 
 BLAS reads a matrix through a pointer, a leading dimension and a transpose flag, so a block of a C- or
 F-ordered matrix (some of its rows, columns or inner slices) is read in place: `_gemm` is called on the
@@ -28,7 +29,10 @@ together (Linear's backward, minigen.ops.nn.LinearGrad).
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import importlib
+import importlib.metadata
+import os
 
 import numba
 import numpy as np
@@ -37,22 +41,66 @@ from numba.extending import get_cython_function_address
 from . import _threads
 
 _SPLIT_MIN = 1 << 18
+_WHOLE_MIN = 1 << 21
 
 
-# SciPy's sgemm and dgemm as ctypes functions, which Numba calls: looked up at the first split product
-# (_load_blas), as importing scipy.linalg takes 0.1-0.2 s that `import minigen` need not pay. The kernels are
-# not cached on disk (cache=False): they call BLAS at addresses known only in this process.
+# The BLAS each part calls, as ctypes functions of Fortran's sgemm and dgemm, which Numba calls: MKL's where the
+# `mkl` wheel (pip install "minigen[mkl]") or a system MKL is found, else SciPy's OpenBLAS (the one Numba's
+# np.dot calls). MKL on one thread took 0.40-0.86 of OpenBLAS's time on every product of the training steps
+# measured (128 x 784 x 512 0.83, 3136 x 512 x 64 0.84, 448 x 64 x 64 0.71, 64 x 12544 x 576 0.40; Intel Xeon,
+# AVX-512), the same time as PyTorch's (0.98-1.02), which calls MKL too. MINIGEN_BLAS=openblas or =mkl chooses.
+# Looked up at the first product matmul computes (_load_blas), as importing scipy.linalg takes 0.1-0.2 s that
+# `import minigen` need not pay. The kernels are not cached on disk (cache=False): they call BLAS at addresses
+# known only in this process.
 _sgemm = _dgemm = None
+_provider = None                # "mkl" or "openblas", once loaded
 _N, _T = ord("N"), ord("T")
+_MKL_SEQUENTIAL = 1             # MKL's threading layer that runs each call on its caller's thread
+
+
+def _mkl_library():
+    """The path of MKL's runtime library (libmkl_rt): the `mkl` wheel's, else the system's; None without MKL."""
+    try:
+        files = importlib.metadata.files("mkl") or ()
+    except importlib.metadata.PackageNotFoundError:
+        files = ()
+    for file in files:
+        if file.name.startswith(("libmkl_rt.", "mkl_rt.")):      # .so.N on Linux, .N.dylib, .N.dll
+            return str(file.locate())
+    return ctypes.util.find_library("mkl_rt")
+
+
+def _blas_functions(choice: str):
+    """(provider, address of sgemm, address of dgemm) for MINIGEN_BLAS's choice: 'auto', 'mkl' or 'openblas'."""
+    if choice not in ("auto", "mkl", "openblas"):
+        raise ValueError(f"MINIGEN_BLAS={choice!r}: expected 'mkl', 'openblas' or unset (MKL where installed)")
+    path = _mkl_library() if choice != "openblas" else None
+    if path is not None:
+        mkl = ctypes.CDLL(path)
+        # each part must run on its own thread: MKL's sequential layer, unless MKL ran with another already
+        if mkl.MKL_Set_Threading_Layer(_MKL_SEQUENTIAL) == _MKL_SEQUENTIAL:
+            return ("mkl",) + tuple(ctypes.cast(getattr(mkl, name), ctypes.c_void_p).value
+                                    for name in ("sgemm", "dgemm"))
+    if choice == "mkl":
+        raise RuntimeError("MINIGEN_BLAS=mkl, but MKL " + ("was not found: pip install 'minigen[mkl]'" if path is None
+                           else "runs on threads of its own in this process (its threading layer is set)"))
+    importlib.import_module("scipy.linalg.cython_blas")
+    return ("openblas",) + tuple(get_cython_function_address("scipy.linalg.cython_blas", name)
+                                 for name in ("sgemm", "dgemm"))
 
 
 def _load_blas() -> None:
-    global _sgemm, _dgemm
+    global _sgemm, _dgemm, _provider
     if _sgemm is None:
-        importlib.import_module("scipy.linalg.cython_blas")
+        _provider, *addresses = _blas_functions(os.environ.get("MINIGEN_BLAS", "auto"))
         gemm_type = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)     # Fortran's arguments: all pointers
-        _sgemm, _dgemm = (gemm_type(get_cython_function_address("scipy.linalg.cython_blas", name))
-                          for name in ("sgemm", "dgemm"))
+        _sgemm, _dgemm = (gemm_type(address) for address in addresses)
+
+
+def blas() -> str:
+    """The BLAS library that matmul's products call: 'mkl' or 'openblas'."""
+    _load_blas()
+    return _provider
 
 
 @numba.njit(inline="always")
@@ -152,10 +200,20 @@ def _blocks(x):
     return np.ascontiguousarray(x)
 
 
+def _smallest_product():
+    """The fewest multiply-adds of a product matmul computes itself, None where it leaves every product to NumPy:
+    split over minigen's threads where it has several, whole on one thread where its BLAS is MKL (faster than
+    NumPy's OpenBLAS, above, once the product outweighs the call's 6-7 us: from about 128 x 128 x 128)."""
+    if _threads.shared():
+        return _SPLIT_MIN
+    return _WHOLE_MIN if numba.get_num_threads() == 1 and blas() == "mkl" else None
+
+
 def _splits(a, b) -> bool:
-    """Whether matmul may cut a @ b over minigen's threads: float NumPy matrices or stacks of them (2-D or 3-D,
-    either one a single matrix) of one dtype."""
-    return (_threads.shared() and isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+    """Whether matmul can compute a @ b itself: float NumPy matrices or stacks of them (2-D or 3-D, either one a
+    single matrix) of one dtype; not subclasses (the 'sim' device's arrays), which np.matmul returns in their
+    own type."""
+    return (type(a) is np.ndarray and type(b) is np.ndarray
             and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
             and a.ndim in (2, 3) and b.ndim in (2, 3) and a.shape[-1] == b.shape[-2]
             and (a.ndim == 2 or b.ndim == 2 or a.shape[0] == b.shape[0]))
@@ -163,12 +221,14 @@ def _splits(a, b) -> bool:
 
 def matmul(a, b):
     """np.matmul(a, b), split over Numba's threads for large float products of matrices and stacks of them
-    (2-D or 3-D operands, either one a single matrix); everything else is np.matmul's."""
-    if not _splits(a, b):
+    (2-D or 3-D operands, either one a single matrix), and computed whole by MKL on one thread; everything else
+    is np.matmul's."""
+    smallest = _smallest_product() if _splits(a, b) else None
+    if smallest is None:
         return np.matmul(a, b)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     stack = a.shape[0] if a.ndim == 3 else b.shape[0] if b.ndim == 3 else 1
-    if stack * m * n * k <= _SPLIT_MIN or 0 in a.shape or 0 in b.shape:
+    if stack * m * n * k <= smallest or 0 in a.shape or 0 in b.shape:
         return np.matmul(a, b)
     if a.ndim == 3 and b.ndim == 2:                  # a stack times one matrix: one tall product
         return matmul(np.ascontiguousarray(a).reshape(-1, k), b).reshape(stack, m, n)
@@ -180,7 +240,7 @@ def matmul(a, b):
         out = np.empty((stack, m, n), dtype=a.dtype)
         _threads.spread(_stack, np.broadcast_to(a, (stack, m, k)), b, out)
         return out
-    if k >= 2 * (m + n):
+    if k >= 2 * (m + n) and numba.get_num_threads() > 1:
         partial = np.empty((numba.get_num_threads(), m, n), dtype=a.dtype)
         _threads.spread(_inner, a, b, partial)
         return partial.sum(axis=0)
@@ -193,7 +253,7 @@ def matmul_pair(a1, b1, a2, b2) -> tuple:
     """(a1 @ b1, a2 @ b2), the two products of a layer's backward (g W and g^T x). On minigen's threads two
     matrix products that are large together run at once, each on half the threads: at two threads one whole
     product on each, which runs at its full speed where a product cut in two does not (module docstring)."""
-    if not (_splits(a1, b1) and _splits(a2, b2) and a1.ndim == b1.ndim == a2.ndim == b2.ndim == 2
+    if not (_threads.shared() and _splits(a1, b1) and _splits(a2, b2) and a1.ndim == b1.ndim == a2.ndim == b2.ndim == 2
             and a1.dtype == a2.dtype and 0 not in a1.shape + b1.shape + a2.shape + b2.shape
             and a1.shape[0] * a1.shape[1] * b1.shape[1] + a2.shape[0] * a2.shape[1] * b2.shape[1] > _SPLIT_MIN):
         return matmul(a1, b1), matmul(a2, b2)

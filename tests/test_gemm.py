@@ -1,6 +1,9 @@
 """kernels/gemm.py: matrix products split over Numba's threads agree with np.matmul, for every way of cutting
-them and every operand layout; splitting happens only where it is meant to."""
+them and every operand layout, on MKL and on OpenBLAS; splitting happens only where it is meant to."""
 import contextlib
+import os
+import subprocess
+import sys
 from unittest import mock
 
 import numba
@@ -47,6 +50,13 @@ def split_everything():
         yield
 
 
+def _recording_spread(monkeypatch) -> list:
+    """The names of the kernels _threads.spread runs from now on."""
+    taken, spread = [], _threads.spread
+    monkeypatch.setattr(_threads, "spread", lambda kernel, *args: taken.append(kernel.__name__) or spread(kernel, *args))
+    return taken
+
+
 @given(m=st.integers(1, 40), k=st.integers(1, 90), n=st.integers(1, 40), stack=st.sampled_from([None, 1, 3]),
        stacked=st.sampled_from(["both", "a", "b"]), layout_a=st.sampled_from(LAYOUTS),
        layout_b=st.sampled_from(LAYOUTS), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 9))
@@ -76,9 +86,7 @@ def test_split_products_equal_numpys(m, k, n, stack, stacked, layout_a, layout_b
 ])
 def test_each_layout_takes_its_way(split_everything, monkeypatch, a_shape, a_layout, b_shape, b_layout, way):
     a, b = _laid_out(np.ones(a_shape, np.float32), a_layout), _laid_out(np.ones(b_shape, np.float32), b_layout)
-    taken = []
-    spread = _threads.spread
-    monkeypatch.setattr(_threads, "spread", lambda kernel, *args: taken.append(kernel.__name__) or spread(kernel, *args))
+    taken = _recording_spread(monkeypatch)
     np.testing.assert_allclose(gemm.matmul(a, b), np.matmul(a, b))
     assert taken == [way]
 
@@ -114,9 +122,7 @@ def test_product_pairs_equal_numpys(m, k, n, layouts, dtype, seed):
 
 
 def test_a_pair_runs_at_once_only_where_both_products_split(split_everything, monkeypatch):
-    taken = []
-    spread = _threads.spread
-    monkeypatch.setattr(_threads, "spread", lambda kernel, *args: taken.append(kernel.__name__) or spread(kernel, *args))
+    taken = _recording_spread(monkeypatch)
     a, b = np.ones((60, 50), np.float32), np.ones((50, 40), np.float32)
     gemm.matmul_pair(a, b, a.T, a)
     assert taken == ["_pair"]
@@ -128,6 +134,10 @@ def test_a_pair_runs_at_once_only_where_both_products_split(split_everything, mo
         assert "_pair" not in taken
 
 
+class _Subclass(np.ndarray):
+    pass
+
+
 def test_small_products_mixed_dtypes_and_other_shapes_stay_numpys(monkeypatch):
     monkeypatch.setattr(_threads, "shared", lambda: True)
     monkeypatch.setattr(_threads, "spread", lambda *args: pytest.fail("split a product it should have left alone"))
@@ -135,8 +145,11 @@ def test_small_products_mixed_dtypes_and_other_shapes_stay_numpys(monkeypatch):
     big32, big64 = rng.standard_normal((256, 256)).astype(np.float32), rng.standard_normal((256, 256))
     for a, b in [(big32[:64, :64], big32[:64, :64]),        # 64^3 multiply-adds: OpenBLAS's one-thread size
                  (big32, big64), (big32.astype(np.int64), big32.astype(np.int64)),
-                 (big32.reshape(2, 2, 128, 128), big32.reshape(2, 2, 128, 128))]:
-        np.testing.assert_array_equal(gemm.matmul(a, b), np.matmul(a, b))
+                 (big32.reshape(2, 2, 128, 128), big32.reshape(2, 2, 128, 128)),
+                 (big32.view(_Subclass), big32)]:                # e.g. the 'sim' device's arrays: kept their type
+        y = gemm.matmul(a, b)
+        np.testing.assert_array_equal(y, np.matmul(a, b))
+        assert type(y) is type(np.matmul(a, b))
 
 
 def test_splitting_pins_the_blas_numba_calls_to_one_thread(split_everything):
@@ -162,3 +175,44 @@ def test_products_split_only_on_the_openmp_layer_with_threads(monkeypatch):
     finally:
         numba.set_num_threads(1)
     assert not _threads.shared()
+
+
+def test_one_thread_products_are_computed_here_only_on_mkl(monkeypatch):
+    """On one thread matmul has nothing to split: it computes a large product itself only when its BLAS is MKL,
+    faster than NumPy's OpenBLAS; else NumPy does. A pair is two products."""
+    taken = _recording_spread(monkeypatch)
+    large, small = np.ones((600, 128), np.float32), np.ones((600, 32), np.float32)   # 600 x 128 x 64 = 2.3 x 2^21
+    for blas, way in [("mkl", ["_outer"]), ("openblas", [])]:
+        monkeypatch.setattr(gemm, "blas", lambda: blas)
+        for a in (large, small):
+            taken.clear()
+            np.testing.assert_array_equal(gemm.matmul(a, a.T[:, :64]), np.matmul(a, a.T[:, :64]))
+            assert taken == (way if a is large else [])
+        taken.clear()
+        for got, want in zip(gemm.matmul_pair(large, large.T, large.T, large), (large @ large.T, large.T @ large)):
+            np.testing.assert_array_equal(got, want)
+        assert taken == way * 2
+
+
+def test_the_blas_loaded_is_the_one_chosen():
+    chosen = os.environ.get("MINIGEN_BLAS") or ("mkl" if gemm._mkl_library() else "openblas")
+    assert gemm.blas() == chosen
+
+
+def test_a_blas_choice_that_cannot_be_met_says_so(monkeypatch):
+    with pytest.raises(ValueError, match="MINIGEN_BLAS='blis'"):
+        gemm._blas_functions("blis")
+    monkeypatch.setattr(gemm, "_mkl_library", lambda: None)
+    with pytest.raises(RuntimeError, match=r"MKL was not found: pip install 'minigen\[mkl\]'"):
+        gemm._blas_functions("mkl")
+    assert gemm._blas_functions("auto")[0] == "openblas"
+
+
+@pytest.mark.skipif(gemm._mkl_library() is None, reason="MKL is not installed: the tests above ran on OpenBLAS")
+def test_products_on_openblas_too():
+    """With MKL installed the tests above ran on it: the product tests run again on SciPy's OpenBLAS."""
+    tests = "equal_numpys or in_place or takes_its_way or chosen"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
+                         env=dict(os.environ, MINIGEN_BLAS="openblas"), capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
