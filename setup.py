@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+_MKL = "mkl>=2023; platform_machine == 'x86_64' or platform_machine == 'AMD64'"
+
 setup(
     name="minigen",
     version="0.1.0",
@@ -15,11 +17,12 @@ setup(
         # the CUDA compile checks (NVRTC, NVVM for numba.cuda) run without a GPU; they skip without these
         "cuda-compile": ["numba-cuda>=0.30", "cuda-bindings>=13.0,<14", "nvidia-cuda-nvrtc>=13.0,<14",
                          "nvidia-nvvm>=13.0,<14"],
-        # MKL for the matrix products kernels/gemm.py computes (0.40-0.86 of OpenBLAS's time measured on Intel)
-        "mkl": ["mkl>=2023"],
+        # MKL for the matrix products kernels/gemm.py computes (0.40-0.86 of OpenBLAS's time measured on Intel);
+        # its wheels are for x86-64 alone, elsewhere the extra installs nothing and OpenBLAS serves
+        "mkl": [_MKL],
         "cuda": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13"],
-        "bench": ["torch==2.13.0", "mkl>=2023", "autograd", "mygrad", "dezero"],
+        "bench": ["torch==2.13.0", _MKL, "autograd", "mygrad", "dezero"],
         "plot": ["matplotlib>=3.6"],
         "sklearn": ["scikit-learn>=1.3"],   # the 8x8 digits (no download)
     },
