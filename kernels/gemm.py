@@ -55,7 +55,8 @@ _WHOLE_MIN = 1 << 21
 _sgemm = _dgemm = None
 _provider = None                # "mkl" or "openblas", once loaded
 _N, _T = ord("N"), ord("T")
-_MKL_SEQUENTIAL = 1             # MKL's threading layer that runs each call on its caller's thread
+_MKL_LP64, _MKL_SEQUENTIAL = 0, 1   # MKL's interface layer of 32-bit integers; its threading layer that runs
+                                    # each call on its caller's thread
 
 
 def _mkl_library():
@@ -77,13 +78,15 @@ def _blas_functions(choice: str):
     path = _mkl_library() if choice != "openblas" else None
     if path is not None:
         mkl = ctypes.CDLL(path)
-        # each part must run on its own thread: MKL's sequential layer, unless MKL ran with another already
-        if mkl.MKL_Set_Threading_Layer(_MKL_SEQUENTIAL) == _MKL_SEQUENTIAL:
+        # 32-bit integer arguments, whatever MKL_INTERFACE_LAYER says; and each part on its caller's thread:
+        # the sequential layer, whatever MKL_THREADING_LAYER says (unless MKL ran on another one already)
+        if mkl.MKL_Set_Interface_Layer(_MKL_LP64) == _MKL_LP64 and \
+                mkl.MKL_Set_Threading_Layer(_MKL_SEQUENTIAL) == _MKL_SEQUENTIAL:
             return ("mkl",) + tuple(ctypes.cast(getattr(mkl, name), ctypes.c_void_p).value
                                     for name in ("sgemm", "dgemm"))
     if choice == "mkl":
         raise RuntimeError("MINIGEN_BLAS=mkl, but MKL " + ("was not found: pip install 'minigen[mkl]'" if path is None
-                           else "runs on threads of its own in this process (its threading layer is set)"))
+                           else "was set up in this process otherwise (its interface or threading layer)"))
     importlib.import_module("scipy.linalg.cython_blas")
     return ("openblas",) + tuple(get_cython_function_address("scipy.linalg.cython_blas", name)
                                  for name in ("sgemm", "dgemm"))

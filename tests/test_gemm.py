@@ -216,3 +216,17 @@ def test_products_on_openblas_too():
                          env=dict(os.environ, MINIGEN_BLAS="openblas"), capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@pytest.mark.skipif(gemm._mkl_library() is None, reason="MKL is not installed")
+def test_mkl_takes_its_own_layers_whatever_the_environment_says():
+    """MKL_INTERFACE_LAYER=ILP64 would have it read our 32-bit dimensions as 64-bit ones, MKL_THREADING_LAYER=
+    INTEL start threads of its own inside each part: gemm sets both layers before its first call."""
+    code = ("import numba, numpy as np; from kernels import gemm; numba.set_num_threads(1); "
+            "a = np.arange(300 * 200, dtype=np.float32).reshape(300, 200) % 7; b = a.T[:, :150].copy(); "
+            "assert gemm.blas() == 'mkl'; np.testing.assert_array_equal(gemm.matmul(a, b), a @ b)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, MKL_INTERFACE_LAYER="ILP64", MKL_THREADING_LAYER="INTEL",
+                                  MINIGEN_BLAS="mkl"),
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 0, run.stderr[-3000:]
