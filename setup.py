@@ -17,8 +17,8 @@ setup(
         # the CUDA compile checks (NVRTC, NVVM for numba.cuda) run without a GPU; they skip without these
         "cuda-compile": ["numba-cuda>=0.30", "cuda-bindings>=13.0,<14", "nvidia-cuda-nvrtc>=13.0,<14",
                          "nvidia-nvvm>=13.0,<14"],
-        # MKL for the matrix products kernels/gemm.py computes (0.40-0.86 of OpenBLAS's time measured on Intel);
-        # its wheels are for x86-64 alone, elsewhere the extra installs nothing and OpenBLAS serves
+        # MKL for the matrix products kernels/gemm.py computes on Intel CPUs (0.40-0.86 of OpenBLAS's time
+        # measured); its wheels are for x86-64 alone, elsewhere the extra installs nothing and OpenBLAS serves
         "mkl": [_MKL],
         "cuda": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13"],

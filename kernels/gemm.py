@@ -33,6 +33,7 @@ import ctypes.util
 import importlib
 import importlib.metadata
 import os
+import platform
 
 import numba
 import numpy as np
@@ -44,11 +45,13 @@ _SPLIT_MIN = 1 << 18
 _WHOLE_MIN = 1 << 21
 
 
-# The BLAS each part calls, as ctypes functions of Fortran's sgemm and dgemm, which Numba calls: MKL's where the
-# `mkl` wheel (pip install "minigen[mkl]") or a system MKL is found, else SciPy's OpenBLAS (the one Numba's
-# np.dot calls). MKL on one thread took 0.40-0.86 of OpenBLAS's time on every product of the training steps
-# measured (128 x 784 x 512 0.83, 3136 x 512 x 64 0.84, 448 x 64 x 64 0.71, 64 x 12544 x 576 0.40; Intel Xeon,
-# AVX-512), the same time as PyTorch's (0.98-1.02), which calls MKL too. MINIGEN_BLAS=openblas or =mkl chooses.
+# The BLAS each part calls, as ctypes functions of Fortran's sgemm and dgemm, which Numba calls: on an Intel CPU
+# MKL's, where the `mkl` wheel (pip install "minigen[mkl]") or a system MKL is found, else SciPy's OpenBLAS (the
+# one Numba's np.dot calls). MKL on one thread took 0.40-0.86 of OpenBLAS's time on every product of the
+# training steps measured (128 x 784 x 512 0.83, 3136 x 512 x 64 0.84, 448 x 64 x 64 0.71, 64 x 12544 x 576
+# 0.40; Intel Xeon, AVX-512), the same time as PyTorch's (0.98-1.02), which calls MKL too; whole training steps
+# took 0.82-0.97 of their time on OpenBLAS. On other CPUs (AMD's) MKL is unmeasured, so OpenBLAS serves unless
+# MINIGEN_BLAS=mkl; MINIGEN_BLAS=openblas chooses OpenBLAS anywhere.
 # Looked up at the first product matmul computes (_load_blas), as importing scipy.linalg takes 0.1-0.2 s that
 # `import minigen` need not pay. The kernels are not cached on disk (cache=False): they call BLAS at addresses
 # known only in this process.
@@ -71,11 +74,21 @@ def _mkl_library():
     return ctypes.util.find_library("mkl_rt")
 
 
+def _intel_cpu() -> bool:
+    """Whether this is an Intel CPU, where MKL was measured (/proc/cpuinfo's vendor, else platform's name)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "GenuineIntel" in f.read(1 << 12)
+    except OSError:
+        return "Intel" in platform.processor()
+
+
 def _blas_functions(choice: str):
     """(provider, address of sgemm, address of dgemm) for MINIGEN_BLAS's choice: 'auto', 'mkl' or 'openblas'."""
     if choice not in ("auto", "mkl", "openblas"):
-        raise ValueError(f"MINIGEN_BLAS={choice!r}: expected 'mkl', 'openblas' or unset (MKL where installed)")
-    path = _mkl_library() if choice != "openblas" else None
+        raise ValueError(f"MINIGEN_BLAS={choice!r}: expected 'mkl', 'openblas' or unset (MKL where installed, on "
+                         "an Intel CPU)")
+    path = _mkl_library() if choice == "mkl" or choice == "auto" and _intel_cpu() else None
     if path is not None:
         mkl = ctypes.CDLL(path)
         # 32-bit integer arguments, whatever MKL_INTERFACE_LAYER says; and each part on its caller's thread:
