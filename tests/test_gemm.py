@@ -53,7 +53,8 @@ def split_everything():
 def _recording_spread(monkeypatch) -> list:
     """The names of the kernels _threads.spread runs from now on."""
     taken, spread = [], _threads.spread
-    monkeypatch.setattr(_threads, "spread", lambda kernel, *args: taken.append(kernel.__name__) or spread(kernel, *args))
+    monkeypatch.setattr(_threads, "spread",
+                        lambda kernel, *args: taken.append(kernel.__name__) or spread(kernel, *args))
     return taken
 
 
