@@ -212,15 +212,20 @@ def test_a_blas_choice_that_cannot_be_met_says_so(monkeypatch):
     assert gemm._blas_functions("auto")[0] == "openblas"
 
 
+def _python(args: list, **environment) -> subprocess.CompletedProcess:
+    """Python run on `args` from the repository root, with these environment variables added (a BLAS is chosen
+    once per process)."""
+    return subprocess.run([sys.executable, *args], env=dict(os.environ, **environment), capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 @pytest.mark.skipif(gemm._mkl_library() is None, reason="MKL is not installed: the tests above ran on OpenBLAS")
 def test_products_on_the_other_blas_too():
     """With MKL installed the tests above ran on one of MKL and OpenBLAS: the product tests run again on the
     other."""
     tests = "equal_numpys or in_place or takes_its_way or chosen"
     other = "openblas" if gemm.blas() == "mkl" else "mkl"
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
-                         env=dict(os.environ, MINIGEN_BLAS=other), capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = _python(["-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests], MINIGEN_BLAS=other)
     assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
 
 
@@ -231,8 +236,5 @@ def test_mkl_takes_its_own_layers_whatever_the_environment_says():
     code = ("import numba, numpy as np; from kernels import gemm; numba.set_num_threads(1); "
             "a = np.arange(300 * 200, dtype=np.float32).reshape(300, 200) % 7; b = a.T[:, :150].copy(); "
             "assert gemm.blas() == 'mkl'; np.testing.assert_array_equal(gemm.matmul(a, b), a @ b)")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, MKL_INTERFACE_LAYER="ILP64", MKL_THREADING_LAYER="INTEL",
-                                  MINIGEN_BLAS="mkl"),
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = _python(["-c", code], MKL_INTERFACE_LAYER="ILP64", MKL_THREADING_LAYER="INTEL", MINIGEN_BLAS="mkl")
     assert run.returncode == 0, run.stderr[-3000:]
