@@ -4,7 +4,7 @@ non-contiguous inputs; the small-array formula path gives the same values; the o
 first and second derivatives on the Numba path."""
 import numpy as np
 import pytest
-from scipy.special import expit
+from scipy.special import expit, ndtr
 
 import minigen as mg
 from kernels import fused
@@ -20,6 +20,29 @@ def _g(x):
 def _silu_grad(x):
     s = expit(x)
     return s * (1 + x * (1 - s))
+
+
+def _phi(x):
+    return np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
+
+
+def _tanh_form(x):
+    """GELU's tanh form as the paper writes it, 0.5 (1 + tanh(u)) = sigmoid(2 u): (s, dv/dx) for v = 2 u. The
+    sigmoid as exp(min(v, 0)) / (1 + exp(-|v|)), whose subnormal values scipy's expit flushes to 0."""
+    c = np.sqrt(2 / np.pi)
+    v = 2 * c * (x + 0.044715 * x ** 3)
+    return np.exp(np.minimum(v, 0)) / (1 + np.exp(-np.abs(v))), 2 * c * (1 + 3 * 0.044715 * x * x)
+
+
+def _tanh_gelu_grad(x):
+    s, dv = _tanh_form(x)
+    return s + x * s * (1 - s) * dv
+
+
+def _tanh_condition(x):
+    """x s'(v(x)) / s: how much s's relative error grows from the rounding of x (large for x << 0)."""
+    s, dv = _tanh_form(x)
+    return 1 + np.abs(x * dv) * (1 - s)
 
 
 def _softplus(x):
@@ -41,6 +64,15 @@ CASES = {
                             lambda x: G * np.where(x > 0, 1, A), None),
     "relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), 0.0), lambda x: G * (x > 0), None),
     "tanh_backward": (lambda x: fused.tanh_backward(x, _g(x)), lambda x: G * (1 - x * x), np.square),  # 0 at |y| = 1
+    # Phi's tails go through exp(-x^2 / 2), whose condition number is x^2: the rounding of x alone moves the
+    # exact value that much, so errors are measured against the value times 1 + x^2 (gelu' = 0 at x = -0.75)
+    "gelu": (lambda x: fused.gelu(x, "none"), lambda x: x * ndtr(x), lambda x: x * x * np.abs(x * ndtr(x))),
+    "gelu_backward": (lambda x: fused.gelu_backward(x, _g(x), "none"), lambda x: G * (ndtr(x) + x * _phi(x)),
+                      lambda x: G * (1 + x * x) * (ndtr(x) + np.abs(x) * _phi(x))),
+    "gelu_tanh": (lambda x: fused.gelu(x, "tanh"), lambda x: x * _tanh_form(x)[0],
+                  lambda x: np.abs(x * _tanh_form(x)[0]) * _tanh_condition(x)),
+    "gelu_tanh_backward": (lambda x: fused.gelu_backward(x, _g(x), "tanh"), lambda x: G * _tanh_gelu_grad(x),
+                           lambda x: G * _tanh_condition(x) * (_tanh_form(x)[0] + np.abs(_tanh_gelu_grad(x)))),
     # x itself past the cut-off -log(eps), where log1p(exp(-x)) is below half an ulp of x
     "softplus": (lambda x: fused.softplus(x, 1.0, -np.log(np.finfo(x.dtype).eps)), _softplus, None),
     "softplus_beta": (lambda x: fused.softplus(x, 2.0, 20.0),     # beta x exact: the error is softplus's alone
@@ -58,10 +90,13 @@ def test_numba_path_matches_float64_reference(name, dtype):
     y = fn(x)
     assert y.dtype == dtype and y.shape == x.shape and np.isfinite(y).all()
     expected = ref(x.astype(np.float64))
-    # relative to the value, or where terms cancel (to 0 in silu' near x = -1.28) to the size of the terms
+    # relative to the value, or where terms cancel (to 0 in silu' near x = -1.28) to the size of the terms; and
+    # float32 exp flushes results below the smallest normal float to 0 (_fastmath.exp), a factor that gelu'
+    # multiplies by up to |x|^3 (x s (1 - s) v' in the tanh form)
     tol, scale = 8 * np.finfo(dtype).eps, np.abs(expected) + (0 if terms is None else terms(x.astype(np.float64)))
-    assert (np.abs(y - expected) <= tol * scale + np.finfo(dtype).tiny).all()
-    assert (np.abs(fn(x[:100]) - y[:100]) <= 2 * tol * scale[:100] + np.finfo(dtype).tiny).all()   # formula path
+    flushed = np.finfo(dtype).tiny * (1 + np.abs(x.astype(np.float64)) ** 3)
+    assert (np.abs(y - expected) <= tol * scale + flushed).all()
+    assert (np.abs(fn(x[:100]) - y[:100]) <= 2 * tol * scale[:100] + flushed[:100]).all()   # formula path
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -79,7 +114,9 @@ def test_nan_as_in_the_reference_and_a_non_contiguous_input(name):
 
 
 @pytest.mark.parametrize("fn", [fused.silu_backward, fused.tanh_backward, lambda x, g: fused.elu_backward(x, g, A),
-                                lambda x, g: fused.leaky_relu_backward(x, g, A)])
+                                lambda x, g: fused.leaky_relu_backward(x, g, A),
+                                lambda x, g: fused.gelu_backward(x, g, "none"),
+                                lambda x, g: fused.gelu_backward(x, g, "tanh")])
 def test_inputs_of_different_layouts(fn):
     """g channels-last (an NCHW view of NHWC memory) and x with gaps (a crop), or x channels-last and g with
     gaps: the output has g's layout (dense), with the values of contiguous inputs."""
@@ -93,7 +130,7 @@ def test_inputs_of_different_layouts(fn):
 
 
 OPS = {"sigmoid": mg.sigmoid, "silu": mg.silu, "tanh": mg.tanh, "relu": mg.relu, "elu": lambda x: mg.elu(x, 1.5),
-       "leaky_relu": lambda x: mg.leaky_relu(x, A)}
+       "leaky_relu": lambda x: mg.leaky_relu(x, A), "gelu": mg.gelu, "gelu_tanh": lambda x: mg.gelu(x, "tanh")}
 
 
 @pytest.mark.parametrize("name", OPS)

@@ -71,6 +71,11 @@ def test_unary(name, data):
     check(fn, [x], ref)
 
 
+def test_gelu_names_an_unknown_approximation():
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'erf'"):
+        mg.gelu(leaf([1.0]), approximate="erf")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softplus_exact_to_rounding_on_a_wide_range(dtype):
     """Within a few ulps everywhere: past PyTorch's cut-off of 20, log1p(exp(-x)) still matters in float64."""

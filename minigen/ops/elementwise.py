@@ -1,7 +1,7 @@
 """Elementwise operations. Each Function's docstring gives its forward and its backward (the vector-Jacobian
 product, with g the gradient of the output); backward is written in Tensor operations, so it is itself
 differentiable. Broadcasting is handled by the engine, which sums each gradient back to its input's shape.
-Operations that are short compositions of others (gelu, logsigmoid, ...) are plain functions: their
+Operations that are short compositions of others (logsigmoid, hardtanh, ...) are plain functions: their
 derivatives of every order come from their parts. The activations that training steps spend time in are
 one node and one fused pass each way (kernels.fused), their backward a node whose own backward is written
 in Tensor operations.
@@ -14,7 +14,6 @@ import numpy as np
 
 from kernels import fused, layout
 
-from .. import backend
 from ..tensor import Function, Tensor, as_tensor, is_grad_enabled
 
 
@@ -396,6 +395,47 @@ class SiLUGrad(Function):
         return gx, SiLUGrad()(x, gz) if g.requires_grad else None
 
 
+class GELU(Function):
+    """y = x F(x) with F = Phi, the standard normal CDF, or for approximate='tanh' F(x) = sigmoid(v),
+    v = x (K0 + K1 x^2) (Hendrycks & Gimpel 2016's 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the same
+    function);  gx = g (F + x F'). One node and one fused pass each way (kernels.fused)."""
+
+    def __init__(self, approximate: str):
+        self.approximate = approximate
+
+    def forward(self, x):
+        return fused.gelu(x, self.approximate)
+
+    def backward(self, g):
+        return GELUGrad(self.approximate)(self.inputs[0], g)
+
+
+class GELUGrad(Function):
+    """The backward of GELU as one node: z = g gelu'(x);  gx = gz g gelu''(x),  gg = gz gelu'(x) (a GELUGrad
+    again), with gelu'' = phi (2 - x^2) (phi the normal density), or for the tanh form, s = sigmoid(v):
+    s (1 - s) (2 v' + x (1 - 2 s) v'^2 + x v'')."""
+
+    def __init__(self, approximate: str):
+        self.approximate = approximate
+
+    def forward(self, x, g):
+        return fused.gelu_backward(x, g, self.approximate)
+
+    def backward(self, gz):
+        x, g = self.inputs
+        gx = None
+        if x.requires_grad:
+            x2 = x * x
+            if self.approximate == "tanh":
+                k0, k1 = fused.GELU_K0, fused.GELU_K1
+                s, v1 = sigmoid(x * (k0 + k1 * x2)), k0 + 3 * k1 * x2
+                second = s * (1 - s) * (2 * v1 + x * (1 - 2 * s) * v1 * v1 + 6 * k1 * x2)
+            else:
+                second = exp(-0.5 * x2) * (1 / math.sqrt(2 * math.pi)) * (2 - x2)
+            gx = gz * g * second
+        return gx, GELUGrad(self.approximate)(x, gz) if g.requires_grad else None
+
+
 class ReLU(Function):
     """y = max(x, 0);  gx = g * [x > 0] (a LeakyScale of slope 0)."""
 
@@ -466,7 +506,7 @@ class Erf(Function):
     """y = erf(x);  gx = g * 2/sqrt(pi) * exp(-x^2)."""
 
     def forward(self, x):
-        return _special(x).erf(x).astype(x.dtype, copy=False)
+        return fused.special(x).erf(x).astype(x.dtype, copy=False)
 
     def backward(self, g):
         x = self.inputs[0]
@@ -477,7 +517,7 @@ class Erfinv(Function):
     """y = erfinv(x) on (-1, 1);  gx = g * sqrt(pi)/2 * exp(y^2) (the inverse of erf's derivative at y)."""
 
     def forward(self, x):
-        return _special(x).erfinv(x).astype(x.dtype, copy=False)
+        return fused.special(x).erfinv(x).astype(x.dtype, copy=False)
 
     def backward(self, g):
         y = self.output()
@@ -488,7 +528,7 @@ class Lgamma(Function):
     """y = log |Gamma(x)|;  gx = g * digamma(x)."""
 
     def forward(self, x):
-        return _special(x).gammaln(x).astype(x.dtype, copy=False)
+        return fused.special(x).gammaln(x).astype(x.dtype, copy=False)
 
     def backward(self, g):
         return g * polygamma(0, self.inputs[0])
@@ -502,7 +542,7 @@ class Polygamma(Function):
         self.n = n
 
     def forward(self, x):
-        special = _special(x)
+        special = fused.special(x)
         if self.n == 0:
             return special.digamma(x).astype(x.dtype, copy=False)
         scale = (-1) ** (self.n + 1) * math.factorial(self.n)
@@ -529,7 +569,7 @@ class Xlogy(Function):
     gx = g log y where x != 0 (else 0, as PyTorch), gy = g x / y."""
 
     def forward(self, x, y):
-        return _special(x).xlogy(x, y).astype(np.result_type(x, y), copy=False)
+        return fused.special(x).xlogy(x, y).astype(np.result_type(x, y), copy=False)
 
     def backward(self, g):
         x, y = self.inputs
@@ -548,15 +588,6 @@ class Atan2(Function):
         y, x = self.inputs
         h = g / (x * x + y * y)
         return (h * x if y.requires_grad else None), (-h * y if x.requires_grad else None)
-
-
-def _special(x):
-    """scipy.special for NumPy arrays, cupyx.scipy.special for CuPy arrays."""
-    if backend.device_of(x) != "cuda":
-        import scipy.special
-        return scipy.special
-    import cupyx.scipy.special
-    return cupyx.scipy.special
 
 
 class Softplus(Function):
@@ -769,11 +800,9 @@ def silu(x: Tensor) -> Tensor:
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     """x Phi(x) with Phi the standard normal CDF (Hendrycks & Gimpel 2016); 'tanh' uses their approximation."""
-    if approximate == "tanh":
-        return 0.5 * x * (1 + tanh((x + 0.044715 * x ** 3) * math.sqrt(2 / math.pi)))
-    if approximate != "none":
+    if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    return 0.5 * x * (1 + erf(x * (1 / math.sqrt(2))))
+    return GELU(approximate)(x)
 
 
 def clip(x: Tensor, a_min=None, a_max=None) -> Tensor:
