@@ -18,7 +18,7 @@ array operations, so that callers never choose. All formulas use e = exp(-|x|) <
     silu'(x)   = s (1 + x (1 - s)),  s = sigmoid(x)
     elu(x)     = x for x > 0,  a expm1(-|x|) otherwise;   elu'(x) = 1 for x > 0,  a e otherwise
     leaky(x)   = x for x > 0,  a x otherwise;   leaky'(x) = 1 for x > 0,  a otherwise (relu's: a = 0)
-    tanh'(x)   = 1 - y^2,  y = tanh(x)
+    tanh'(x)   = 1 - y^2,  y = tanh(x);   sigmoid'(x) = y (1 - y),  y = sigmoid(x)
     gelu(x)    = x Phi(x);   gelu'(x) = Phi(x) + x phi(x)   (Phi, phi: the normal CDF and density)
 
 relu's forward (np.maximum) and tanh's are single vectorized NumPy passes already. softplus,
@@ -42,7 +42,7 @@ from . import layout
 from ._fastmath import FASTMATH, INV_SQRT_2PI, exp, expm1, log1p, ndtr
 from ._threads import PARALLEL_MIN_SIZE, parallel
 
-(_SIGMOID, _SILU, _SILU_BACKWARD, _ELU, _ELU_BACKWARD, _LEAKY, _TANH_BACKWARD,
+(_SIGMOID, _SILU, _SILU_BACKWARD, _ELU, _ELU_BACKWARD, _LEAKY, _FROM_OUTPUT,
  _GELU, _GELU_BACKWARD, _GELU_TANH, _GELU_TANH_BACKWARD) = range(11)
 
 # GELU's tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) = x sigmoid(v), v = x (K0 + K1 x^2)
@@ -74,8 +74,8 @@ def _activation(kind, x, g, a, out):
         v = x[i]
         if kind == _LEAKY:
             out[i] = g[i] if v > 0 else a * g[i]
-        elif kind == _TANH_BACKWARD:
-            out[i] = g[i] * (one - v * v)
+        elif kind == _FROM_OUTPUT:      # v = y: tanh' = 1 - y^2 (a = 1), sigmoid' = y - y^2 (a = 0)
+            out[i] = g[i] * (a + (one - a) * v - v * v)
         elif kind == _ELU:
             out[i] = v if v > 0 else a * expm1(-abs(v))
         elif kind == _ELU_BACKWARD:
@@ -107,13 +107,17 @@ def _gelu(kind, x, g, a, out):
 
 
 @parallel(fastmath=FASTMATH, error_model="numpy")
-def _softplus(x, beta, cutoff, out):
-    """out = x where beta x > cutoff, else (max(beta x, 0) + log1p(exp(-|beta x|))) / beta, on flat arrays."""
-    zero = x.dtype.type(0)
+def _softplus(backward, x, g, beta, cutoff, out):
+    """On flat arrays, with v = beta x: the forward out = x where v > cutoff, else (max(v, 0) + log1p(exp(-|v|)))
+    / beta; or the backward out = g where v > cutoff, else g sigmoid(v)."""
+    zero, one = x.dtype.type(0), x.dtype.type(1)
     for i in numba.prange(x.size):
         v = beta * x[i]
-        y = (max(v, zero) + log1p(exp(-abs(v)))) / beta
-        out[i] = x[i] if v > cutoff else y
+        if backward:
+            out[i] = g[i] if v > cutoff else g[i] * _sigmoid(v, one)
+        else:
+            y = (max(v, zero) + log1p(exp(-abs(v)))) / beta
+            out[i] = x[i] if v > cutoff else y
 
 
 def _fast(*arrays) -> bool:
@@ -124,28 +128,34 @@ def _fast(*arrays) -> bool:
             and kernels.numba_passes())
 
 
-def _fused(kind, x, g, a=0.0, kernel=_activation):
-    """The kernel over memory in g's order (x's for a forward, where g is x): a channels-last view of NCHW stays
-    one, as in NumPy's g * f'(x), and the gradient flowing through keeps its layout."""
+def _fused(kind, x, g, *scalars, kernel=_activation):
+    """kernel(kind, x, g, *scalars, out) over memory in g's order (x's for a forward, where g is x): a
+    channels-last view of NCHW stays one, as in NumPy's g * f'(x), and the gradient flowing through keeps its
+    layout. The scalars (_activation's a, 0 when not given) are cast to x's dtype."""
     out = np.empty_like(g)
     flat = [layout.in_layout_of(b, out).ravel(order="K") for b in (x, g)]
-    kernel(kind, *flat, x.dtype.type(a), out.ravel(order="K"))
+    kernel(kind, *flat, *[x.dtype.type(c) for c in scalars or (0.0,)], out.ravel(order="K"))
     return out
 
 
 def softplus(x, beta, cutoff):
     """log(1 + exp(beta x)) / beta, and x itself where beta x > cutoff: max(bx, 0) + log1p(exp(-|bx|)) over
     beta, finite for any x."""
-    if _fast(x) and x.dtype == np.float32:
-        out = np.empty_like(x)
-        _softplus(layout.in_layout_of(x, out).ravel(order="K"), x.dtype.type(beta), x.dtype.type(cutoff),
-                  out.ravel(order="K"))
-        return out
+    if _fast(x) and x.dtype == np.float32:     # float64's log1p would be libm's scalar call
+        return _fused(False, x, x, beta, cutoff, kernel=_softplus)
     bx = x * beta if beta != 1 else x
     y = np.maximum(bx, 0) + np.log1p(np.exp(-np.abs(bx)))
     if beta != 1:
         y = y / beta
     return np.where(bx > cutoff, x, y).astype(x.dtype, copy=False)
+
+
+def softplus_backward(x, g, beta, cutoff):
+    """g softplus'(x) = g sigmoid(beta x), and g itself where beta x > cutoff."""
+    if _fast(x, g):
+        return _fused(True, x, g, beta, cutoff, kernel=_softplus)
+    bx = x * beta if beta != 1 else x
+    return g * np.where(bx > cutoff, 1, _sigmoid_formula(bx)).astype(g.dtype, copy=False)
 
 
 def _sigmoid_formula(x):
@@ -234,4 +244,9 @@ def leaky_relu_backward(x, g, a):
 
 def tanh_backward(y, g):
     """g tanh'(x) = g (1 - y^2) from the output y = tanh(x)."""
-    return _fused(_TANH_BACKWARD, y, g) if _fast(y, g) else g * (1 - y * y)
+    return _fused(_FROM_OUTPUT, y, g, 1.0) if _fast(y, g) else g * (1 - y * y)
+
+
+def sigmoid_backward(y, g):
+    """g sigmoid'(x) = g y (1 - y) from the output y = sigmoid(x)."""
+    return _fused(_FROM_OUTPUT, y, g, 0.0) if _fast(y, g) else g * y * (1 - y)

@@ -2,6 +2,7 @@
 timed in interleaved bursts; and a training-step comparison end to end on a small workload."""
 import os
 
+import numpy as np
 import pytest
 
 from benchmarks import harness
@@ -45,6 +46,30 @@ def test_training_steps_compare_minigen_and_torch_from_the_same_weights():
     losses = {c["engine"]: (float(c["loss step 1"]), float(c["loss step 2"])) for c in check["check"]}
     assert losses["minigen"] == pytest.approx(losses["torch"], rel=2e-4)
     assert losses["minigen"][1] < losses["minigen"][0] and check["check"][0]["parameters"] == 785284
+
+
+def test_activations_check_both_engines_gradients_then_time_them():
+    pytest.importorskip("torch")
+    from benchmarks import activations
+    rows = activations.timings(1, True, ["gelu"])
+    assert [(r["case"], r["impl"]) for r in rows] == [("gelu (32, 64, 32, 32) float32", e) for e in ("minigen", "torch")]
+    assert all(r["calls"] >= 6 and r["seconds"] > 0 and r["threads"] == 1 for r in rows)
+
+
+def test_activations_check_fails_when_the_gradients_differ():
+    from benchmarks import activations
+
+    class Proc:
+        names = ["silu"]
+
+        def __init__(self, scale):
+            self.scale = scale
+
+        def result(self, name):
+            return np.ones(4) * self.scale
+    activations._check({"minigen": Proc(1.0), "torch": Proc(1.0)})
+    with pytest.raises(AssertionError, match="silu: the gradients of torch and minigen"):
+        activations._check({"minigen": Proc(1.0), "torch": Proc(1.001)})
 
 
 def test_engine_overhead_checks_and_times_each_engine_in_its_own_process():

@@ -64,6 +64,8 @@ CASES = {
                             lambda x: G * np.where(x > 0, 1, A), None),
     "relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), 0.0), lambda x: G * (x > 0), None),
     "tanh_backward": (lambda x: fused.tanh_backward(x, _g(x)), lambda x: G * (1 - x * x), np.square),  # 0 at |y| = 1
+    "sigmoid_backward": (lambda x: fused.sigmoid_backward(x, _g(x)), lambda x: G * x * (1 - x),  # 0 at y = 0, 1
+                         lambda x: np.abs(x) + x * x),
     # Phi's tails go through exp(-x^2 / 2), whose condition number is x^2: the rounding of x alone moves the
     # exact value that much, so errors are measured against the value times 1 + x^2 (gelu' = 0 at x = -0.75)
     "gelu": (lambda x: fused.gelu(x, "none"), lambda x: x * ndtr(x), lambda x: x * x * np.abs(x * ndtr(x))),
@@ -77,6 +79,8 @@ CASES = {
     "softplus": (lambda x: fused.softplus(x, 1.0, -np.log(np.finfo(x.dtype).eps)), _softplus, None),
     "softplus_beta": (lambda x: fused.softplus(x, 2.0, 20.0),     # beta x exact: the error is softplus's alone
                       lambda x: np.where(2 * x > 20, x, _softplus(2 * x) / 2), None),
+    "softplus_backward": (lambda x: fused.softplus_backward(x, _g(x), 2.0, 3.0),
+                          lambda x: G * np.where(2 * x > 3, 1, expit(2 * x)), None),
 }
 
 
@@ -113,7 +117,8 @@ def test_nan_as_in_the_reference_and_a_non_contiguous_input(name):
     np.testing.assert_array_equal(np.isnan(fn(x[:4, :8])), np.isnan(ref(x[:4, :8].astype(np.float64))))
 
 
-@pytest.mark.parametrize("fn", [fused.silu_backward, fused.tanh_backward, lambda x, g: fused.elu_backward(x, g, A),
+@pytest.mark.parametrize("fn", [fused.silu_backward, fused.tanh_backward, fused.sigmoid_backward,
+                                lambda x, g: fused.elu_backward(x, g, A),
                                 lambda x, g: fused.leaky_relu_backward(x, g, A),
                                 lambda x, g: fused.gelu_backward(x, g, "none"),
                                 lambda x, g: fused.gelu_backward(x, g, "tanh")])
@@ -130,7 +135,8 @@ def test_inputs_of_different_layouts(fn):
 
 
 OPS = {"sigmoid": mg.sigmoid, "silu": mg.silu, "tanh": mg.tanh, "relu": mg.relu, "elu": lambda x: mg.elu(x, 1.5),
-       "leaky_relu": lambda x: mg.leaky_relu(x, A), "gelu": mg.gelu, "gelu_tanh": lambda x: mg.gelu(x, "tanh")}
+       "leaky_relu": lambda x: mg.leaky_relu(x, A), "gelu": mg.gelu, "gelu_tanh": lambda x: mg.gelu(x, "tanh"),
+       "softplus": lambda x: mg.softplus(x, beta=2.0, threshold=3.0)}
 
 
 @pytest.mark.parametrize("name", OPS)

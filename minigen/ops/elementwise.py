@@ -356,11 +356,11 @@ class Sigmoid(Function):
 
 
 class SigmoidGrad(Function):
-    """The backward of sigmoid as one node: z = g y (1 - y) from y = sigmoid(x);
+    """The backward of sigmoid as one node and one fused pass: z = g y (1 - y) from y = sigmoid(x);
     gy = gz * g * (1 - 2 y),  gg = gz y (1 - y) (a SigmoidGrad again)."""
 
     def forward(self, y, g):
-        return g * y * (1 - y)
+        return fused.sigmoid_backward(y, g)
 
     def backward(self, gz):
         y, g = self.inputs
@@ -609,9 +609,27 @@ class Softplus(Function):
 
     def backward(self, g):
         x = self.inputs[0]
-        bx = x * self.beta if self.beta != 1 else x
-        linear = bx.data > self._cutoff(x.dtype)
-        return g * where(linear, 1.0, sigmoid(bx))
+        return SoftplusGrad(self.beta, self._cutoff(x.dtype))(x, g)
+
+
+class SoftplusGrad(Function):
+    """The backward of softplus as one node and one fused pass: z = g s, s = sigmoid(beta x) (1 past the cut-off);
+    gx = gz g beta s (1 - s) (0 past it),  gg = gz s (a SoftplusGrad again)."""
+
+    def __init__(self, beta, cutoff):
+        self.beta, self.cutoff = beta, cutoff
+
+    def forward(self, x, g):
+        return fused.softplus_backward(x, g, self.beta, self.cutoff)
+
+    def backward(self, gz):
+        x, g = self.inputs
+        gx = None
+        if x.requires_grad:
+            bx = x * self.beta if self.beta != 1 else x
+            s = sigmoid(bx)
+            gx = gz * g * where(bx.data > self.cutoff, 0.0, self.beta * s * (1 - s))
+        return gx, SoftplusGrad(self.beta, self.cutoff)(x, gz) if g.requires_grad else None
 
 
 class Clip(Function):
