@@ -1,17 +1,17 @@
 """Numba's fast-math flags for the kernels' reductions, and exp, expm1, log1p and the normal CDF in float32
 arithmetic that LLVM vectorizes: this Numba has no SVML, so math.exp is a scalar libm call and a loop calling
 it does not vectorize (softmax over 4096x1024 float32: 8.4 ms with math.exp, 5.4 ms for NumPy's AVX-512 exp,
-1.7 ms with `exp` below). float64 keeps libm's. Used by the softmax kernels (cpu.py), the fused activations (fused.py) and the
-normalizations (norm.py).
+1.7 ms with `exp` below). float64 keeps libm's. Used by the softmax kernels (cpu.py), the fused activations
+(fused.py) and the normalizations (norm.py).
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
-from llvmlite import ir
 import numba
+import numpy as np
 import scipy.special
+from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 

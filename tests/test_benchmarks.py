@@ -52,7 +52,8 @@ def test_activations_check_both_engines_gradients_then_time_them():
     pytest.importorskip("torch")
     from benchmarks import activations
     rows = activations.timings(1, True, ["gelu"])
-    assert [(r["case"], r["impl"]) for r in rows] == [("gelu (32, 64, 32, 32) float32", e) for e in ("minigen", "torch")]
+    case = "gelu (32, 64, 32, 32) float32"
+    assert [(r["case"], r["impl"]) for r in rows] == [(case, e) for e in ("minigen", "torch")]
     assert all(r["calls"] >= 6 and r["seconds"] > 0 and r["threads"] == 1 for r in rows)
 
 
