@@ -40,7 +40,7 @@ import numpy as np
 import kernels
 
 from . import layout
-from ._fastmath import FASTMATH, INV_SQRT_2PI, exp, expm1, log1p, ndtr
+from ._fastmath import FASTMATH, INV_SQRT_2PI, exp, expm1, log1p, ndtr, wide_vectors
 from ._threads import PARALLEL_MIN_SIZE, parallel
 
 (_SIGMOID, _SILU, _SILU_BACKWARD, _ELU, _ELU_BACKWARD, _LEAKY, _FROM_OUTPUT,
@@ -72,6 +72,7 @@ def _activation(kind, x, g, a, out):
     libm call such as math.log1p in any branch would leave every kind scalar, 2-6x slower)."""
     one = x.dtype.type(1)
     for i in numba.prange(x.size):
+        wide_vectors()
         v = x[i]
         if kind == _LEAKY:
             out[i] = g[i] if v > 0 else a * g[i]
@@ -96,6 +97,7 @@ def _gelu(kind, x, g, a, out):
     t = x.dtype.type
     one, half, lim, inv_sqrt_2pi, k0, k1 = t(1), t(0.5), t(_GELU_CLAMP), t(INV_SQRT_2PI), t(GELU_K0), t(GELU_K1)
     for i in numba.prange(x.size):
+        wide_vectors()
         v = x[i]
         c = -lim if v < -lim else lim if v > lim else v      # NaN stays NaN
         if kind == _GELU:
@@ -113,6 +115,7 @@ def _softplus(backward, x, g, beta, cutoff, out):
     / beta; or the backward out = g where v > cutoff, else g sigmoid(v)."""
     zero, one = x.dtype.type(0), x.dtype.type(1)
     for i in numba.prange(x.size):
+        wide_vectors()
         v = beta * x[i]
         if backward:
             out[i] = g[i] if v > cutoff else g[i] * _sigmoid(v, one)

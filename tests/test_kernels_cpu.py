@@ -520,6 +520,26 @@ def test_wide_vectors_marks_the_function_that_calls_it_and_leaves_its_result_alo
     assert "prefer-vector-width" not in next(iter(plain.inspect_llvm().values()))
 
 
+def test_ndtr_is_inlined_into_the_loop_that_calls_it():
+    """always_inline makes LLVM inline ndtr (exp inlined into it) into a calling loop, which it declines for a
+    function of that size: the compiled loop keeps no call to it, and it vectorizes (see _fastmath.always_inline)."""
+    import re
+
+    import numba
+    from kernels import _fastmath
+
+    @numba.njit(fastmath=_fastmath.FASTMATH, error_model="numpy")
+    def loop(x, out):
+        for i in range(x.size):
+            out[i] = _fastmath.ndtr(x[i])
+
+    x = np.linspace(-5, 5, 64).astype(np.float32)
+    out = np.empty_like(x)
+    loop(x, out)
+    ir = loop.overloads[loop.signatures[0]].library.get_llvm_str()
+    assert re.search(r"\bcall\b[^\n]*_fastmath4ndtr", ir) is None     # ndtr's mangled name
+
+
 def test_softmax_backward_is_the_jacobian_product():
     """softmax_backward(y, gy) = J^T gy with J = diag(y) - y y^T, checked by central differences."""
     rng = np.random.default_rng(5)
