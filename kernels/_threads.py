@@ -76,6 +76,11 @@ if OWN_THREADS and hasattr(os, "register_at_fork"):
 THREADS_MIN_SIZE = 1 << 15 if OWN_THREADS else 1 << 22
 
 
+def in_parallel(size: int) -> bool:
+    """Whether a kernel call whose largest array has `size` elements runs its parallel compilation."""
+    return numba.get_num_threads() > 1 and size >= THREADS_MIN_SIZE
+
+
 def shared() -> bool:
     """Whether minigen's kernels split work over several threads of their own (OpenMP layer, > 1 thread)."""
     return OWN_THREADS and numba.get_num_threads() > 1
@@ -116,8 +121,7 @@ class _Kernel:
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
-        largest = max(a.size for a in args if isinstance(a, np.ndarray))
-        if numba.get_num_threads() == 1 or largest < THREADS_MIN_SIZE:
+        if not in_parallel(max(a.size for a in args if isinstance(a, np.ndarray))):
             return self.serial(*args)
         with _LAUNCH:
             return self.parallel(*args)

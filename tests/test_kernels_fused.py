@@ -7,7 +7,7 @@ import pytest
 from scipy.special import expit, ndtr
 
 import minigen as mg
-from kernels import fused
+from kernels import _threads, fused
 from kernels._threads import PARALLEL_MIN_SIZE
 
 G, A = 0.5, 0.2     # the upstream gradient and the slope / alpha the cases use
@@ -45,6 +45,11 @@ def _tanh_condition(x):
     return 1 + np.abs(x * dv) * (1 - s)
 
 
+def _tanh_kernel(x):
+    """The tanh kernel itself (fused.tanh takes NumPy's on one thread); NumPy's below the kernels' size."""
+    return fused._fused(fused._TANH, x, x) if x.size >= PARALLEL_MIN_SIZE else np.tanh(x)
+
+
 def _softplus(x):
     """log(1 + exp(x)) in float64, NaN for NaN without NumPy's warning."""
     with np.errstate(invalid="ignore"):
@@ -63,6 +68,7 @@ CASES = {
     "leaky_relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), A),
                             lambda x: G * np.where(x > 0, 1, A), None),
     "relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), 0.0), lambda x: G * (x > 0), None),
+    "tanh": (_tanh_kernel, np.tanh, None),
     "tanh_backward": (lambda x: fused.tanh_backward(x, _g(x)), lambda x: G * (1 - x * x), np.square),  # 0 at |y| = 1
     "sigmoid_backward": (lambda x: fused.sigmoid_backward(x, _g(x)), lambda x: G * x * (1 - x),  # 0 at y = 0, 1
                          lambda x: np.abs(x) + x * x),
@@ -132,6 +138,22 @@ def test_inputs_of_different_layouts(fn):
         y = fn(x, g)
         assert y.strides == np.empty_like(g).strides
         np.testing.assert_array_equal(y, fn(np.ascontiguousarray(x), np.ascontiguousarray(g)))
+
+
+def test_tanh_takes_the_kernel_only_where_it_runs_on_several_threads():
+    import numba
+    x = np.random.default_rng(4).standard_normal(PARALLEL_MIN_SIZE).astype(np.float32)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        np.testing.assert_array_equal(fused.tanh(x), np.tanh(x))
+        if numba.config.NUMBA_NUM_THREADS > 1:
+            numba.set_num_threads(2)       # the kernel runs in parallel from THREADS_MIN_SIZE (4 M on workqueue)
+            expected = _tanh_kernel(x) if x.size >= _threads.THREADS_MIN_SIZE else np.tanh(x)
+            np.testing.assert_array_equal(fused.tanh(x), expected)
+            assert not np.array_equal(_tanh_kernel(x), np.tanh(x))     # the two paths are told apart
+    finally:
+        numba.set_num_threads(threads)
 
 
 OPS = {"sigmoid": mg.sigmoid, "silu": mg.silu, "tanh": mg.tanh, "relu": mg.relu, "elu": lambda x: mg.elu(x, 1.5),
