@@ -131,7 +131,7 @@ def _softplus(backward, x, g, beta, cutoff, out):
 def _fast(*arrays) -> bool:
     """Whether the Numba path serves these arrays: NumPy, one float dtype, large enough."""
     a = arrays[0]
-    return (type(a) is np.ndarray and a.dtype in (np.float32, np.float64) and a.size >= PARALLEL_MIN_SIZE
+    return (a.size >= PARALLEL_MIN_SIZE and type(a) is np.ndarray and a.dtype in (np.float32, np.float64)
             and all(type(b) is np.ndarray and b.dtype == a.dtype and b.shape == a.shape for b in arrays)
             and kernels.numba_passes())
 

@@ -219,7 +219,9 @@ class Function:
 
     def __call__(self, *inputs: Tensor):
         # the hot path of every operation: kept to plain loops and attribute reads
-        ys = self.forward(inputs[0].data) if len(inputs) == 1 else self.forward(*[x.data for x in inputs])
+        n = len(inputs)
+        ys = (self.forward(inputs[0].data) if n == 1 else self.forward(inputs[0].data, inputs[1].data) if n == 2
+              else self.forward(*[x.data for x in inputs]))
         multi = type(ys) is tuple
         if _Mode.detect_anomaly:
             self._check_finite([x.data for x in inputs], ys if multi else (ys,), "forward")
