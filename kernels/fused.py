@@ -208,7 +208,8 @@ def special(x):
 def _gelu_pieces(x, approximate):
     """(c, F(c)) for the formula path: x clamped to +-_GELU_CLAMP, and Phi(c) or sigmoid(c (K0 + K1 c^2))."""
     c = np.clip(x, -_GELU_CLAMP, _GELU_CLAMP)
-    return c, _sigmoid_formula(c * (GELU_K0 + GELU_K1 * c * c)) if approximate == "tanh" else special(x).ndtr(c)
+    f = _sigmoid_formula(c * (GELU_K0 + GELU_K1 * c * c)) if approximate == "tanh" else special(x).ndtr(c)
+    return c, f.astype(x.dtype, copy=False)     # scipy's ndtr returns float16 as float64
 
 
 def gelu(x, approximate):

@@ -169,6 +169,16 @@ def test_ops_on_the_numba_path_have_right_first_and_second_derivatives(name):
     assert mg.gradcheck(OPS[name], [x]) and mg.gradgradcheck(OPS[name], [x])
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("name", OPS)
+def test_ops_keep_the_dtype_of_their_input(name, dtype):
+    """On the array-formula path too, where scipy's ndtr (GELU's Phi) would return float16 as float64."""
+    x = mg.tensor(np.linspace(-3, 3, 7).astype(dtype), requires_grad=True)
+    y = OPS[name](x)
+    y.sum().backward()
+    assert y.dtype == dtype and x.grad.dtype == dtype
+
+
 def test_the_reference_backend_turns_every_numba_pass_off():
     """With 'reference' chosen, the activations, normalizations, Adam and layout copies take their NumPy
     formulas too, so that the reference is plain NumPy throughout."""
