@@ -88,7 +88,10 @@ def timings(threads: int, quick: bool, names=None) -> list[dict]:
 
 
 def run(quick: bool = False):
-    return [row for threads in THREADS for row in timings(threads, quick)], {}
+    rows = [row for threads in THREADS for row in timings(threads, quick)]
+    spreads = [{"case": r["case"], "threads": r["threads"], "engine": r["impl"], "spread": f"{r['spread']:.2f}"}
+               for r in rows]
+    return rows, {"Spread (interquartile range / median) of each engine's calls": spreads}
 
 
 if __name__ == "__main__":
