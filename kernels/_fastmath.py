@@ -39,8 +39,9 @@ def wide_vectors(typingctx):
     it first. Call it inside a prange loop's body, which Numba compiles as a function of its own. It emits no
     instructions. Used where the loops compute more than they move: softmax's forward (cpu.py), the fused
     activations (fused.py: sigmoid, SiLU, ELU, softplus and GELU took 0.65-0.8 of their time with it over 2 M
-    float32, one thread); bound by memory (leaky ReLU, tanh's backward), a loop gains nothing from it. llvmlite's attribute set takes LLVM's keyword attributes only, so the
-    string attribute is added past its check; without AVX-512 the widest legal vector stays the limit."""
+    float32, one thread); bound by memory (leaky ReLU, tanh's backward), a loop gains nothing from it.
+    llvmlite's attribute set takes LLVM's keyword attributes only, so the string attribute is added past its
+    check; without AVX-512 the widest legal vector stays the limit."""
     def codegen(context, builder, signature, args):
         set.add(builder.function.attributes, '"prefer-vector-width"="512"')
         return context.get_dummy_value()
@@ -121,9 +122,9 @@ def log1p(y):
     return t * (c[0] + t2 * (c[1] + t2 * (c[2] + t2 * (c[3] + t2 * (c[4] + t2 * (c[5] + t2 * c[6]))))))
 
 
-# Polynomial coefficients for normal_cdf_pdf, fitted in float64 by least squares on Chebyshev nodes, reweighted toward the
-# smallest largest relative error (Lawson's iteration): Phi(x) - 1/2 = x P(x^2) on |x| < 3/2 (relative error
-# 1.2e-9), and Mills' ratio R(x) = Phi(-x) / phi(x) = t Q(t), t = 1 / (1 + x/2), on x >= 3/2 (4.7e-8).
+# Polynomial coefficients for normal_cdf_pdf, fitted in float64 by least squares on Chebyshev nodes, reweighted
+# toward the smallest largest relative error (Lawson's iteration): Phi(x) - 1/2 = x P(x^2) on |x| < 3/2 (relative
+# error 1.2e-9), and Mills' ratio R(x) = Phi(-x) / phi(x) = t Q(t), t = 1 / (1 + x/2), on x >= 3/2 (4.7e-8).
 _NDTR_SPLIT = _F32(1.5)
 _NDTR_CORE = tuple(map(_F32, (0.398942279, -0.066490335, 0.0099732413, -0.00118648847, 0.000114356373,
                               -8.71829723e-06, 4.1155501e-07)))

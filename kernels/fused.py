@@ -23,12 +23,12 @@ array operations, so that callers never choose. All formulas use e = exp(-|x|) <
 
 relu's forward is a single vectorized NumPy pass already, and so is tanh's on one thread. softplus,
 max(x, 0) + log1p(e), has a kernel of its own, with its backward g sigmoid(beta x); its forward serves float32
-only (_fastmath.log1p, vectorized), float64's stays in array operations: libm's log1p is a scalar call, and a branch calling libm would leave every kind of _activation
-scalar (softplus with math.log1p: 6.2 ms on 0.4 M float32, NumPy's 0.7 ms). GELU has a kernel of its own too
-(with its four kinds in _activation, LLVM no longer unswitched that loop: SiLU took 6.7x the time), Phi being
-_fastmath.normal_cdf_pdf, vectorized for float32 (libm's erfc for float64). float32 GELU forward + backward on 2 M
-elements, one thread: 3.9 ms against PyTorch's 2.7 (benchmarks/activations); composed of erf and products, as
-it was, 42 ms.
+only (_fastmath.log1p, vectorized) and float64's stays in array operations: libm's log1p is a scalar call, and
+a branch calling libm would leave every kind of _activation scalar (softplus with math.log1p: 6.2 ms on 0.4 M
+float32, NumPy's 0.7 ms). GELU has a kernel of its own too (with its four kinds in _activation, LLVM no longer
+unswitched that loop: SiLU took 6.7x the time), Phi being _fastmath.normal_cdf_pdf, vectorized for float32
+(libm's erfc for float64). float32 GELU forward + backward on 2 M elements took 1.05-1.11 of PyTorch's time at
+1 and 2 threads (benchmarks/activations); composed of erf and products, as it was, 9x.
 """
 from __future__ import annotations
 
