@@ -54,7 +54,7 @@ from .. import backend, nn, optim
 from ..distributions import Normal
 from ..metrics import likelihood_metrics
 from ..nn import functional as F
-from ..ops import clip, concatenate, einsum, erf, kl_normal, log, maximum, split
+from ..ops import clip, concatenate, erf, kl_normal, log, maximum, split
 from ..tensor import Tensor, full, no_grad, randint, randn, randn_like
 from ..train import Recipe
 
@@ -313,9 +313,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        q, k, v = split(self.qkv(self.norm(x)).reshape(n, 3 * c, h * w), 3, axis=1)
-        a = F.softmax(einsum("nci,ncj->nij", q, k) / math.sqrt(c), axis=-1)
-        return x + self.proj(einsum("nij,ncj->nci", a, v).reshape(n, c, h, w))
+        q, k, v = (t.swapaxes(1, 2) for t in split(self.qkv(self.norm(x)).reshape(n, 3 * c, h * w), 3, axis=1))
+        out = F.scaled_dot_product_attention(q, k, v)       # (n, h w, c), its products BLAS's
+        return x + self.proj(out.swapaxes(1, 2).reshape(n, c, h, w))
 
 
 class UNet(nn.Module):
