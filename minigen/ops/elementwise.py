@@ -431,7 +431,7 @@ class GELUGrad(Function):
                 s, v1 = sigmoid(x * (k0 + k1 * x2)), k0 + 3 * k1 * x2
                 second = s * (1 - s) * (2 * v1 + x * (1 - 2 * s) * v1 * v1 + 6 * k1 * x2)
             else:
-                second = exp(-0.5 * x2) * (1 / math.sqrt(2 * math.pi)) * (2 - x2)
+                second = exp(-0.5 * x2) * fused.INV_SQRT_2PI * (2 - x2)
             gx = gz * g * second
         return gx, GELUGrad(self.approximate)(x, gz) if g.requires_grad else None
 
