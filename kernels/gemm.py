@@ -130,9 +130,9 @@ def _operand(x, size):
 
 
 @numba.njit
-def _gemm(a, b, c):
-    """c = a @ b by one BLAS call on 2-D blocks as _blocks leaves them (c row-major). Column-major, BLAS
-    computes c^T = b^T a^T."""
+def _gemm(a, b, c, alpha=1.0, beta=0.0):
+    """c = alpha a @ b + beta c by one BLAS call on 2-D blocks as _blocks leaves them (c row-major).
+    Column-major, BLAS computes c^T = b^T a^T."""
     size = a.itemsize
     dims = np.empty(6, np.int32)            # n, m, k and the leading dimensions of b^T, a^T, c^T
     flags = np.empty(2, np.uint8)
@@ -140,8 +140,8 @@ def _gemm(a, b, c):
     flags[0], dims[3] = _operand(b, size)
     flags[1], dims[4] = _operand(a, size)
     dims[5] = max(c.strides[0] // size, c.shape[1], 1)
-    scale = np.zeros(2, a.dtype)            # alpha 1, beta 0
-    scale[0] = 1
+    scale = np.empty(2, a.dtype)
+    scale[0], scale[1] = alpha, beta
     gemm = _sgemm if size == 4 else _dgemm
     gemm(flags[0:].ctypes, flags[1:].ctypes, dims[0:].ctypes, dims[1:].ctypes, dims[2:].ctypes, scale.ctypes,
          b.ctypes, dims[3:].ctypes, a.ctypes, dims[4:].ctypes, scale[1:].ctypes, c.ctypes, dims[5:].ctypes)
@@ -154,25 +154,25 @@ def _block(p, parts, size):
 
 
 @numba.njit(inline="always")
-def _part(a, b, out, p, parts):
-    """Part p of `parts` of out = a @ b: a block of the rows of a for a tall product (the thread packs all of b),
-    else of the columns of b (it packs all of a)."""
+def _part(a, b, out, p, parts, alpha=1.0, beta=0.0):
+    """Part p of `parts` of out = alpha a @ b + beta out: a block of the rows of a for a tall product (the
+    thread packs all of b), else of the columns of b (it packs all of a)."""
     if a.shape[0] >= b.shape[1]:
         i0, i1 = _block(p, parts, a.shape[0])
         if i1 > i0:
-            _gemm(a[i0:i1], b, out[i0:i1])
+            _gemm(a[i0:i1], b, out[i0:i1], alpha, beta)
     else:
         j0, j1 = _block(p, parts, b.shape[1])
         if j1 > j0:
-            _gemm(a, b[:, j0:j1], out[:, j0:j1])
+            _gemm(a, b[:, j0:j1], out[:, j0:j1], alpha, beta)
 
 
 @_threads.parallel(cache=False)
-def _outer(a, b, out):
-    """out = a @ b, cut along its longer outer axis into one part per thread."""
+def _outer(a, b, out, alpha, beta):
+    """out = alpha a @ b + beta out, cut along its longer outer axis into one part per thread."""
     parts = numba.get_num_threads()
     for p in numba.prange(parts):
-        _part(a, b, out, p, parts)
+        _part(a, b, out, p, parts, alpha, beta)
 
 
 @_threads.parallel(cache=False)
@@ -261,7 +261,7 @@ def matmul(a, b):
         _threads.spread(_inner, a, b, partial)
         return partial.sum(axis=0)
     out = np.empty((m, n), dtype=a.dtype)
-    _threads.spread(_outer, a, b, out)
+    _threads.spread(_outer, a, b, out, 1.0, 0.0)
     return out
 
 
@@ -278,3 +278,19 @@ def matmul_pair(a1, b1, a2, b2) -> tuple:
     out2 = np.empty((a2.shape[0], b2.shape[1]), dtype=a2.dtype)
     _threads.spread(_pair, _blocks(a1), _blocks(b1), out1, _blocks(a2), _blocks(b2), out2)
     return out1, out2
+
+
+@numba.njit(cache=False)
+def _subtract_whole(a, b, c):
+    _gemm(a, b, c, -1.0, 1.0)
+
+
+def subtract_product(c, a, b) -> None:
+    """c -= a @ b in place, by BLAS (beta = 1: no temporary, one pass over c), for blocks of float matrices of
+    one dtype that BLAS reads in place with c row-major (lu.py's blocks of its matrix): split over minigen's
+    threads where it has several and the product is large, else one call on this thread."""
+    _load_blas()
+    if _threads.shared() and a.shape[0] * a.shape[1] * b.shape[1] > _SPLIT_MIN:
+        _threads.spread(_outer, a, b, c, -1.0, 1.0)
+    elif c.size:
+        _subtract_whole(a, b, c)

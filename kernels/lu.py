@@ -4,7 +4,7 @@ NumPy's bundled LAPACK is slow on one thread here (512x512 float32: slogdet 8 ms
 512x512 GEMM takes 1.8 ms), so we factor ourselves: LAPACK's recursive getrf2 (Toledo 1997; Golub & Van
 Loan, Matrix Computations 4th ed., 3.2.11 and 3.4) splits the columns in halves, factors the left half,
 applies its row swaps to the right half, solves for the top-right block and updates the bottom-right block
-with one GEMM (NumPy's `@`), then factors the bottom-right block and applies its swaps to the left half.
+with one GEMM (kernels/gemm.py's, in place), then factors the bottom-right block and applies its swaps to the left half.
 Below _NB columns a Numba kernel factors the panel.
 
 Storage: the matrix itself, C-ordered, a = P^T L U overwritten by L (unit lower) and U. Row swaps then move
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+
+from . import gemm
 
 _NB = 32   # panel width handled by Numba: best at n = 512 float32 (16: 1.16x the time, 48: 1.0x, 64: 1.07x)
 _jit = numba.njit(cache=True, fastmath={"contract"})
@@ -175,7 +177,7 @@ def _solve_unit_lower(m, j, h, c0, c1):
         return
     g = h // 2
     _solve_unit_lower(m, j, g, c0, c1)
-    m[j + g:j + h, c0:c1] -= m[j + g:j + h, j:j + g] @ m[j:j + g, c0:c1]
+    gemm.subtract_product(m[j + g:j + h, c0:c1], m[j + g:j + h, j:j + g], m[j:j + g, c0:c1])
     _solve_unit_lower(m, j + g, h - g, c0, c1)
 
 
@@ -189,7 +191,7 @@ def _unit_lower_inverse_blocked(m, j, h):
     x = np.zeros((h, h), m.dtype)
     x[:g, :g] = _unit_lower_inverse_blocked(m, j, g)
     x[g:, g:] = _unit_lower_inverse_blocked(m, j + g, h - g)
-    x[g:, :g] = x[g:, g:] @ (m[j + g:j + h, j:j + g] @ x[:g, :g])
+    x[g:, :g] = gemm.matmul(x[g:, g:], gemm.matmul(m[j + g:j + h, j:j + g], x[:g, :g]))
     np.negative(x[g:, :g], out=x[g:, :g])
     return x
 
@@ -198,11 +200,11 @@ def _solve_upper(m, j, h, b):
     """b <- U^-1 b in place (b has h rows), U the upper triangle of m[j:j+h, j:j+h]: with
     U = [U11 U12; 0 U22], X2 = U22^-1 B2, X1 = U11^-1 (B1 - U12 X2); small blocks by GEMM with U^-1."""
     if h <= _NB:
-        b[...] = _upper_inverse(m, j, h) @ b
+        b[...] = gemm.matmul(_upper_inverse(m, j, h), b)
         return
     g = h // 2
     _solve_upper(m, j + g, h - g, b[g:])
-    b[:g] -= m[j:j + g, j + g:j + h] @ b[g:]
+    gemm.subtract_product(b[:g], m[j:j + g, j + g:j + h], b[g:])
     _solve_upper(m, j, g, b[:g])
 
 
@@ -216,7 +218,7 @@ def _getrf(m, piv, j, w):
     _getrf(m, piv, j, h)
     _swap_rows(m, piv, j, j + h, j + h, j + w)
     _solve_unit_lower(m, j, h, j + h, j + w)
-    m[j + h:, j + h:j + w] -= m[j + h:, j:j + h] @ m[j:j + h, j + h:j + w]
+    gemm.subtract_product(m[j + h:, j + h:j + w], m[j + h:, j:j + h], m[j:j + h, j + h:j + w])
     _getrf(m, piv, j + h, w - h)
     _swap_rows(m, piv, j + h, j + w, j, j + h)
 

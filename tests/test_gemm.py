@@ -75,6 +75,24 @@ def test_split_products_equal_numpys(m, k, n, stack, stacked, layout_a, layout_b
                                atol=(1e-4 if dtype == np.float32 else 1e-11) * np.sqrt(k))
 
 
+@given(m=st.integers(0, 40), k=st.integers(1, 90), n=st.integers(0, 40), layout_a=st.sampled_from(LAYOUTS[:4]),
+       layout_b=st.sampled_from(LAYOUTS[:4]), split=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 9))
+def test_subtract_product_updates_a_block_in_place(m, k, n, layout_a, layout_b, split, dtype, seed):
+    """c -= a @ b on a row-major block of a larger matrix (lu.py's use), whole or split: the values NumPy
+    gives, the rest of the larger matrix untouched."""
+    rng = np.random.default_rng(seed)
+    a = _laid_out(rng.standard_normal((m, k)).astype(dtype), layout_a)
+    b = _laid_out(rng.standard_normal((k, n)).astype(dtype), layout_b)
+    big = rng.standard_normal((m + 3, n + 2)).astype(dtype)
+    expected = big.astype(np.float64)
+    expected[2:-1, 1:-1] -= a.astype(np.float64) @ b.astype(np.float64)
+    with _split_everything() if split else contextlib.nullcontext():
+        gemm.subtract_product(big[2:-1, 1:-1], a, b)
+    np.testing.assert_allclose(big, expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=(1e-4 if dtype == np.float32 else 1e-11) * np.sqrt(k))
+
+
 @pytest.mark.parametrize("a_shape, a_layout, b_shape, b_layout, way", [
     ((600, 64), "C", (64, 32), "C", "_outer"),         # tall: rows of a (an im2col product)
     ((600, 64), "F", (64, 32), "F", "_outer"),         # ... whatever the layouts
