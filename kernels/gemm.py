@@ -280,11 +280,6 @@ def matmul_pair(a1, b1, a2, b2) -> tuple:
     return out1, out2
 
 
-@numba.njit(cache=False)
-def _subtract_whole(a, b, c):
-    _gemm(a, b, c, -1.0, 1.0)
-
-
 def subtract_product(c, a, b) -> None:
     """c -= a @ b in place, by BLAS (beta = 1: no temporary, one pass over c), for blocks of float matrices of
     one dtype that BLAS reads in place with c row-major (lu.py's blocks of its matrix): split over minigen's
@@ -293,4 +288,4 @@ def subtract_product(c, a, b) -> None:
     if _threads.shared() and a.shape[0] * a.shape[1] * b.shape[1] > _SPLIT_MIN:
         _threads.spread(_outer, a, b, c, -1.0, 1.0)
     elif c.size:
-        _subtract_whole(a, b, c)
+        _gemm(a, b, c, -1.0, 1.0)

@@ -87,8 +87,10 @@ def test_subtract_product_updates_a_block_in_place(m, k, n, layout_a, layout_b, 
     big = rng.standard_normal((m + 3, n + 2)).astype(dtype)
     expected = big.astype(np.float64)
     expected[2:-1, 1:-1] -= a.astype(np.float64) @ b.astype(np.float64)
-    with _split_everything() if split else contextlib.nullcontext():
+    with _split_everything() if split else contextlib.nullcontext(), \
+            mock.patch.object(_threads, "spread", wraps=_threads.spread) as spread:
         gemm.subtract_product(big[2:-1, 1:-1], a, b)
+    assert spread.called == (split and m * n > 0)
     np.testing.assert_allclose(big, expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=(1e-4 if dtype == np.float32 else 1e-11) * np.sqrt(k))
 
