@@ -6,7 +6,9 @@ Two cases, each forward + backward written by hand with every engine's own tenso
   then ``y.sum().backward()``: 151 tiny operations, so the time is the per-operation cost of the engine
   (wrapping, recording the graph, walking it back), not arithmetic. Also reported in microseconds per op.
 - mlp: one training step of an MLP 784-512-512-10 (ReLU), batch 128, float32: forward, cross-entropy
-  with integer labels, backward, and the SGD update (lr 0.01) written by hand in place.
+  with integer labels, backward, and the SGD update (lr 0.01) in place: by the engine's own optimizer for
+  minigen (optim.SGD) and PyTorch (torch.optim.SGD), as their users would write it; by hand on the arrays for
+  DeZero (whose optimizers take a Model), HIPS autograd and MyGrad (which have none).
 
 Each engine runs in a process of its own, at 1 and at 2 threads (harness.EngineProcess; its thread count
 set for BLAS, Numba and PyTorch alike), and is timed in interleaved bursts of back-to-back calls
@@ -72,6 +74,7 @@ def _minigen():
     def mlp(params, x, labels):
         ps = [mg.tensor(p, requires_grad=True) for p in params]
         x, labels = mg.Tensor(x), mg.Tensor(labels)
+        opt = mg.optim.SGD(ps, lr=LR)
 
         def step():
             h = x
@@ -79,9 +82,8 @@ def _minigen():
                 h = mg.relu(h @ w + b)
             loss = mg.nn.functional.cross_entropy(h @ ps[-2] + ps[-1], labels)
             loss.backward()
-            for p in ps:
-                p.data -= LR * p.grad.data
-                p.grad = None
+            opt.step()
+            opt.zero_grad()
             return loss.item()
         return step
     return chain, mlp, mg.__version__, ""
@@ -104,6 +106,7 @@ def _torch():
     def mlp(params, x, labels):
         ps = [torch.tensor(p, requires_grad=True) for p in params]
         x, labels = torch.from_numpy(x.copy()), torch.from_numpy(labels.copy())
+        opt = torch.optim.SGD(ps, lr=LR)
 
         def step():
             h = x
@@ -111,10 +114,8 @@ def _torch():
                 h = torch.relu(h @ w + b)
             loss = F.cross_entropy(h @ ps[-2] + ps[-1], labels)
             loss.backward()
-            with torch.no_grad():
-                for p in ps:
-                    p -= LR * p.grad
-                    p.grad = None
+            opt.step()
+            opt.zero_grad()
             return loss.item()
         return step
     return chain, mlp, torch.__version__, f"torch.get_num_threads() = {torch.get_num_threads()}"

@@ -152,18 +152,23 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov))
 
     def _update(self, p, g, state, group):
-        g = self._l2(p, g, group["weight_decay"])
-        mu = group["momentum"]
+        lr, wd, mu, dampening, nesterov = (group[k] for k in ("lr", "weight_decay", "momentum", "dampening",
+                                                               "nesterov"))
+        first = mu != 0 and "momentum_buffer" not in state
+        if first:
+            state["momentum_buffer"] = backend.get_array_module(p.data).empty_like(p.data)
+        buf = state.get("momentum_buffer")
+        if kernels.optim.sgd_update(p.data, g, buf, lr, wd, mu, dampening, nesterov, first):
+            return
+        g = self._l2(p, g, wd)
         if mu != 0:
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = g.copy()
+            if first:
+                buf[...] = g
             else:
-                buf = state["momentum_buffer"]
                 buf *= mu
-                buf += (1 - group["dampening"]) * g
-            buf = state["momentum_buffer"]
-            g = g + mu * buf if group["nesterov"] else buf
-        p.data -= group["lr"] * g
+                buf += (1 - dampening) * g
+            g = g + mu * buf if nesterov else buf
+        p.data -= lr * g
 
 
 class Adam(Optimizer):

@@ -824,7 +824,8 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
              "to channels-last": lambda: layout.padded_nhwc(wide, (1, 1)),
              "to NCHW": lambda: layout.contiguous(wide.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)),
              "silu backward": lambda: fused.silu_backward(x, 1 - x),
-             "adam": lambda: _adam_step(x.copy(), 1 - x, x * 0.1, x * x)}
+             "adam": lambda: _adam_step(x.copy(), 1 - x, x * 0.1, x * x),
+             "sgd": lambda: _sgd_step(x.copy(), 1 - x, x * 0.1)}
     for name, call in calls.items():
         numba.set_num_threads(1)
         serial = call()
@@ -840,6 +841,12 @@ def _adam_step(p, g, m, v):
     from kernels import optim
     assert optim.adam_update(p, g, m, v, 0.9, 0.999, 1e-3, 0.5, 1e-8)
     return np.stack([p, m, v])
+
+
+def _sgd_step(p, g, buf):
+    from kernels import optim
+    assert optim.sgd_update(p, g, buf, 0.1, 0.01, 0.9, 0.1, True, False)
+    return np.stack([p, buf])
 
 
 def test_kernels_run_in_parallel_only_on_two_threads_and_large_arrays(monkeypatch):

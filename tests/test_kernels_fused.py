@@ -180,8 +180,8 @@ def test_ops_keep_the_dtype_of_their_input(name, dtype):
 
 
 def test_the_reference_backend_turns_every_numba_pass_off():
-    """With 'reference' chosen, the activations, normalizations, Adam and layout copies take their NumPy
-    formulas too, so that the reference is plain NumPy throughout."""
+    """With 'reference' chosen, the activations, normalizations, Adam's and SGD's updates and layout copies take
+    their NumPy formulas too, so that the reference is plain NumPy throughout."""
     from unittest import mock
 
     import kernels
@@ -197,10 +197,11 @@ def test_the_reference_backend_turns_every_numba_pass_off():
             except AssertionError:
                 pass
         return [fused._fast(x), norm._fast(x, (0, 2, 3)) is not None,
-                optim.adam_update(p, g, m, v, 0.9, 0.999, 1e-3, 1.0, 1e-8), to_nchw.called]
-    assert numba_used() == [True, True, True, True]
+                optim.adam_update(p, g, m, v, 0.9, 0.999, 1e-3, 1.0, 1e-8),
+                optim.sgd_update(p, g, None, 0.1, 0.0, 0.0, 0.0, False, False), to_nchw.called]
+    assert numba_used() == [True, True, True, True, True]
     kernels.set_backend("reference")
     try:
-        assert numba_used() == [False, False, False, False]
+        assert numba_used() == [False, False, False, False, False]
     finally:
         kernels.set_backend("auto")

@@ -520,14 +520,33 @@ def test_one_pass_adam_kernel_matches_the_array_formulas(dtype):
     assert not adam_update(p, g.astype(np.float16), m, v, 0.9, 0.999, 1e-3, 1.0, 1e-8)
 
 
+def test_one_pass_sgd_kernel_refuses_what_it_does_not_serve():
+    """kernels.optim.sgd_update leaves to the array formulas (returns False, touching nothing) a strided
+    parameter or buffer and mixed dtypes."""
+    from kernels.optim import sgd_update
+    p, g = np.ones((30, 20)), np.ones((30, 20))
+    assert not sgd_update(p.T, g.T, None, 0.1, 0.0, 0.0, 0.0, False, False)
+    assert not sgd_update(p, g.astype(np.float32), None, 0.1, 0.0, 0.0, 0.0, False, False)
+    assert not sgd_update(p, g, np.ones((20, 30)).T, 0.1, 0.0, 0.9, 0.0, False, False)
+    assert (p == 1).all()
+    assert sgd_update(p, g, None, 0.1, 0.0, 0.0, 0.0, False, False) and np.allclose(p, 0.9)
+
+
+KERNEL_CONFIGS = [("Adam", "adam_update", dict(lr=1e-2)),
+                  ("SGD", "sgd_update", dict(lr=0.1)),
+                  ("SGD", "sgd_update", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+                  ("SGD", "sgd_update", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01))]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_takes_the_kernel_and_agrees_with_its_own_array_formulas(dtype):
-    """optim.Adam through kernels.optim.adam_update (spied: it runs and accepts) and through its array
-    formulas (the kernel refusing), three steps from the same start."""
+@pytest.mark.parametrize("name,kernel,kw", KERNEL_CONFIGS)
+def test_optimizers_take_their_kernel_and_agree_with_their_own_array_formulas(dtype, name, kernel, kw):
+    """Adam and SGD through their one-pass kernels (kernels.optim, spied: each runs and accepts) and through
+    their array formulas (the kernel refusing), three steps from the same start."""
     from unittest import mock
 
     import kernels.optim
-    real, taken = kernels.optim.adam_update, []
+    real, taken = getattr(kernels.optim, kernel), []
 
     def spy(*args):
         taken.append(real(*args))
@@ -536,8 +555,8 @@ def test_adam_takes_the_kernel_and_agrees_with_its_own_array_formulas(dtype):
     def steps(update) -> np.ndarray:
         rng = np.random.default_rng(1)
         w = mg.tensor(rng.standard_normal((40, 30)).astype(dtype), requires_grad=True)
-        opt = optim.Adam([w], lr=1e-2)
-        with mock.patch.object(kernels.optim, "adam_update", update):
+        opt = getattr(optim, name)([w], **kw)
+        with mock.patch.object(kernels.optim, kernel, update):
             for _ in range(3):
                 opt.zero_grad()
                 (w * w * mg.tensor(rng.standard_normal((40, 30)).astype(dtype))).sum().backward()
