@@ -175,16 +175,17 @@ class GatedLayer(nn.Module):
         return embedding
 
     @staticmethod
-    def _bias(embedding: nn.Embedding | None, y) -> Tensor | float:
-        return 0.0 if embedding is None else embedding(y).reshape(len(y), -1, 1, 1)
+    def _plus_bias(a: Tensor, embedding: nn.Embedding | None, y) -> Tensor:
+        """a plus the class's bias; a itself, not a copy plus 0, in an unconditional model."""
+        return a if embedding is None else a + embedding(y).reshape(len(y), -1, 1, 1)
 
     def vertical(self, v: Tensor, y=None) -> tuple[Tensor, Tensor]:
         """(the next vertical stack, this layer's input to the horizontal stack)."""
         v_pre = self.v_conv(v)[:, :, :v.shape[2]]
-        return gate(v_pre + self._bias(self.v_class, y)), self.v_to_h(shift_down(v_pre))
+        return gate(self._plus_bias(v_pre, self.v_class, y)), self.v_to_h(shift_down(v_pre))
 
     def horizontal(self, h: Tensor, link: Tensor, y=None) -> Tensor:
-        h_new = self.h_out(gate(self.h_conv(h) + link + self._bias(self.h_class, y)))
+        h_new = self.h_out(gate(self._plus_bias(self.h_conv(h) + link, self.h_class, y)))
         return h_new if self.first else h + h_new
 
 
