@@ -824,6 +824,8 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
              "to channels-last": lambda: layout.padded_nhwc(wide, (1, 1)),
              "to NCHW": lambda: layout.contiguous(wide.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)),
              "silu backward": lambda: fused.silu_backward(x, 1 - x),
+             "gated tanh": lambda: fused.gated_tanh(x),
+             "gated tanh backward": lambda: fused.gated_tanh_backward(x, x[:, :32]),
              "adam": lambda: _adam_step(x.copy(), 1 - x, x * 0.1, x * x),
              "sgd": lambda: _sgd_step(x.copy(), 1 - x, x * 0.1)}
     for name, call in calls.items():

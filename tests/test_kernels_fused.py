@@ -156,6 +156,54 @@ def test_tanh_takes_the_kernel_only_where_it_runs_on_several_threads():
         numba.set_num_threads(threads)
 
 
+def _gate_layouts(dtype) -> dict:
+    """x (N, 2C, H, W) as the gated_tanh kernel meets it: NCHW, NCHW cropped, channels-last (a convolution's
+    output), channels-last cropped (the gated PixelCNN's vertical stack), channels-last with H and W swapped
+    in memory; values spread to +-30 with +-1e4 and NaN among them."""
+    nhwc = (np.random.default_rng(5).standard_normal((4, 18, 17, 64)) * 8).astype(dtype)
+    nhwc[0, 0, 0, :4] = [1e4, -1e4, np.nan, 0.0]
+    nhwc[0, 0, 0, 32:36] = [-1e4, 1e4, 0.5, np.nan]
+    nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+    return {"nchw": nchw, "nchw crop": nchw[:, :, 1:, 2:], "channels-last": nhwc.transpose(0, 3, 1, 2),
+            "channels-last crop": nhwc.transpose(0, 3, 1, 2)[:, :, 1:], "swapped": nhwc.transpose(0, 3, 2, 1)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["nchw", "nchw crop", "channels-last", "channels-last crop", "swapped"])
+def test_gated_tanh_kernel_matches_float64_reference_in_every_layout(name, dtype):
+    """y = tanh(a) sigmoid(b) and its gradient [gy s (1 - t^2), gy t s (1 - s)] on the Numba path, against
+    float64: relative to the value, or where 1 - t^2 and 1 - s cancel (|a|, b large) to the size of their
+    terms; NaN where x has it, finite at +-1e4; the formula path (a small slice) agrees."""
+    x = _gate_layouts(dtype)[name]
+    assert fused._gate_halves(x) is not None           # the kernel serves this layout
+    c = x.shape[1] // 2
+    gy = np.random.default_rng(6).standard_normal((x.shape[0], c, *x.shape[2:])).astype(dtype).transpose(0, 1, 3, 2)
+    gy = np.ascontiguousarray(gy).transpose(0, 1, 3, 2)   # NCHW with H and W swapped: copied to y's layout
+    y, gx = fused.gated_tanh(x), fused.gated_tanh_backward(x, gy)
+    assert y.dtype == gx.dtype == dtype and y.shape == gy.shape and gx.shape == x.shape
+    t, s = np.tanh(x[:, :c].astype(np.float64)), expit(x[:, c:].astype(np.float64))
+    tol, g64 = 8 * np.finfo(dtype).eps, gy.astype(np.float64)
+    for got, expected, scale in [(y, t * s, np.abs(t * s)),
+                                 (gx[:, :c], g64 * s * (1 - t * t), np.abs(g64) * s * (1 + t * t)),
+                                 (gx[:, c:], g64 * t * s * (1 - s), np.abs(g64 * t) * s)]:
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        finite = ~np.isnan(expected)
+        assert (np.abs(got - expected)[finite] <= tol * scale[finite] + np.finfo(dtype).tiny).all()
+    small = x[:2, :, :3]
+    assert fused._gate_halves(small) is None
+    np.testing.assert_allclose(fused.gated_tanh(small), y[:2, :, :3], rtol=2 * tol, atol=np.finfo(dtype).tiny)
+    np.testing.assert_allclose(fused.gated_tanh_backward(small, gy[:2, :, :3]), gx[:2, :, :3], rtol=2 * tol,
+                               atol=4 * tol * np.abs(gy[:2, :, :3]).max())
+
+
+@pytest.mark.parametrize("name", ["nchw", "channels-last crop"])
+def test_gated_tanh_on_the_numba_path_has_right_first_and_second_derivatives(name):
+    x = mg.Tensor(_gate_layouts(np.float64)[name] / 8, requires_grad=True)
+    x.data[np.isnan(x.data)] = 0.3
+    assert fused._gate_halves(x.data) is not None
+    assert mg.gradcheck(mg.nn.functional.gated_tanh, [x]) and mg.gradgradcheck(mg.nn.functional.gated_tanh, [x])
+
+
 OPS = {"sigmoid": mg.sigmoid, "silu": mg.silu, "tanh": mg.tanh, "relu": mg.relu, "elu": lambda x: mg.elu(x, 1.5),
        "leaky_relu": lambda x: mg.leaky_relu(x, A), "gelu": mg.gelu, "gelu_tanh": lambda x: mg.gelu(x, "tanh"),
        "softplus": lambda x: mg.softplus(x, beta=2.0, threshold=3.0)}

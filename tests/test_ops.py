@@ -413,6 +413,26 @@ def test_softmax_finite_for_huge_logits_float32(fn):
     assert np.isfinite(x.grad.numpy()).all()
 
 
+def _gated_tanh(x):
+    c = x.shape[1] // 2
+    return np.tanh(x[:, :c]) * scipy.special.expit(x[:, c:])
+
+
+@given(data=st.data())
+def test_gated_tanh(data):
+    """tanh(a) sigmoid(b) of the halves along axis 1, at first and second order; the third order too, through
+    its backward's backward (written in ops) on a small case."""
+    shape = data.draw(mt.shapes(min_dims=2, max_dims=4).map(lambda s: (s[0], 2 * s[1], *s[2:])))
+    check(F.gated_tanh, [data.draw(mt.arrays(shape))], _gated_tanh)
+    x = leaf(np.random.default_rng(0).standard_normal((2, 4, 3)))
+    assert mg.gradgradcheck(lambda t: mg.grad(F.gated_tanh(t).sum(), [t], create_graph=True)[0], [x])
+
+
+def test_gated_tanh_names_an_odd_channel_axis():
+    with pytest.raises(ValueError, match=r"shape \(2, 5, 3\) has no even axis 1"):
+        F.gated_tanh(leaf(np.zeros((2, 5, 3))))
+
+
 def test_dropout():
     def fn(t):
         mg.manual_seed(7)           # the same mask at every evaluation

@@ -42,12 +42,6 @@ def shift_down(x: Tensor) -> Tensor:
     return F.pad(x, ((0, 0), (0, 0), (1, 0), (0, 0)))[:, :, :x.shape[2]]
 
 
-def gate(a: Tensor) -> Tensor:
-    """The gated activation tanh(a_f) * sigmoid(a_g) of a's two channel halves (2016b, eq. 2)."""
-    a_f, a_g = split(a, 2, axis=1)
-    return tanh(a_f) * sigmoid(a_g)
-
-
 def output_head(channels: int, out_channels: int) -> nn.Sequential:
     """ReLU, 1x1 convolution, ReLU, 1x1 convolution to the logits (2016a, fig. 5 and table 4)."""
     return nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
@@ -182,10 +176,10 @@ class GatedLayer(nn.Module):
     def vertical(self, v: Tensor, y=None) -> tuple[Tensor, Tensor]:
         """(the next vertical stack, this layer's input to the horizontal stack)."""
         v_pre = self.v_conv(v)[:, :, :v.shape[2]]
-        return gate(self._plus_bias(v_pre, self.v_class, y)), self.v_to_h(shift_down(v_pre))
+        return F.gated_tanh(self._plus_bias(v_pre, self.v_class, y)), self.v_to_h(shift_down(v_pre))
 
     def horizontal(self, h: Tensor, link: Tensor, y=None) -> Tensor:
-        h_new = self.h_out(gate(self._plus_bias(self.h_conv(h) + link, self.h_class, y)))
+        h_new = self.h_out(F.gated_tanh(self._plus_bias(self.h_conv(h) + link, self.h_class, y)))
         return h_new if self.first else h + h_new
 
 
