@@ -140,30 +140,30 @@ def _softplus(backward, x, g, beta, cutoff, out):
 
 
 @parallel(fastmath=FASTMATH, error_model="numpy")
-def _gated_tanh(backward, x, steps, half, gy, out, out_steps, out_half):
-    """The gated activation over a 4-d index space (n0, n1, n2, n3), each array flat memory from its first
-    element: element (i, j, k, c) of the first half of x (a) at i steps[0] + j steps[1] + k steps[2] + c, of
-    its second half (b) `half` further. With t = tanh(a), s = sigmoid(b): the forward writes t s to out, dense
-    (n0, n1, n2, n3); the backward, for gy dense alike, writes gy s (1 - t^2) and gy t s (1 - s) to the two
-    halves of out, laid out by out_steps and out_half. Runs of n3 along unit stride: they vectorize."""
+def _gated_tanh(backward, x, steps, half, y, gx, gx_steps, gx_half):
+    """The gated activation over the index space (n0, n1, n2, n3) of y, dense. x and gx are flat memory from
+    their first element: element (i, j, k, c) of x's first half (a) at i steps[0] + j steps[1] + k steps[2] + c,
+    of its second half (b) `half` further, and likewise in gx. With t = tanh(a), s = sigmoid(b): the forward
+    writes t s to y; the backward reads y as the gradient gy and writes gy s (1 - t^2) and gy t s (1 - s) to
+    gx's two halves. Runs of n3 along unit stride: they vectorize."""
     one = x.dtype.type(1)
-    n0, n1, n2, n3 = gy.shape if backward else out.shape
-    x_flat, gy_flat, out_flat = x.reshape(-1), gy.reshape(-1), out.reshape(-1)
+    n0, n1, n2, n3 = y.shape
+    y_flat = y.reshape(-1)
     u = np.uint64      # unsigned indices: no wraparound of negative ones in the loop, which LLVM would leave
     for ij in numba.prange(n0 * n1):  # as gathers (4x the time)
         wide_vectors()
         i, j = ij // n1, ij % n1
         for k in range(n2):
             a0, y0 = u(i * steps[0] + j * steps[1] + k * steps[2]), u((ij * n2 + k) * n3)
-            b0, o0 = a0 + u(half), u(i * out_steps[0] + j * out_steps[1] + k * out_steps[2])
+            b0, o0 = a0 + u(half), u(i * gx_steps[0] + j * gx_steps[1] + k * gx_steps[2])
             for c in range(u(n3)):
-                t, s = _tanh(x_flat[a0 + c], one), _sigmoid(x_flat[b0 + c], one)
+                t, s = _tanh(x[a0 + c], one), _sigmoid(x[b0 + c], one)
                 if backward:
-                    gs = gy_flat[y0 + c] * s
-                    out_flat[o0 + c] = gs * (one - t * t)
-                    out_flat[o0 + u(out_half) + c] = gs * t * (one - s)
+                    gs = y_flat[y0 + c] * s
+                    gx[o0 + c] = gs * (one - t * t)
+                    gx[o0 + u(gx_half) + c] = gs * t * (one - s)
                 else:
-                    out_flat[y0 + c] = t * s
+                    y_flat[y0 + c] = t * s
 
 
 def _fast(*arrays) -> bool:
@@ -311,10 +311,10 @@ def _runs(space, steps):
     return (space[0], space[1], 1, space[2] * space[3]) if steps[2] == space[3] else space
 
 
-def _memory(x):
+def _memory(x, writeable=False):
     """x's memory from its first element to its last, as a flat array (no copy)."""
     extent = 1 + sum((d - 1) * s for d, s in zip(x.shape, x.strides)) // x.itemsize
-    return np.lib.stride_tricks.as_strided(x, (extent,), (x.itemsize,), writeable=False)
+    return np.lib.stride_tricks.as_strided(x, (extent,), (x.itemsize,), writeable=writeable)
 
 
 def _split_halves(x):
@@ -328,10 +328,10 @@ def gated_tanh(x):
         a, b = _split_halves(x)
         return tanh(a) * _sigmoid_formula(b).astype(x.dtype, copy=False)
     space, steps, half, order = halves
-    out = np.empty(space, x.dtype)
-    runs = out.reshape(_runs(space, steps))
-    _gated_tanh(False, _memory(x), np.array(steps), half, runs, runs, np.array(steps), 0)
-    return out.transpose(np.argsort(order))
+    y = np.empty(space, x.dtype)
+    _gated_tanh(False, _memory(x), np.array(steps), half, y.reshape(_runs(space, steps)), y.reshape(-1),
+                np.array(steps), 0)     # gx unused
+    return y.transpose(np.argsort(order))
 
 
 def gated_tanh_backward(x, gy):
@@ -344,15 +344,12 @@ def gated_tanh_backward(x, gy):
         gs = gy * s
         return np.concatenate([gs * (1 - t * t), gs * t * (1 - s)], axis=1)
     space, steps, half, order = halves
-    gx = np.empty(np.array(x.shape)[list(order)], x.dtype)        # x's layout, dense
-    gy = layout.in_layout_of(gy, np.empty(space, x.dtype).transpose(np.argsort(order)))
-    gx_steps = [s // x.itemsize for s in gx.transpose(np.argsort(order)).strides]
-    out_steps, out_half = ((gx_steps[0], gx_steps[2], gx_steps[3]), space[3]) if order[3] == 1 else \
-        ((gx_steps[0], gx_steps[1], gx_steps[2]), space[1] * gx_steps[1])
-    runs = _runs(space, steps)
-    _gated_tanh(True, _memory(x), np.array(steps), half, gy.transpose(order).reshape(runs), gx,
-                np.array(out_steps), out_half)
-    return gx.transpose(np.argsort(order))
+    gx = np.empty(np.array(x.shape)[list(order)], x.dtype).transpose(np.argsort(order))    # x's layout, dense
+    _, gx_steps, gx_half, _ = _gate_halves(gx)
+    gy = layout.in_layout_of(gy, np.empty(space, x.dtype).transpose(np.argsort(order)))     # the forward's
+    _gated_tanh(True, _memory(x), np.array(steps), half, gy.transpose(order).reshape(_runs(space, steps)),
+                _memory(gx, writeable=True), np.array(gx_steps), gx_half)
+    return gx
 
 
 def tanh(x):
