@@ -258,6 +258,14 @@ def test_flip_pad_repeat_tile(data):
     check(lambda t: mg.tile(t, tiles), [x], lambda a: np.tile(a, tiles))
 
 
+def test_pad_keeps_a_channels_last_layout():
+    """A channels-last (cropped) map padded stays channels-last, with numpy.pad's values."""
+    x = np.random.default_rng(0).standard_normal((2, 7, 5, 6)).astype(np.float32).transpose(0, 3, 1, 2)[:, :, 1:]
+    y = mg.pad(mg.tensor(x), ((0, 0), (1, 2), (1, 0), (0, 3)), value=-2.0).numpy()
+    np.testing.assert_array_equal(y, np.pad(x, ((0, 0), (1, 2), (1, 0), (0, 3)), constant_values=-2.0))
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
 INDICES = [
     (1,), (slice(None, None, 2),), (Ellipsis, 0), (None, slice(1, None)), (slice(None), None, 0),
     (np.array([0, 2, 0, 1]),), (np.array([[1, 1], [0, 2]]), slice(None)), (slice(None), np.array([2, 0, 2])),

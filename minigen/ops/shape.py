@@ -114,16 +114,28 @@ class Flip(Function):
 
 
 class Pad(Function):
-    """y = x surrounded by `value` (`pad_width` as numpy.pad);  gx = the interior of g."""
+    """y = x surrounded by `value` (`pad_width` as numpy.pad);  gx = the interior of g. y keeps x's layout (a
+    channels-last map stays one, where numpy.pad's C-ordered copy would transpose it, and the next
+    elementwise op or 1x1 convolution would copy it back)."""
 
     def __init__(self, pad_width, value):
         self.pad_width, self.value = pad_width, value
 
+    def _interior(self, shape) -> tuple:
+        return tuple(slice(before, n - after) for (before, after), n in zip(self.pad_width, shape))
+
     def forward(self, x):
-        return np.pad(x, self.pad_width, mode="constant", constant_values=self.value)
+        shape = tuple(n + before + after for n, (before, after) in zip(x.shape, self.pad_width))
+        y = backend.get_array_module(x).empty_like(x, shape=shape)       # order 'K': x's order of strides
+        y[self._interior(shape)] = x
+        for axis, (before, after) in enumerate(self.pad_width):
+            lead = (slice(None),) * axis
+            y[lead + (slice(0, before),)] = self.value
+            y[lead + (slice(shape[axis] - after, shape[axis]),)] = self.value
+        return y
 
     def backward(self, g):
-        return g[tuple(slice(before, n - after) for (before, after), n in zip(self.pad_width, g.shape))]
+        return g[self._interior(g.shape)]
 
 
 class GetItem(Function):
