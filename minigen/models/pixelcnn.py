@@ -39,7 +39,7 @@ from .autoregressive import AutoregressiveRecipe
 def shift_down(x: Tensor) -> Tensor:
     """x (N, C, H, W) moved down one row: row i holds row i - 1, row 0 is zeros. Feeding the vertical stack
     to the horizontal one through this shift is what keeps a pixel from seeing its own row through it."""
-    return F.pad(x, ((0, 0), (0, 0), (1, 0), (0, 0)))[:, :, :x.shape[2]]
+    return F.pad(x[:, :, :-1], ((0, 0), (0, 0), (1, 0), (0, 0)))    # cropped first: the padded map is dense
 
 
 def output_head(channels: int, out_channels: int) -> nn.Sequential:
