@@ -266,6 +266,18 @@ def test_pad_keeps_a_channels_last_layout():
     assert y.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
+def test_a_crops_gradient_keeps_the_layout_of_the_gradient():
+    """GetItem's backward (ScatterAdd) writes a channels-last gradient into channels-last zeros, with the values
+    of NumPy's scatter."""
+    x = mg.tensor(np.zeros((2, 6, 5, 4), np.float32), requires_grad=True)
+    g = np.random.default_rng(1).standard_normal((2, 3, 4, 6)).astype(np.float32).transpose(0, 3, 1, 2)
+    x[:, :, 1:4].backward(mg.tensor(g))
+    expected = np.zeros((2, 6, 5, 4), np.float32)
+    expected[:, :, 1:4] = g
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+    assert x.grad.numpy().transpose(0, 2, 3, 1).flags.c_contiguous
+
+
 INDICES = [
     (1,), (slice(None, None, 2),), (Ellipsis, 0), (None, slice(1, None)), (slice(None), None, 0),
     (np.array([0, 2, 0, 1]),), (np.array([[1, 1], [0, 2]]), slice(None)), (slice(None), np.array([2, 0, 2])),

@@ -160,7 +160,8 @@ class ScatterAdd(Function):
 
     def forward(self, x):
         xp = backend.get_array_module(x)
-        y = xp.zeros(self.shape, dtype=x.dtype)
+        # in x's layout where it has as many axes (a crop's gradient: a channels-last map stays one)
+        y = xp.zeros_like(x, shape=self.shape) if x.ndim == len(self.shape) else xp.zeros(self.shape, x.dtype)
         if _is_basic(self.index):
             y[self.index] = x              # basic indexing selects each element at most once
         else:
