@@ -129,8 +129,10 @@ def _pointwise_serves(g) -> bool:
 def _per_image(x) -> bool:
     """Whether a 1x1 layer on x multiplies per image on NCHW: x is NCHW and its maps are large enough for
     GEMMs H*W wide. Below 16x16 a channels-last copy and one GEMM measured faster (7x7, 128 -> 384 channels,
-    batch 64: per image 1.1-1.7x the time)."""
-    return not channels_last(x) and x.shape[2] * x.shape[3] >= 256
+    batch 64: per image 1.1-1.7x the time). A one-channel x is both layouts at once: it takes channels-last,
+    the layout of every other convolution's output (the gradient of a one-channel output layer, so that the
+    gradients it sends back do not meet channels-last ones as NCHW, each such sum a copy)."""
+    return x.shape[1] > 1 and not channels_last(x) and x.shape[2] * x.shape[3] >= 256
 
 
 def _pointwise(x, wm):

@@ -186,6 +186,17 @@ def test_1x1_convolutions_in_either_layout_match_the_reference(n, c, o, size, x_
                                **TOL[dtype])
 
 
+def test_a_1x1_layer_on_one_channel_answers_channels_last():
+    """A one-channel map is NCHW and channels-last at once: a 1x1 layer on it (a one-channel output layer's
+    gradient) gives channels-last, as the other convolutions do; an NCHW map of several channels, NCHW."""
+    from kernels import cpu, layout
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 1, 1, 1)).astype(np.float32)
+    assert layout.channels_last(cpu.conv2d(rng.standard_normal((2, 1, 16, 16)).astype(np.float32), w))
+    w = rng.standard_normal((8, 3, 1, 1)).astype(np.float32)
+    assert cpu.conv2d(rng.standard_normal((2, 3, 16, 16)).astype(np.float32), w).flags.c_contiguous
+
+
 @settings(max_examples=10)
 @given(n=st.integers(1, 3), c=st.integers(1, 5), o=st.integers(1, 5), h=st.integers(1, 9), w=st.integers(1, 9),
        p=st.integers(0, 2), seed=st.integers(0, 2 ** 16))
