@@ -449,5 +449,5 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 # `pad` stays out: minigen.pad is NumPy's; this one is nn.functional's
-__all__ = ["softmax", "log_softmax", "gated_tanh", "dropout", "linear", "layer_norm", "group_norm", "batch_norm", "embedding",
-           "interpolate", "pixel_shuffle", "pixel_unshuffle", "scaled_dot_product_attention"]
+__all__ = ["softmax", "log_softmax", "gated_tanh", "dropout", "linear", "layer_norm", "group_norm", "batch_norm",
+           "embedding", "interpolate", "pixel_shuffle", "pixel_unshuffle", "scaled_dot_product_attention"]
