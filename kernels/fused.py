@@ -317,16 +317,18 @@ def _memory(x, writeable=False):
     return np.lib.stride_tricks.as_strided(x, (extent,), (x.itemsize,), writeable=writeable)
 
 
-def _split_halves(x):
-    return x[:, :x.shape[1] // 2], x[:, x.shape[1] // 2:]
+def _gate_pieces(x):
+    """(t, s) = (tanh(a), sigmoid(b)) of x's halves a, b along axis 1, for the array-formula path."""
+    c = x.shape[1] // 2
+    return tanh(x[:, :c]), _sigmoid_formula(x[:, c:]).astype(x.dtype, copy=False)
 
 
 def gated_tanh(x):
     """tanh(a) sigmoid(b) for x's halves a, b along axis 1, in one pass where the kernel serves x."""
     halves = _gate_halves(x)
     if halves is None:
-        a, b = _split_halves(x)
-        return tanh(a) * _sigmoid_formula(b).astype(x.dtype, copy=False)
+        t, s = _gate_pieces(x)
+        return t * s
     space, steps, half, order = halves
     y = np.empty(space, x.dtype)
     _gated_tanh(False, _memory(x), np.array(steps), half, y.reshape(_runs(space, steps)), y.reshape(-1),
@@ -339,8 +341,7 @@ def gated_tanh_backward(x, gy):
     t = tanh(a), s = sigmoid(b); dense, in x's layout, where the kernel serves x and gy."""
     halves = _gate_halves(x)
     if halves is None or not _fast(gy):
-        a, b = _split_halves(x)
-        t, s = np.tanh(a), _sigmoid_formula(b).astype(x.dtype, copy=False)
+        t, s = _gate_pieces(x)
         gs = gy * s
         return np.concatenate([gs * (1 - t * t), gs * t * (1 - s)], axis=1)
     space, steps, half, order = halves
