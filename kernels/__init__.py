@@ -35,18 +35,26 @@ from . import _threads  # noqa: F401  (chooses Numba's threading layer before an
 
 
 def _keep_freed_memory() -> bool:
-    """glibc's malloc maps blocks above a threshold that moves with use (128 KB to 32 MB) fresh from the
-    OS and unmaps them when freed, and returns the freed top of the heap to the OS: a training step's
-    temporaries of a few MB are then paid in page faults at every step (measured at one thread: a U-Net
-    block step 58 ms, 43 ms with the threshold fixed at 32 MB and the top kept). So the threshold is fixed
-    and the heap keeps up to 1 GB of freed memory for the next step. MINIGEN_MALLOC=default leaves malloc
-    alone. Returns whether the settings were made (glibc only)."""
+    """Two settings of how a training step gets its temporaries of a few MB, made on import unless
+    MINIGEN_MALLOC=default; returns whether they were made (glibc only).
+
+    glibc's malloc maps blocks above a threshold that moves with use (128 KB to 32 MB) fresh from the OS and
+    unmaps them when freed, and returns the freed top of the heap to the OS: the temporaries are then paid in
+    page faults at every step (measured at one thread: a U-Net block step 58 ms, 43 ms with the threshold fixed
+    at 32 MB and the top kept). So the threshold is fixed and the heap keeps up to 1 GB of freed memory.
+
+    And NumPy no longer asks for transparent huge pages (madvise) for its arrays of 4 MB and more, as PyTorch's
+    allocator does not: on this project's Intel VMs, whenever the kernel had huge pages to give, memory in them
+    streamed 3-4x slower (np.exp over 2 M float32, one process, same values: 4.5-5.3 ms reading an array in
+    huge pages, 1.2 ms in small ones; sigmoid forward + backward through minigen 1.82x PyTorch's time, 0.92x
+    without them: benchmarks/activations)."""
     if os.environ.get("MINIGEN_MALLOC") == "default":
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
+    np._core.multiarray._set_madvise_hugepage(False)
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 

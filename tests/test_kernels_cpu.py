@@ -885,6 +885,10 @@ def test_kernels_run_in_parallel_only_on_two_threads_and_large_arrays(monkeypatc
 
 
 def test_malloc_keeps_freed_memory_unless_told_not_to():
-    """kernels._keep_freed_memory: glibc's malloc tuned on import, left alone with MINIGEN_MALLOC=default."""
-    probe = "import kernels; print(kernels.MALLOC_TUNED)"
-    assert [_printed_by_a_new_process(probe, "MINIGEN_MALLOC", v) for v in (None, "default")] == ["True", "False"]
+    """kernels._keep_freed_memory: glibc's malloc tuned and NumPy's huge pages off on import, both left alone
+    with MINIGEN_MALLOC=default."""
+    probe = "import kernels, numpy; print(kernels.MALLOC_TUNED, numpy._core.multiarray._get_madvise_hugepage())"
+    printed = [_printed_by_a_new_process(probe, "MINIGEN_MALLOC", v) for v in (None, "default")]
+    default = _printed_by_a_new_process("import numpy; print(numpy._core.multiarray._get_madvise_hugepage())",
+                                        "MINIGEN_MALLOC", "default")
+    assert printed == ["True False", f"False {default}"]
