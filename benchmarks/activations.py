@@ -49,7 +49,7 @@ def build(engine: str) -> dict:
         x, g = mg.tensor(x0, requires_grad=True), mg.tensor(g0)
     else:
         import torch
-        x, g = torch.tensor(x0, requires_grad=True), torch.from_numpy(g0)
+        x, g = torch.tensor(x0, requires_grad=True), torch.tensor(g0)   # copies in PyTorch's own memory
 
     def call(f):
         def fn():
