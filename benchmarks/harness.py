@@ -103,6 +103,29 @@ def markdown_table(rows: list[dict], peers=("torch",)) -> str:
     return "\n".join(lines)
 
 
+def pool_runs(runs: list[list[dict]], peer: str = "torch") -> tuple[list[dict], list[dict]]:
+    """Whole runs of one benchmark, repeated (`python -m benchmarks NAME --runs N`): each row's median over the
+    runs of its per-run median, and a table of each run's ratio to `peer` with their range, the spread the
+    figures are read with (a single run's interleaving evens out the load within it, not between runs)."""
+    seconds = defaultdict(list)
+    for rows in runs:
+        for r in rows:
+            seconds[r["case"], r["variant"], r["impl"]].append(r["seconds"])
+    pooled = [{**{k: r[k] for k in ("case", "variant", "threads", "impl") if k in r},
+               "seconds": statistics.median(seconds[r["case"], r["variant"], r["impl"]]), "runs": len(runs)}
+              for r in runs[0]]
+    table = []
+    for r in runs[0]:
+        ours, theirs = seconds[r["case"], r["variant"], r["impl"]], seconds.get((r["case"], r["variant"], peer))
+        if r["impl"] == peer or theirs is None or len(ours) != len(theirs):
+            continue
+        ratios = [a / b for a, b in zip(ours, theirs)]
+        table.append({"case": r["case"], "variant": r["variant"], "impl": r["impl"],
+                      **{f"run {i + 1}": f"{q:.2f}" for i, q in enumerate(ratios)},
+                      "median": f"{statistics.median(ratios):.2f}", "range": f"{min(ratios):.2f}-{max(ratios):.2f}"})
+    return pooled, table
+
+
 def _plain_table(rows: list[dict]) -> str:
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

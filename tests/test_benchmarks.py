@@ -97,3 +97,14 @@ def test_every_step_benchmark_serves_the_calls_the_comparison_asks_for(module):
     ours = bench.build("minigen", *case, None)
     assert {"step", "grads", "state", "size"} <= ours.keys()
     assert {"step", "grads"} <= bench.build("torch", *case, ours["state"]()).keys()
+
+
+def test_repeated_runs_pool_to_medians_and_report_every_runs_ratio():
+    def run(ours, theirs):
+        return [{"case": "c", "variant": "v", "threads": 1, "impl": "minigen", "seconds": ours, "spread": 0.1},
+                {"case": "c", "variant": "v", "threads": 1, "impl": "torch", "seconds": theirs, "spread": 0.2}]
+    rows, ratios = harness.pool_runs([run(1.0, 2.0), run(3.0, 2.0), run(2.0, 4.0)])
+    assert rows == [{"case": "c", "variant": "v", "threads": 1, "impl": "minigen", "seconds": 2.0, "runs": 3},
+                    {"case": "c", "variant": "v", "threads": 1, "impl": "torch", "seconds": 2.0, "runs": 3}]
+    assert ratios == [{"case": "c", "variant": "v", "impl": "minigen", "run 1": "0.50", "run 2": "1.50",
+                       "run 3": "0.50", "median": "0.50", "range": "0.50-1.50"}]
