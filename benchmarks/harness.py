@@ -111,12 +111,11 @@ def pool_runs(runs: list[list[dict]], peer: str = "torch") -> tuple[list[dict], 
     for rows in runs:
         for r in rows:
             seconds[r["case"], r["variant"], r["impl"]].append(r["seconds"])
-    pooled = [{**{k: r[k] for k in ("case", "variant", "threads", "impl") if k in r},
-               "seconds": statistics.median(seconds[r["case"], r["variant"], r["impl"]]), "runs": len(runs)}
-              for r in runs[0]]
-    table = []
+    pooled, table = [], []
     for r in runs[0]:
         ours, theirs = seconds[r["case"], r["variant"], r["impl"]], seconds.get((r["case"], r["variant"], peer))
+        pooled.append({**{k: r[k] for k in ("case", "variant", "threads", "impl") if k in r},
+                       "seconds": statistics.median(ours), "runs": len(runs)})
         if r["impl"] == peer or theirs is None or len(ours) != len(theirs):
             continue
         ratios = [a / b for a, b in zip(ours, theirs)]

@@ -36,7 +36,7 @@ from . import _threads  # noqa: F401  (chooses Numba's threading layer before an
 
 def _keep_freed_memory() -> bool:
     """Two settings of how a training step gets its temporaries of a few MB, made on import unless
-    MINIGEN_MALLOC=default; returns whether they were made (glibc only).
+    MINIGEN_MALLOC=default; returns whether the malloc settings were made (glibc only).
 
     glibc's malloc maps blocks above a threshold that moves with use (128 KB to 32 MB) fresh from the OS and
     unmaps them when freed, and returns the freed top of the heap to the OS: the temporaries are then paid in
@@ -50,11 +50,11 @@ def _keep_freed_memory() -> bool:
     without them: benchmarks/activations)."""
     if os.environ.get("MINIGEN_MALLOC") == "default":
         return False
+    np._core.multiarray._set_madvise_hugepage(False)      # NumPy's own setting: any C library
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    np._core.multiarray._set_madvise_hugepage(False)
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
