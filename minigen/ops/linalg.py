@@ -25,13 +25,16 @@ def _mT(x: Tensor) -> Tensor:
 
 class MatMul(Function):
     """C = A @ B with NumPy's rules for 1-D operands (a vector is a row on the left, a column on the right).
-    gA = G B^T, gB = A^T G, computed on the 2-D promoted shapes and reshaped back."""
+    gA = G B^T, gB = A^T G, computed on the 2-D promoted shapes and reshaped back; both at once (ProductGrads)
+    when B is a matrix and A and B both want theirs."""
 
     def forward(self, a, b):
         return kernels.matmul(a, b)
 
     def backward(self, g):
         a, b = self.inputs
+        if a.ndim >= 2 and b.ndim == 2 and a.requires_grad and b.requires_grad:
+            return ProductGrads(w_transposed=False)(g, a, b)
         a2 = reshape(a, (1, -1)) if a.ndim == 1 else a
         b2 = reshape(b, (-1, 1)) if b.ndim == 1 else b
         g2 = reshape(g, np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) + (a2.shape[-2], b2.shape[-1]))
@@ -53,6 +56,40 @@ def matmul(a, b) -> Tensor:
     except ValueError:
         raise ValueError(f"matmul: batch axes of shapes {a.shape} and {b.shape} do not broadcast") from None
     return MatMul()(a, b)
+
+
+def weight_grad(g: Tensor, x: Tensor) -> Tensor:
+    """g^T x summed over all leading axes: (out, in) from g (..., out) and x (..., in)."""
+    return matmul(swapaxes(reshape(g, (-1, g.shape[-1])), 0, 1), reshape(x, (-1, x.shape[-1])))
+
+
+class ProductGrads(Function):
+    """The two gradients of y = x V, x (..., in), as one node, when x and V both want one: gx = g V^T and
+    gV = x^T g (over all leading axes), the two products at once (kernels.matmul_pair: at two threads, one
+    whole product on each). The matrix input w is V itself (matmul), or V^T (w_transposed: Linear's W, whose
+    gradient g^T x then comes out contiguous in W's layout, as Adam's one-pass kernel takes it). Its backward,
+    from the gradients ggx and ggV of its outputs:  g' = ggx V + x ggV,  x' = g ggV^T,  V' = ggx^T g."""
+
+    def __init__(self, w_transposed: bool):
+        self.w_transposed = w_transposed
+
+    def forward(self, g, x, w):
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        if self.w_transposed:
+            gx, gw = kernels.matmul_pair(g2, w, g2.T, x2)
+        else:
+            gx, gw = kernels.matmul_pair(g2, w.T, x2.T, g2)
+        return gx.reshape(x.shape), gw
+
+    def backward(self, ggx, ggw):
+        g, x, w = self.inputs
+        v, ggv = (_mT(w), _mT(ggw)) if self.w_transposed else (w, ggw)
+        gw = None
+        if w.requires_grad:
+            gw = weight_grad(g, ggx) if self.w_transposed else weight_grad(ggx, g)
+        return (matmul(ggx, v) + matmul(x, ggv) if g.requires_grad else None,
+                matmul(g, _mT(ggv)) if x.requires_grad else None,
+                gw)
 
 
 class Einsum(Function):

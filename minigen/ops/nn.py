@@ -15,7 +15,7 @@ from kernels import fused, norm
 from .. import backend
 from ..tensor import Function, Tensor, as_tensor
 from .elementwise import Scale, exp, sigmoid, sqrt, tanh, where
-from .linalg import matmul
+from .linalg import ProductGrads, matmul, weight_grad
 from .reduce import mean as _mean
 from .reduce import sum as _sum
 from .reduce import var as _var
@@ -405,35 +405,13 @@ class Linear(Function):
     def backward(self, g):
         x, w = self.inputs[:2]
         if x.requires_grad and w.requires_grad:
-            gx, gw = LinearGrad()(g, x, w)
+            gx, gw = ProductGrads(w_transposed=True)(g, x, w)
         else:
             gx = matmul(g, w) if x.requires_grad else None
-            gw = _weight_grad(g, x) if w.requires_grad else None
+            gw = weight_grad(g, x) if w.requires_grad else None
         if len(self.inputs) == 2:
             return gx, gw
         return gx, gw, (g if self.inputs[2].requires_grad else None)   # the engine sums g to b's shape
-
-
-def _weight_grad(g: Tensor, x: Tensor) -> Tensor:
-    """g^T x summed over all leading axes: (out, in) from g (..., out) and x (..., in)."""
-    return matmul(swapaxes(reshape(g, (-1, g.shape[-1])), 0, 1), reshape(x, (-1, x.shape[-1])))
-
-
-class LinearGrad(Function):
-    """Linear's two gradients as one node, when x and W both want one: gx = g W and gW = g^T x, the two products
-    at once (kernels.matmul_pair: at two threads, one whole product on each). Its backward, from the gradients
-    ggx and ggW of its outputs:  g' = ggx W^T + x ggW^T,  x' = g ggW,  W' = g^T ggx."""
-
-    def forward(self, g, x, w):
-        g2 = g.reshape(-1, g.shape[-1])
-        gx, gw = kernels.matmul_pair(g2, w, g2.T, x.reshape(-1, x.shape[-1]))
-        return gx.reshape(x.shape), gw
-
-    def backward(self, ggx, ggw):
-        g, x, w = self.inputs
-        return (matmul(ggx, swapaxes(w, 0, 1)) + matmul(x, swapaxes(ggw, 0, 1)) if g.requires_grad else None,
-                matmul(g, ggw) if x.requires_grad else None,
-                _weight_grad(g, ggx) if w.requires_grad else None)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
