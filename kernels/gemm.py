@@ -43,6 +43,7 @@ from . import _threads
 
 _SPLIT_MIN = 1 << 18
 _WHOLE_MIN = 1 << 21
+_SUBTRACT_SPLIT_MIN = 1 << 23    # subtract_product's
 
 
 # The BLAS each part calls, as ctypes functions of Fortran's sgemm and dgemm, which Numba calls: on an Intel CPU
@@ -283,9 +284,12 @@ def matmul_pair(a1, b1, a2, b2) -> tuple:
 def subtract_product(c, a, b) -> None:
     """c -= a @ b in place, by BLAS (beta = 1: no temporary, one pass over c), for blocks of float matrices of
     one dtype that BLAS reads in place with c row-major (lu.py's blocks of its matrix): split over minigen's
-    threads where it has several and the product is large, else one call on this thread."""
+    threads where it has several and the product is large, else one call on this thread. Large here is
+    _SUBTRACT_SPLIT_MIN, not _SPLIT_MIN: between lu.py's products its serial panel steps run, which a split of
+    each product slowed more than the split saved (2 threads, float32 LU in-process against _SPLIT_MIN: n = 512
+    0.86-0.89 of the time, n = 1024 0.94-0.95; never splitting: 0.90-0.92 and 1.02-1.05)."""
     _load_blas()
-    if _threads.shared() and a.shape[0] * a.shape[1] * b.shape[1] > _SPLIT_MIN:
+    if _threads.shared() and a.shape[0] * a.shape[1] * b.shape[1] > _SUBTRACT_SPLIT_MIN:
         _threads.spread(_outer, a, b, c, -1.0, 1.0)
     elif c.size:
         _gemm(a, b, c, -1.0, 1.0)

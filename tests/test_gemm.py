@@ -36,7 +36,8 @@ def _laid_out(x: np.ndarray, layout: str) -> np.ndarray:
 @contextlib.contextmanager
 def _split_everything():
     """Every product split, on two threads where Numba has them (one thread still runs each way's loop)."""
-    with mock.patch.object(gemm, "_SPLIT_MIN", 0), mock.patch.object(_threads, "shared", lambda: True):
+    with mock.patch.object(gemm, "_SPLIT_MIN", 0), mock.patch.object(gemm, "_SUBTRACT_SPLIT_MIN", 0), \
+            mock.patch.object(_threads, "shared", lambda: True):
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
         try:
             yield
