@@ -43,7 +43,7 @@ from . import _threads
 
 _SPLIT_MIN = 1 << 18
 _WHOLE_MIN = 1 << 21
-_SUBTRACT_SPLIT_MIN = 1 << 23    # subtract_product's
+SPLIT_MIN_AMID_SERIAL = 1 << 23   # for products with serial steps between them (lu.py), see subtract_product
 
 
 # The BLAS each part calls, as ctypes functions of Fortran's sgemm and dgemm, which Numba calls: on an Intel CPU
@@ -131,9 +131,10 @@ def _operand(x, size):
 
 
 @numba.njit
-def _gemm(a, b, c, alpha=1.0, beta=0.0):
+def _gemm(a, b, c, alpha, beta):
     """c = alpha a @ b + beta c by one BLAS call on 2-D blocks as _blocks leaves them (c row-major).
-    Column-major, BLAS computes c^T = b^T a^T."""
+    Column-major, BLAS computes c^T = b^T a^T. No defaults for alpha and beta: a call from Python that left them
+    out went through Numba's slow dispatch for omitted arguments, 110-190 us a call."""
     size = a.itemsize
     dims = np.empty(6, np.int32)            # n, m, k and the leading dimensions of b^T, a^T, c^T
     flags = np.empty(2, np.uint8)
@@ -195,7 +196,7 @@ def _inner(a, b, partial):
     for p in numba.prange(parts):
         k0, k1 = _block(p, parts, b.shape[0])
         if k1 > k0:
-            _gemm(a[:, k0:k1], b[k0:k1], partial[p])
+            _gemm(a[:, k0:k1], b[k0:k1], partial[p], 1.0, 0.0)
         else:
             partial[p] = 0
 
@@ -204,7 +205,7 @@ def _inner(a, b, partial):
 def _stack(a, b, out):
     """out[i] = a[i] @ b[i] over a stack, one whole product per iteration."""
     for i in numba.prange(out.shape[0]):
-        _gemm(a[i], b[i], out[i])
+        _gemm(a[i], b[i], out[i], 1.0, 0.0)
 
 
 def _blocks(x):
@@ -236,10 +237,11 @@ def _splits(a, b) -> bool:
             and (a.ndim == 2 or b.ndim == 2 or a.shape[0] == b.shape[0]))
 
 
-def matmul(a, b):
+def matmul(a, b, split_min=_SPLIT_MIN):
     """np.matmul(a, b), split over Numba's threads for large float products of matrices and stacks of them
     (2-D or 3-D operands, either one a single matrix), and computed whole by MKL on one thread; everything else
-    is np.matmul's."""
+    is np.matmul's. A 2-D product of at most `split_min` multiply-adds, when above NumPy's share, is one BLAS
+    call on this thread (SPLIT_MIN_AMID_SERIAL, subtract_product)."""
     smallest = _smallest_product() if _splits(a, b) else None
     if smallest is None:
         return np.matmul(a, b)
@@ -248,14 +250,18 @@ def matmul(a, b):
     if stack * m * n * k <= smallest or 0 in a.shape or 0 in b.shape:
         return np.matmul(a, b)
     if a.ndim == 3 and b.ndim == 2:                  # a stack times one matrix: one tall product
-        return matmul(np.ascontiguousarray(a).reshape(-1, k), b).reshape(stack, m, n)
+        return matmul(np.ascontiguousarray(a).reshape(-1, k), b, split_min).reshape(stack, m, n)
     if b.ndim == 3 and stack == 1:
-        return matmul(a if a.ndim == 2 else a[0], b[0])[None]
+        return matmul(a if a.ndim == 2 else a[0], b[0], split_min)[None]
     _load_blas()
     a, b = _blocks(a), _blocks(b)
     if b.ndim == 3:                                 # a stack times a stack, or one matrix times a stack
         out = np.empty((stack, m, n), dtype=a.dtype)
         _threads.spread(_stack, np.broadcast_to(a, (stack, m, k)), b, out)
+        return out
+    if m * n * k <= split_min:
+        out = np.empty((m, n), dtype=a.dtype)
+        _gemm(a, b, out, 1.0, 0.0)
         return out
     if k >= 2 * (m + n) and numba.get_num_threads() > 1:
         partial = np.empty((numba.get_num_threads(), m, n), dtype=a.dtype)
@@ -285,11 +291,12 @@ def subtract_product(c, a, b) -> None:
     """c -= a @ b in place, by BLAS (beta = 1: no temporary, one pass over c), for blocks of float matrices of
     one dtype that BLAS reads in place with c row-major (lu.py's blocks of its matrix): split over minigen's
     threads where it has several and the product is large, else one call on this thread. Large here is
-    _SUBTRACT_SPLIT_MIN, not _SPLIT_MIN: between lu.py's products its serial panel steps run, which a split of
-    each product slowed more than the split saved (2 threads, float32 LU in-process against _SPLIT_MIN: n = 512
-    0.86-0.89 of the time, n = 1024 0.94-0.95; never splitting: 0.90-0.92 and 1.02-1.05)."""
+    SPLIT_MIN_AMID_SERIAL, not _SPLIT_MIN: between lu.py's products its serial steps run (panels, row swaps),
+    which a split of each product slowed more than the split saved (2 threads, float32, in-process against
+    _SPLIT_MIN: the LU at n = 512 0.86-0.89 of the time, n = 1024 0.94-0.95, never splitting 0.90-0.92 and
+    1.02-1.05; inv from the factors, its products by matmul(..., SPLIT_MIN_AMID_SERIAL), 0.88 and 0.97)."""
     _load_blas()
-    if _threads.shared() and a.shape[0] * a.shape[1] * b.shape[1] > _SUBTRACT_SPLIT_MIN:
+    if _threads.shared() and a.shape[0] * a.shape[1] * b.shape[1] > SPLIT_MIN_AMID_SERIAL:
         _threads.spread(_outer, a, b, c, -1.0, 1.0)
     elif c.size:
         _gemm(a, b, c, -1.0, 1.0)

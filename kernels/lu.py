@@ -177,6 +177,11 @@ def _upper_inverse(m, j, h):
 
 # ------------------------------------------------------------------------------ recursions (GEMM between)
 
+def _product(a, b):
+    """a @ b, split over threads only where large even beside the serial steps between (gemm.subtract_product)."""
+    return gemm.matmul(a, b, gemm.SPLIT_MIN_AMID_SERIAL)
+
+
 def _solve_unit_lower(m, j, h, c0, c1):
     """B <- L^-1 B in place for B = m[j:j+h, c0:c1], L the unit lower triangle of m[j:j+h, j:j+h]: with
     L = [L11 0; L21 L22], X1 = L11^-1 B1, X2 = L22^-1 (B2 - L21 X1); small blocks by forward substitution."""
@@ -199,7 +204,7 @@ def _unit_lower_inverse_blocked(m, j, h):
     x = np.zeros((h, h), m.dtype)
     x[:g, :g] = _unit_lower_inverse_blocked(m, j, g)
     x[g:, g:] = _unit_lower_inverse_blocked(m, j + g, h - g)
-    x[g:, :g] = gemm.matmul(x[g:, g:], gemm.matmul(m[j + g:j + h, j:j + g], x[:g, :g]))
+    x[g:, :g] = _product(x[g:, g:], _product(m[j + g:j + h, j:j + g], x[:g, :g]))
     np.negative(x[g:, :g], out=x[g:, :g])
     return x
 
@@ -208,7 +213,7 @@ def _solve_upper(m, j, h, b):
     """b <- U^-1 b in place (b has h rows), U the upper triangle of m[j:j+h, j:j+h]: with
     U = [U11 U12; 0 U22], X2 = U22^-1 B2, X1 = U11^-1 (B1 - U12 X2); small blocks by GEMM with U^-1."""
     if h <= _NB:
-        b[...] = gemm.matmul(_upper_inverse(m, j, h), b)
+        b[...] = _product(_upper_inverse(m, j, h), b)
         return
     g = h // 2
     _solve_upper(m, j + g, h - g, b[g:])

@@ -36,7 +36,7 @@ def _laid_out(x: np.ndarray, layout: str) -> np.ndarray:
 @contextlib.contextmanager
 def _split_everything():
     """Every product split, on two threads where Numba has them (one thread still runs each way's loop)."""
-    with mock.patch.object(gemm, "_SPLIT_MIN", 0), mock.patch.object(gemm, "_SUBTRACT_SPLIT_MIN", 0), \
+    with mock.patch.object(gemm, "_SPLIT_MIN", 0), mock.patch.object(gemm, "SPLIT_MIN_AMID_SERIAL", 0), \
             mock.patch.object(_threads, "shared", lambda: True):
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
         try:
@@ -111,6 +111,23 @@ def test_each_layout_takes_its_way(split_everything, monkeypatch, a_shape, a_lay
     taken = _recording_spread(monkeypatch)
     np.testing.assert_allclose(gemm.matmul(a, b), np.matmul(a, b))
     assert taken == [way]
+
+
+@pytest.mark.parametrize("a_layout, b_layout", [("C", "C"), ("F", "C block"), ("C block", "F")])
+def test_a_product_amid_serial_steps_is_one_call_on_this_thread(monkeypatch, a_layout, b_layout):
+    """matmul(a, b, split_min): at two threads, a 2-D product of at most split_min multiply-adds (above NumPy's
+    share) is one BLAS call on the caller's thread, not split (lu.py's products); above it, split."""
+    rng = np.random.default_rng(0)
+    a = _laid_out(rng.standard_normal((64, 96)).astype(np.float32), a_layout)
+    b = _laid_out(rng.standard_normal((96, 80)).astype(np.float32), b_layout)
+    monkeypatch.setattr(gemm, "_SPLIT_MIN", 0)
+    monkeypatch.setattr(_threads, "shared", lambda: True)
+    taken = _recording_spread(monkeypatch)
+    size = 64 * 96 * 80
+    np.testing.assert_allclose(gemm.matmul(a, b, split_min=size), a @ b, rtol=1e-5, atol=1e-4)
+    assert taken == []
+    np.testing.assert_allclose(gemm.matmul(a, b, split_min=size - 1), a @ b, rtol=1e-5, atol=1e-4)
+    assert taken == ["_outer"]
 
 
 def test_blocks_of_c_and_f_arrays_are_read_in_place():
