@@ -236,6 +236,11 @@ NEW_OPS = {
     "nll_loss": (lambda x: F.nll_loss(mg.log_softmax(x, 1), LABELS, W5),
                  lambda x: TF.nll_loss(torch.log_softmax(x, 1), torch.tensor(LABELS), torch.tensor(W5)), [(4, 5)],
                  (-2, 2), ()),
+    "cross_entropy": (lambda x: F.cross_entropy(x, LABELS), lambda x: TF.cross_entropy(x, torch.tensor(LABELS)),
+                      [(4, 5)], (-2, 2), ()),
+    "cross_entropy_sum_2d": (lambda x: F.cross_entropy(x, LABELS_2D, reduction="sum"),
+                             lambda x: TF.cross_entropy(x, torch.tensor(LABELS_2D), reduction="sum"), [(2, 5, 2, 1)],
+                             (-2, 2), ()),
     "cross_entropy_ignore": (lambda x: F.cross_entropy(x, LABELS, ignore_index=1),
                              lambda x: TF.cross_entropy(x, torch.tensor(LABELS), ignore_index=1), [(4, 5)],
                              (-2, 2), ()),
@@ -247,6 +252,7 @@ NEW_OPS = {
 }
 IDX = np.array([[0, 3, 3, 1, 2], [1, 1, 0, 2, 3], [3, 2, 1, 0, 0]])
 LABELS, W5 = np.array([0, 4, 1, 1]), np.array([1.0, 0.5, 2.0, 1.5, 0.7])
+LABELS_2D = np.array([[[3], [0]], [[4], [4]]])
 EYE_TALL, T_EYE_TALL = 3 * np.eye(5, 3), 3 * torch.eye(5, 3, dtype=torch.float64)
 
 

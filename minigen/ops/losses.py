@@ -8,10 +8,12 @@ import math
 
 import numpy as np
 
+import kernels
+
 from .. import backend
 from ..tensor import Function, Tensor, as_tensor
 from .elementwise import abs, clip, exp, log, maximum, softplus, where, xlogy
-from .nn import log_softmax
+from .nn import log_softmax, softmax
 from .reduce import mean as _mean
 from .reduce import sum as _sum
 from .shape import reshape, squeeze, take_along_axis
@@ -126,12 +128,40 @@ def nll_loss(input: Tensor, target, weight=None, *, ignore_index: int = -100, re
     return _reduce(loss, reduction)
 
 
+class LabelCrossEntropy(Function):
+    """The sum (or mean) over the labels t of -log softmax(x)[t], classes on axis 1, as one node: the composition
+    (log_softmax, take, negate, reduce) costs five and its backward six (an MLP's loss over 128 x 10 logits:
+    forward and backward 0.26 ms, where PyTorch's took 0.13). gx = (softmax(x) - onehot(t)) g scale, scale 1 for
+    the sum, 1/count for the mean; written in differentiable ops, so that a second derivative follows."""
+
+    def __init__(self, labels, scale):
+        self.labels, self.scale = labels, scale
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        picked = xp.take_along_axis(kernels.log_softmax(x, 1), xp.expand_dims(self.labels, 1), axis=1)
+        return -picked.sum() * x.dtype.type(self.scale)
+
+    def backward(self, g):
+        x = self.inputs[0]
+        xp = backend.get_array_module(x.data)
+        classes = xp.arange(x.shape[1]).reshape((-1,) + (1,) * (x.ndim - 2))
+        onehot = (xp.expand_dims(self.labels, 1) == classes).astype(x.dtype)
+        return (softmax(x, axis=1) - onehot) * (g * self.scale)
+
+
 def cross_entropy(input: Tensor, target, weight=None, *, ignore_index: int = -100,
                   reduction: str = "mean") -> Tensor:
     """-log softmax(input)[target] with class logits on axis 1: input (N, C) or (N, C, d1, ...), target
-    integer labels (N,) / (N, d1, ...) (nll_loss of the log-softmax, with its weight and ignore_index), or
-    class probabilities of input's shape (-sum_c w_c t_c log p_c)."""
+    integer labels (N,) / (N, d1, ...) (nll_loss of the log-softmax, with its weight and ignore_index; one node,
+    LabelCrossEntropy, where neither is in play), or class probabilities of input's shape
+    (-sum_c w_c t_c log p_c)."""
     target = as_tensor(target, like=input)
+    if target.dtype.kind != "f" and weight is None and reduction in ("mean", "sum") and input.ndim >= 2 \
+            and input.dtype.kind == "f" and input.shape[1]:
+        labels, kept = _labels("cross_entropy", input, target, ignore_index)
+        if kept.all() and labels.size:
+            return LabelCrossEntropy(labels, 1.0 / labels.size if reduction == "mean" else 1.0)(input)
     log_p = log_softmax(input, axis=1)
     if target.dtype.kind != "f":
         return nll_loss(log_p, target, weight, ignore_index=ignore_index, reduction=reduction)
