@@ -24,7 +24,7 @@ worker spins against the parallel loops.
 
 A product cut in two runs at 0.66-0.93 of its one-thread time at these sizes, where two whole products, one
 on each thread, run at 0.57-0.72 of theirs: so a layer's two gradient products go through `matmul_pair`
-together (Linear's backward, minigen.ops.nn.LinearGrad).
+together (the backward of Linear and of matmul, minigen.ops.linalg.ProductGrads).
 """
 from __future__ import annotations
 
