@@ -67,6 +67,7 @@ CPU_BACKENDS = ("reference", "cpu")
 GPU_BACKENDS = ("cupy", "numba_cuda")
 BACKENDS = ("auto",) + CPU_BACKENDS + GPU_BACKENDS
 _MODULES = {"reference": "reference", "cpu": "cpu", "cupy": "cupy_backend", "numba_cuda": "numba_cuda"}
+_loaded: dict = {}      # backend name -> its module, once backend_module has imported it
 _INSTALL_HINT = "install the GPU extra with `pip install minigen[cuda]` on a machine with an NVIDIA GPU and driver"
 
 _backend = "auto"
@@ -110,9 +111,6 @@ def backend_module(name: str):
             raise RuntimeError(reason)
     module = _loaded[name] = importlib.import_module(f"{__name__}.{_MODULES[name]}")
     return module
-
-
-_loaded: dict = {}
 
 
 def set_backend(name: str) -> None:

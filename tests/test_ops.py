@@ -8,6 +8,7 @@ import scipy.special
 from hypothesis import given
 from hypothesis import strategies as st
 
+import kernels
 import minigen as mg
 import minigen.nn.functional as F
 from minigen import testing as mt
@@ -330,6 +331,21 @@ def test_matmul(shapes):
     check(lambda s, t: s @ t, [a, b], np.matmul)
 
 
+def test_matmul_gradients_of_two_matrices_are_one_pair_of_products(monkeypatch):
+    """x @ W with both wanting gradients: gx and gW come from one kernels.matmul_pair call (ProductGrads),
+    equal to the separate products."""
+    calls = []
+    pair = kernels.matmul_pair
+    monkeypatch.setattr(kernels, "matmul_pair", lambda *args: calls.append(args) or pair(*args))
+    rng = np.random.default_rng(0)
+    x, w = leaf(rng.standard_normal((2, 5, 3))), leaf(rng.standard_normal((3, 4)))
+    g = rng.standard_normal((2, 5, 4))
+    (x @ w).backward(mg.Tensor(g))
+    assert len(calls) == 1
+    np.testing.assert_allclose(x.grad.numpy(), g @ w.numpy().T, rtol=1e-12)
+    np.testing.assert_allclose(w.grad.numpy(), np.einsum("bmk,bmn->kn", x.numpy(), g), rtol=1e-12)
+
+
 def test_matmul_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(2, 3\) and \(4, 5\)"):
         mg.ones(2, 3) @ mg.ones(4, 5)
@@ -557,6 +573,19 @@ def test_losses_finite_for_huge_logits_float32(loss):
         assert y.item() == pytest.approx(100.0)     # log clamped at -100, as PyTorch
     y.backward()
     assert np.isfinite(y.item()) and np.isfinite(x.grad.numpy()).all()
+
+
+def test_cross_entropy_of_plain_labels_is_one_node():
+    """Integer labels without weight or ignored labels: one LabelCrossEntropy node, of the value the composition
+    (nll_loss of log_softmax) gives; with an ignored label, the composition."""
+    x = leaf(np.random.default_rng(0).standard_normal((4, 3)))
+    labels = mg.tensor([0, 2, 1, 1])
+    for reduction in ("mean", "sum"):
+        y = F.cross_entropy(x, labels, reduction=reduction)
+        assert type(y.creator).__name__ == "LabelCrossEntropy"
+        np.testing.assert_allclose(y.item(), F.nll_loss(mg.log_softmax(x, 1), labels, reduction=reduction).item(),
+                                   rtol=1e-12)
+    assert type(F.cross_entropy(x, labels, ignore_index=1).creator).__name__ != "LabelCrossEntropy"
 
 
 def test_cross_entropy_label_errors():

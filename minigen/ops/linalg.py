@@ -84,9 +84,7 @@ class ProductGrads(Function):
     def backward(self, ggx, ggw):
         g, x, w = self.inputs
         v, ggv = (_mT(w), _mT(ggw)) if self.w_transposed else (w, ggw)
-        gw = None
-        if w.requires_grad:
-            gw = weight_grad(g, ggx) if self.w_transposed else weight_grad(ggx, g)
+        gw = (weight_grad(g, ggx) if self.w_transposed else weight_grad(ggx, g)) if w.requires_grad else None
         return (matmul(ggx, v) + matmul(x, ggv) if g.requires_grad else None,
                 matmul(g, _mT(ggv)) if x.requires_grad else None,
                 gw)

@@ -112,6 +112,11 @@ def nll_loss(input: Tensor, target, weight=None, *, ignore_index: int = -100, re
     labels equal to ignore_index count for nothing, and 'mean' divides by the kept labels' total weight
     (PyTorch's convention)."""
     labels, kept = _labels("nll_loss", input, as_tensor(target, like=input), ignore_index)
+    return _nll(input, labels, kept, weight, reduction)
+
+
+def _nll(input: Tensor, labels, kept, weight, reduction: str) -> Tensor:
+    """nll_loss on labels that _labels has checked."""
     xp = backend.get_array_module(labels)
     every_label = bool(kept.all())
     safe = labels if every_label else xp.where(kept, labels, 0)
@@ -157,14 +162,13 @@ def cross_entropy(input: Tensor, target, weight=None, *, ignore_index: int = -10
     LabelCrossEntropy, where neither is in play), or class probabilities of input's shape
     (-sum_c w_c t_c log p_c)."""
     target = as_tensor(target, like=input)
-    if target.dtype.kind != "f" and weight is None and reduction in ("mean", "sum") and input.ndim >= 2 \
-            and input.dtype.kind == "f" and input.shape[1]:
+    if target.dtype.kind != "f" and input.ndim >= 2:
         labels, kept = _labels("cross_entropy", input, target, ignore_index)
-        if kept.all() and labels.size:
+        if weight is None and reduction in ("mean", "sum") and input.dtype.kind == "f" and labels.size \
+                and kept.all():
             return LabelCrossEntropy(labels, 1.0 / labels.size if reduction == "mean" else 1.0)(input)
-    log_p = log_softmax(input, axis=1)
-    if target.dtype.kind != "f":
-        return nll_loss(log_p, target, weight, ignore_index=ignore_index, reduction=reduction)
+        return _nll(log_softmax(input, axis=1), labels, kept, weight, reduction)
+    log_p = log_softmax(input, axis=1)      # a vector input raises here: it has no class axis
     _same_shape("cross_entropy", input, target)
     if weight is not None:
         weight = reshape(as_tensor(weight, like=input), (-1,) + (1,) * (input.ndim - 2))
