@@ -4,10 +4,12 @@ Convolutions are GEMMs over NumPy strided views (im2col): the padded input is co
 channels-last (NHWC), a zero-copy ``as_strided`` view lists every kernel window, and one BLAS GEMM per
 group contracts windows with the weight. Channels-last won over NCHW im2col (contiguous channel runs make
 the window copy ~2x cheaper) and over per-tap "shifted" GEMMs (K = C is too small for BLAS to run at speed).
+Ungrouped layers from 16 input channels gather the same columns a block of images at a time instead, each
+block multiplied while in cache (columns.py: DCGAN's 4x4 stride-2 layers 0.83-0.93 of the time).
 3x3 stride-1 layers of 16 channels or more go to Winograd's F(4x4, 3x3) instead (winograd.py: 0.25x the
 multiply-adds and no 9-fold copy); 1x1 layers are a GEMM over the channels in the input's own layout, no copy.
 The transposed convolution runs the GEMM first and then scatters each tap's block back (col2im, a Numba loop
-per image), instead of convolving a dilated input of zeros; so do stride-1 layers with few output channels
+per image; ungrouped, a block of images per GEMM, columns.py), instead of convolving a dilated input of zeros; so do stride-1 layers with few output channels
 (_taps: Glow's 64 -> 4 coupling output, 2.3-2.8x faster than im2col).
 
 Softmax and the batched small LU are Numba kernels, parallel over rows / matrices: a row or a matrix
@@ -23,7 +25,7 @@ import numba
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import _threads, gemm, lu, reference, winograd
+from . import _threads, columns, gemm, lu, reference, winograd
 from ._fastmath import FASTMATH, exp, parallel_fastmath, wide_vectors
 from .layout import channels_last, padded_nhwc
 from ._threads import PARALLEL_MIN_SIZE as _PARALLEL_MIN_SIZE
@@ -119,6 +121,13 @@ def _gemm_first_serves(g, x, og) -> bool:
             and x.dtype in (np.float32, np.float64))
 
 
+def _blocks_serve(g, x) -> bool:
+    """Whether conv2d and its weight gradient gather im2col columns a block of images at a time (columns.py)
+    rather than for the whole batch: ungrouped, float, from MIN_CHANNELS input channels (below that a window row
+    is too short a copy)."""
+    return g.groups == 1 and x.shape[1] >= columns.MIN_CHANNELS and x.dtype in (np.float32, np.float64)
+
+
 def _pointwise_serves(g) -> bool:
     """Whether conv2d is a product over channels alone (a 1x1 kernel at stride 1, unpadded, ungrouped): one
     GEMM per image on NCHW, (O, C) @ (C, H*W), or one GEMM on a channels-last view, (N*H*W, C) @ (C, O); no
@@ -161,8 +170,9 @@ def _nhwc(x):
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """y = im2col(x) @ w^T per group: (N*Ho*Wo, kh*kw*Cg) @ (kh*kw*Cg, Og); 1x1 layers by a GEMM in x's layout,
     3x3 stride-1 layers by Winograd, layers with few output channels by a GEMM first: (N*H*W, C) @
-    (C, kh*kw*O), then the taps summed. The im2col columns or Winograd's tiles of x are left in `saved` (a dict)
-    for conv2d_weight."""
+    (C, kh*kw*O), then the taps summed; ungrouped layers from 16 channels by im2col a block of images at a time
+    (columns.py). The whole-batch im2col columns or Winograd's tiles of x are left in `saved` (a dict) for
+    conv2d_weight."""
     g = geometry(w.shape[2:], stride, padding, dilation, groups)
     (n, c, h, wd), G = x.shape, g.groups
     cg, og = check_channels(c, w.shape, g, transposed=False)
@@ -181,6 +191,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
         _taps(z, y, *g.padding, *g.dilation, False)
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     wm = w.reshape(G, og, cg, -1).transpose(0, 3, 2, 1).reshape(G, -1, og)   # (G, kh*kw*Cg, Og)
+    if _blocks_serve(g, x):
+        y = columns.conv2d(_nhwc(x), np.ascontiguousarray(wm[0], dtype=x.dtype), g, ho, wo)
+        return _add_bias(y.reshape(n, ho, wo, og).transpose(0, 3, 1, 2), b)
     cols = _im2col(x, g, ho, wo)
     _save(saved, x, g, (ho, wo), "columns", cols)
     y = gemm.matmul(cols, wm.astype(x.dtype, copy=False))                      # (G, N*Ho*Wo, Og)
@@ -190,7 +203,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
 
 def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """dw = gy^T @ im2col(x) per group: (Og, N*Ho*Wo) @ (N*Ho*Wo, kh*kw*Cg), reordered to (O, Cg, kh, kw),
-    im2col(x) from `saved` when conv2d of x left it; 1x1 layers by a GEMM in the inputs' layout, 3x3 stride-1
+    im2col(x) from `saved` when conv2d of x left it, or gathered again a block of images at a time where conv2d
+    did so (columns.py); 1x1 layers by a GEMM in the inputs' layout, 3x3 stride-1
     layers by Winograd (its transformed tiles of x from `saved` alike)."""
     g = geometry(kernel_size, stride, padding, dilation, groups)
     (n, c), G = x.shape[:2], g.groups
@@ -207,6 +221,9 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1,
         _taps(t, _nhwc(gy), *g.padding, *g.dilation, True)
         dw = gemm.matmul(_nhwc(x).reshape(-1, c).T, t.reshape(n * x.shape[2] * x.shape[3], -1))  # (C, kh*kw*O)
         return np.ascontiguousarray(dw.reshape(c, *g.kernel, og).transpose(3, 0, 1, 2))
+    if _blocks_serve(g, x):
+        dw = columns.conv2d_weight(_nhwc(x), _nhwc(gy).reshape(-1, og), g, ho, wo)
+        return dw.reshape(og, *g.kernel, cg).transpose(0, 3, 1, 2).copy()
     gym = gy.reshape(n, G, og, ho * wo).transpose(1, 2, 0, 3).reshape(G, og, -1)   # (G, Og, N*Ho*Wo)
     cols = _saved(saved, x, g, (ho, wo), "columns")
     dw = gemm.matmul(gym, _im2col(x, g, ho, wo) if cols is None else cols)        # (G, Og, kh*kw*Cg)
@@ -220,8 +237,9 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     swapped, padding d(k-1) - p), which measured ~2x faster than col2im for the U-Net 3x3 layer. Not when the
     input is smaller than the kernel, though: there the flipped convolution's windows are mostly padding
     (DCGAN's first layer, 1x1 -> 7x7: 14 ms against col2im's 0.4 ms).
-    Otherwise col2im: one channels-last GEMM per group, (N*H*W, Cg) @ (Cg, kh*kw*Og), then each tap's
-    block is added at its strided place in the output, the taps that land in the padding skipped (_col2im).
+    Otherwise col2im: channels-last GEMMs, (N*H*W, Cg) @ (Cg, kh*kw*Og), then each tap's block is added at its
+    strided place in the output, the taps that land in the padding skipped (columns.scatter): ungrouped, a
+    block of images per GEMM (columns.py); grouped, one whole-batch GEMM per group (_col2im).
     """
     g = geometry(w.shape[2:], stride, padding, dilation, groups)
     (n, c, h, wd), G = x.shape, g.groups
@@ -233,6 +251,9 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
         wf = w.reshape(G, cg, og, *g.kernel).swapaxes(1, 2)[..., ::-1, ::-1].reshape(G * og, cg, *g.kernel)
         return conv2d(x, wf, b, 1, flip_pad, g.dilation, G)
     (kh, kw) = g.kernel
+    if G == 1 and x.dtype in (np.float32, np.float64):          # a block of images at a time (columns.py)
+        wm = np.ascontiguousarray(w.reshape(c, og, kh * kw).transpose(0, 2, 1).reshape(c, -1), dtype=x.dtype)
+        return _add_bias(columns.conv_transpose2d(_nhwc(x), wm, g, ho, wo).transpose(0, 3, 1, 2), b)
     xm = x.reshape(n, G, cg, h, wd).transpose(1, 0, 3, 4, 2).reshape(G, -1, cg)        # (G, N*H*W, Cg)
     wm = w.reshape(G, cg, og, kh * kw).transpose(0, 1, 3, 2).reshape(G, cg, -1)         # (G, Cg, kh*kw*Og)
     cols = gemm.matmul(xm, wm.astype(x.dtype, copy=False)).reshape(G * n, h, wd, kh, kw, og)
@@ -269,25 +290,10 @@ def _taps(z, y, ph, pw, dh, dw, adjoint):
 
 @parallel()
 def _col2im(cols, y, sh, sw, ph, pw, dh, dw):
-    """y[b, h*sh + i*dh - ph, w*sw + j*dw - pw, :] += cols[b, h, w, i, j, :] over inputs (h, w) and taps (i, j)
-    that land inside y: the scatter of conv_transpose2d, one image b at a time (parallel over b), so that
-    cols is read once in order and the image being summed into stays in cache."""
-    _, H, W, KH, KW, O = cols.shape
-    Ho, Wo = y.shape[1], y.shape[2]
+    """y[b] = columns.scatter of cols[b] (N, H, W, kh, kw, O) for each image b, parallel over images: the grouped
+    transposed convolution's scatter, after one whole-batch GEMM per group."""
     for b in numba.prange(y.shape[0]):
-        out = y[b]
-        out[:] = 0
-        for h in range(H):
-            for i in range(KH):
-                r = h * sh + i * dh - ph
-                if r < 0 or r >= Ho:
-                    continue
-                for w in range(W):
-                    for j in range(KW):
-                        c = w * sw + j * dw - pw
-                        if 0 <= c < Wo:
-                            for o in range(O):
-                                out[r, c, o] += cols[b, h, w, i, j, o]
+        columns.scatter(cols[b], y[b], sh, sw, ph, pw, dh, dw)
 
 
 # -------------------------------------------------------------------------------------------------- softmax

@@ -377,6 +377,39 @@ def test_im2col_parallel_gather_on_a_dcgan_sized_layer(dilation):
         np.testing.assert_array_equal(cpu._im2col(x, g, ho, wo), want)
 
 
+@FEW
+@given(conv_cases(), st.integers(16, 20), st.integers(6, 8), st.integers(1, 5), st.sampled_from(DTYPES),
+       st.booleans(), st.sampled_from([1, 3000, 1 << 19]))
+def test_blocks_of_images_give_the_whole_batch_convolutions(case, channels, og, n, dtype, last, block_bytes):
+    """columns.py's convolutions (ungrouped, from 16 input channels; every ungrouped transposed one) against the
+    reference, for every stride, dilation and padding, on NCHW and channels-last inputs, with blocks of one
+    image, of a few (the last one short) and of the whole batch. 6-8 output channels keep the layer off the
+    paths that multiply first (_gemm_first_serves) and off Winograd's."""
+    from kernels import columns, cpu
+    x, w, b, geo = case
+    assume(geo["groups"] == 1)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, channels, *x.shape[2:])).astype(dtype)
+    w = rng.standard_normal((og, channels, *w.shape[2:])).astype(dtype)
+    b = None if b is None else rng.standard_normal(og).astype(dtype)
+    if last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    pointwise = w.shape[2:] == (1, 1) and geo["stride"] == (1, 1) and geo["padding"] == (0, 0)
+    with mock.patch.object(columns, "BLOCK_BYTES", block_bytes), \
+            mock.patch.object(cpu, "_im2col", side_effect=AssertionError("whole-batch columns")), \
+            mock.patch.object(columns, "conv2d", wraps=columns.conv2d) as blocks:
+        y = cpu.conv2d(x, w, b, **geo)
+        np.testing.assert_allclose(y, reference.conv2d(x, w, b, **geo), **TOL[dtype])
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_allclose(cpu.conv2d_weight(x, gy, w.shape[2:], **geo),
+                                   reference.conv2d_weight(x, gy, w.shape[2:], **geo), **TOL[dtype])
+    assert blocks.call_count == (not pointwise)
+    op = _output_padding(x.shape, y.shape, w.shape, geo)
+    with mock.patch.object(columns, "BLOCK_BYTES", block_bytes):
+        np.testing.assert_allclose(cpu.conv_transpose2d(gy, w, None, output_padding=op, **geo),
+                                   reference.conv_transpose2d(gy, w, None, output_padding=op, **geo), **TOL[dtype])
+
+
 def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
     """DCGAN's critic layer: one im2col copy of x serves conv2d and the weight gradient of its node."""
     import minigen as mg
@@ -822,11 +855,14 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
     wt = rng.standard_normal((64, 32, 4, 4), dtype=np.float32)
     a = rng.standard_normal((1024, 8, 8)) + 3 * np.eye(8)
     wide = rng.standard_normal((4, 32, 16, 16), dtype=np.float32)
+    x64 = x.astype(np.float64)
     calls = {"softmax": lambda: cpu.log_softmax(x.reshape(-1, 144) * 3),
              "softmax_backward": lambda: cpu.softmax_backward(cpu.softmax(x.reshape(256, -1)), x.reshape(256, -1)),
              "winograd": lambda: cpu.conv2d(x, w, None, 1, 1),
              "winograd weight": lambda: cpu.conv2d_weight(x, x, 3, 1, 1),
              "col2im": lambda: cpu.conv_transpose2d(x, wt, None, 2, 1),
+             "im2col blocks": lambda: cpu.conv2d(x, wt.transpose(1, 0, 2, 3), None, 2, 1),
+             "im2col blocks weight": lambda: cpu.conv2d_weight(x64, x64[:, :32, :6, :6], 4, 2, 1),   # sums split
              "slogdet": lambda: cpu.slogdet(a)[1], "inv": lambda: cpu.inv(a),
              "norm": lambda: norm.standardize(x, (0, 2, 3), 1e-5)[0],
              "norm backward": lambda: norm.standardize_backward(x, np.ones((1, 64, 1, 1), np.float32), x, (0, 2, 3)),
