@@ -9,8 +9,9 @@ block multiplied while in cache (columns.py: DCGAN's 4x4 stride-2 layers 0.83-0.
 3x3 stride-1 layers of 16 channels or more go to Winograd's F(4x4, 3x3) instead (winograd.py: 0.25x the
 multiply-adds and no 9-fold copy); 1x1 layers are a GEMM over the channels in the input's own layout, no copy.
 The transposed convolution runs the GEMM first and then scatters each tap's block back (col2im, a Numba loop
-per image; ungrouped, a block of images per GEMM, columns.py), instead of convolving a dilated input of zeros; so do stride-1 layers with few output channels
-(_taps: Glow's 64 -> 4 coupling output, 2.3-2.8x faster than im2col).
+per image; ungrouped, a block of images per GEMM, columns.py), instead of convolving a dilated input of zeros;
+so do stride-1 layers with few output channels (_taps: Glow's 64 -> 4 coupling output, 2.3-2.8x faster than
+im2col).
 
 Softmax and the batched small LU are Numba kernels, parallel over rows / matrices: a row or a matrix
 stays in cache while it is reduced and written, where NumPy makes one pass over memory per ufunc.
@@ -204,8 +205,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
 def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """dw = gy^T @ im2col(x) per group: (Og, N*Ho*Wo) @ (N*Ho*Wo, kh*kw*Cg), reordered to (O, Cg, kh, kw),
     im2col(x) from `saved` when conv2d of x left it, or gathered again a block of images at a time where conv2d
-    did so (columns.py); 1x1 layers by a GEMM in the inputs' layout, 3x3 stride-1
-    layers by Winograd (its transformed tiles of x from `saved` alike)."""
+    did so (columns.py); 1x1 layers by a GEMM in the inputs' layout, 3x3 stride-1 layers by Winograd (its
+    transformed tiles of x from `saved` alike)."""
     g = geometry(kernel_size, stride, padding, dilation, groups)
     (n, c), G = x.shape[:2], g.groups
     ho, wo = gy.shape[2:]

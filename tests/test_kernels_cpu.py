@@ -411,7 +411,8 @@ def test_blocks_of_images_give_the_whole_batch_convolutions(case, channels, og, 
 
 
 def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
-    """DCGAN's critic layer: one im2col copy of x serves conv2d and the weight gradient of its node."""
+    """A strided 4x4 layer of few channels (below columns.MIN_CHANNELS, as DCGAN's first critic layer): one
+    im2col copy of x serves conv2d and the weight gradient of its node."""
     import minigen as mg
     from kernels import cpu
     rng = np.random.default_rng(2)
@@ -427,8 +428,8 @@ def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
 
 
 def test_strided_transposed_layer_convolves_its_gradient_once_for_both_gradients():
-    """DCGAN's generator layer: its backward's conv2d of g (the input gradient) and conv2d_weight of g (the
-    weight gradient) share one im2col copy of g."""
+    """A transposed layer with few output channels (as DCGAN's generator output): its backward's conv2d of g
+    (the input gradient) and conv2d_weight of g (the weight gradient) share one im2col copy of g."""
     import minigen as mg
     from kernels import cpu
     rng = np.random.default_rng(3)
