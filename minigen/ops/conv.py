@@ -76,7 +76,8 @@ class Conv2d(_Conv, Function):
 
 class ConvTranspose2d(_Conv, Function):
     """y = conv_transpose2d(x, w) (+ b);  gx = conv2d(g, w), gw = conv2d_weight(g, x), gb = sum of g. Both
-    gradients convolve g alike: gw reuses what gx's conv2d saved (the CPU's im2col columns of g)."""
+    gradients convolve g alike: gw reuses what gx's conv2d saved, if anything (the CPU's whole-batch im2col
+    columns of g)."""
 
     def __init__(self, kernel_size, stride, padding, dilation, groups, output_padding):
         super().__init__(kernel_size, stride, padding, dilation, groups)
