@@ -7,7 +7,7 @@ cache), gathers their windows straight from the unpadded channels-last input (ze
 padding) and multiplies them by one BLAS call into their rows of the output. The weight gradient gathers the
 same blocks again, each thread summing gy_block^T @ columns into a partial of its own (beta = 1), rather than
 keeping the forward's columns; the transposed convolution multiplies first, a block of images at a time, and
-scatters each image's taps into its output (_scatter, which cpu._col2im shares).
+scatters each image's taps into its output (scatter, which cpu._col2im shares).
 
 Measured in one process, old (whole-batch im2col / col2im) and new alternating call by call, 60 calls each
 (Intel Xeon, AVX-512), new / old time at 1 and 2 threads: conv 64 -> 128 on 14x14 forward 0.91 / 0.88,
