@@ -894,7 +894,10 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
             parallel = call()
         finally:
             numba.set_num_threads(1)
-        np.testing.assert_allclose(parallel, serial, rtol=1e-6, atol=1e-6, err_msg=name)
+        # float32 to the output's scale: the two compilations may round float32 sums differently (on an AMD EPYC,
+        # AVX2, the winograd conv's serial and parallel outputs differ by 2e-4 of 94, each 5.9e-4 from float64's)
+        scale = 1e-6 + (2e-5 * np.abs(serial).max() if serial.dtype == np.float32 else 0)
+        np.testing.assert_allclose(parallel, serial, rtol=1e-6, atol=scale, err_msg=name)
 
 
 def _adam_step(p, g, m, v):
