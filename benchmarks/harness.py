@@ -50,14 +50,22 @@ def measure(fn, repeat: int = 20, warmup: int = 2, sync=None) -> dict:
 
 
 def _cpu_model() -> str:
+    """The CPU's name, with its family and model numbers where /proc/cpuinfo gives them (VMs give plain names such
+    as 'AMD EPYC' for several generations)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if not key.strip():         # the first processor's block ends
+                    break
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    numbers = ", ".join(f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields)
+    return f"{fields['model name']} ({numbers})" if numbers else fields["model name"]
 
 
 def _version(package: str) -> str | None:
