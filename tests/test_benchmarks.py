@@ -48,6 +48,18 @@ def test_training_steps_compare_minigen_and_torch_from_the_same_weights():
     assert losses["minigen"][1] < losses["minigen"][0] and check["check"][0]["parameters"] == 785284
 
 
+def test_blas_calls_each_library_as_gemm_does_on_row_major_blocks():
+    from benchmarks import blas
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 7), dtype=np.float32), rng.standard_normal((7, 3), dtype=np.float32)
+    sgemms = blas.sgemms()
+    assert "openblas" in sgemms
+    for name, sgemm in sgemms.items():
+        c = np.full((5, 3), np.nan, np.float32)
+        blas.product(sgemm, a, b, c)()
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_activations_check_both_engines_gradients_then_time_them():
     pytest.importorskip("torch")
     from benchmarks import activations
