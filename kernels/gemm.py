@@ -51,8 +51,10 @@ SPLIT_MIN_AMID_SERIAL = 1 << 23   # for products with serial steps between them 
 # one Numba's np.dot calls). MKL on one thread took 0.40-0.86 of OpenBLAS's time on every product of the
 # training steps measured (128 x 784 x 512 0.83, 3136 x 512 x 64 0.84, 448 x 64 x 64 0.71, 64 x 12544 x 576
 # 0.40; Intel Xeon, AVX-512), the same time as PyTorch's (0.98-1.02), which calls MKL too; whole training steps
-# took 0.82-0.97 of their time on OpenBLAS. On other CPUs (AMD's) MKL is unmeasured, so OpenBLAS serves unless
-# MINIGEN_BLAS=mkl; MINIGEN_BLAS=openblas chooses OpenBLAS anywhere.
+# took 0.82-0.97 of their time on OpenBLAS. On other CPUs OpenBLAS serves unless MINIGEN_BLAS=mkl: on an AMD EPYC
+# (Zen 3, AVX2) neither wins (`python -m benchmarks blas`, 2 runs: MKL 0.86-0.93 of OpenBLAS's time on MLP products
+# and on 64 x 12544 x 576, 1.04-1.27 on tall im2col products such as 3136 x 1024 x 128), and the training steps
+# there took 0.50-0.88 of PyTorch's time on OpenBLAS. MINIGEN_BLAS=openblas chooses OpenBLAS anywhere.
 # Looked up at the first product matmul computes (_load_blas), as importing scipy.linalg takes 0.1-0.2 s that
 # `import minigen` need not pay. The kernels are not cached on disk (cache=False): they call BLAS at addresses
 # known only in this process.

@@ -241,7 +241,7 @@ def test_the_blas_loaded_is_the_one_chosen():
 def test_a_blas_choice_that_cannot_be_met_says_so(monkeypatch):
     with pytest.raises(ValueError, match="MINIGEN_BLAS='blis'"):
         gemm._blas_functions("blis")
-    monkeypatch.setattr(gemm, "_intel_cpu", lambda: False)      # MKL is unmeasured on AMD: chosen only by name
+    monkeypatch.setattr(gemm, "_intel_cpu", lambda: False)      # elsewhere (AMD) MKL is chosen only by name
     assert gemm._blas_functions("auto")[0] == "openblas"
     monkeypatch.setattr(gemm, "_mkl_library", lambda: None)
     with pytest.raises(RuntimeError, match=r"MKL was not found: pip install 'minigen\[mkl\]'"):
