@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,3 +36,39 @@ def _seed():
     import minigen
     minigen.manual_seed(0)
     np.random.seed(0)
+
+
+# ------------------------------------------------------------------------ the CUDA simulator's check, alongside
+
+_CUDASIM_CHECK = Path(__file__).with_name("cudasim_check.py")
+_CUDASIM_TEST = "test_numba_cuda_kernels_under_simulator"
+_cudasim = pytest.StashKey[subprocess.Popen]()
+
+
+def _start_cudasim_check() -> subprocess.Popen:
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    return subprocess.Popen([sys.executable, str(_CUDASIM_CHECK)], cwd=_CUDASIM_CHECK.parents[1], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def pytest_collection_finish(session):
+    """Where its test is selected, start the simulator's check (tests/cudasim_check.py: 2-3 minutes of pure Python
+    on one core) as soon as the suite is collected, so that it runs on the core the one-thread suite leaves idle;
+    its test then only collects the outcome (the fixture `cudasim_outcome`)."""
+    if any(item.name == _CUDASIM_TEST for item in session.items):
+        session.config.stash[_cudasim] = _start_cudasim_check()
+
+
+def pytest_sessionfinish(session):
+    process = session.config.stash.get(_cudasim, None)
+    if process is not None and process.poll() is None:      # its test did not run (-x stopped the suite, say)
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture
+def cudasim_outcome(request) -> subprocess.CompletedProcess:
+    """The finished run of tests/cudasim_check.py: the one started at collection, else one started now."""
+    process = request.config.stash.get(_cudasim, None) or _start_cudasim_check()
+    stdout, stderr = process.communicate(timeout=900)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

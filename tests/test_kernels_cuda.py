@@ -42,10 +42,8 @@ def test_modules_import_without_cupy_or_gpu():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
-def test_numba_cuda_kernels_under_simulator():
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    run = subprocess.run([sys.executable, str(ROOT / "tests" / "cudasim_check.py")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=900)
+def test_numba_cuda_kernels_under_simulator(cudasim_outcome):
+    run = cudasim_outcome       # tests/cudasim_check.py, started beside the suite (conftest.py)
     print(run.stdout[-4000:], run.stderr[-4000:])
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
 
