@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,13 @@ _cudasim = pytest.StashKey[subprocess.Popen]()
 
 
 def _start_cudasim_check() -> subprocess.Popen:
+    """The check as a process writing to two temporary files (a pipe nobody reads would stall it once full)."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    return subprocess.Popen([sys.executable, str(_CUDASIM_CHECK)], cwd=_CUDASIM_CHECK.parents[1], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = (tempfile.TemporaryFile("w+") for _ in range(2))
+    process = subprocess.Popen([sys.executable, str(_CUDASIM_CHECK)], cwd=_CUDASIM_CHECK.parents[1], env=env,
+                               stdout=out, stderr=err)
+    process.outputs = out, err
+    return process
 
 
 def pytest_collection_finish(session):
@@ -63,12 +68,15 @@ def pytest_sessionfinish(session):
     process = session.config.stash.get(_cudasim, None)
     if process is not None and process.poll() is None:      # its test did not run (-x stopped the suite, say)
         process.kill()
-        process.communicate()
+        process.wait()
 
 
 @pytest.fixture
 def cudasim_outcome(request) -> subprocess.CompletedProcess:
     """The finished run of tests/cudasim_check.py: the one started at collection, else one started now."""
     process = request.config.stash.get(_cudasim, None) or _start_cudasim_check()
-    stdout, stderr = process.communicate(timeout=900)
+    process.wait(timeout=900)
+    for file in process.outputs:
+        file.seek(0)
+    stdout, stderr = (file.read() for file in process.outputs)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
