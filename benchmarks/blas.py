@@ -49,9 +49,9 @@ def product(sgemm, a, b, c):
     flag = ctypes.c_char(b"N")
     dims = [ctypes.c_int(v) for v in (n, m, k)]
     one, zero = ctypes.c_float(1), ctypes.c_float(0)
-    args = [ctypes.byref(flag), ctypes.byref(flag), *map(ctypes.byref, dims), ctypes.byref(one), b.ctypes.data,
-            ctypes.byref(dims[0]), a.ctypes.data, ctypes.byref(dims[2]), ctypes.byref(zero), c.ctypes.data,
-            ctypes.byref(dims[0])]
+    a, b, c = (x.ctypes.data_as(ctypes.c_void_p) for x in (a, b, c))     # pointers that keep their arrays
+    args = [ctypes.byref(flag), ctypes.byref(flag), *map(ctypes.byref, dims), ctypes.byref(one), b,
+            ctypes.byref(dims[0]), a, ctypes.byref(dims[2]), ctypes.byref(zero), c, ctypes.byref(dims[0])]
     return lambda: sgemm(*args)
 
 
