@@ -240,7 +240,9 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     (DCGAN's first layer, 1x1 -> 7x7: 14 ms against col2im's 0.4 ms).
     Otherwise col2im: channels-last GEMMs, (N*H*W, Cg) @ (Cg, kh*kw*Og), then each tap's block is added at its
     strided place in the output, the taps that land in the padding skipped (columns.scatter): ungrouped, a
-    block of images per GEMM (columns.py); grouped, one whole-batch GEMM per group (_col2im).
+    block of images per GEMM (columns.py); grouped, one whole-batch GEMM per group (_col2im). An NCHW input
+    to a layer of at most _FEW_OUTPUTS channels (an image decoder's last) is multiplied per image as it lies,
+    (kh*kw*O, C) @ (C, H*W), and scattered a plane at a time (_col2im_planes).
     """
     g = geometry(w.shape[2:], stride, padding, dilation, groups)
     (n, c, h, wd), G = x.shape, g.groups
@@ -252,6 +254,12 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
         wf = w.reshape(G, cg, og, *g.kernel).swapaxes(1, 2)[..., ::-1, ::-1].reshape(G * og, cg, *g.kernel)
         return conv2d(x, wf, b, 1, flip_pad, g.dilation, G)
     (kh, kw) = g.kernel
+    if G == 1 and og <= _FEW_OUTPUTS and x.flags.c_contiguous and x.dtype in (np.float32, np.float64):
+        wm = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, c), dtype=x.dtype)    # rows (i, j, o)
+        cols = gemm.matmul(wm, x.reshape(n, c, h * wd)).reshape(n, kh, kw, og, h, wd)     # per image, in place
+        y = np.empty((n, og, ho, wo), x.dtype)
+        _col2im_planes(cols, y, *g.stride, *g.padding, *g.dilation)
+        return _add_bias(y, b)
     if G == 1 and x.dtype in (np.float32, np.float64):          # a block of images at a time (columns.py)
         wm = np.ascontiguousarray(w.reshape(c, og, kh * kw).transpose(0, 2, 1).reshape(c, -1), dtype=x.dtype)
         return _add_bias(columns.conv_transpose2d(_nhwc(x), wm, g, ho, wo).transpose(0, 3, 1, 2), b)
@@ -287,6 +295,37 @@ def _taps(z, y, ph, pw, dh, dw, adjoint):
                                     z[b, h, w, i, j, o] = y[b, r, c, o]
                                 else:
                                     y[b, r, c, o] += z[b, h, w, i, j, o]
+
+
+# Output channels up to which the transposed convolution of an NCHW input multiplies per image in NCHW: an image
+# decoder's last layer (64 -> 1 channel, 4x4 stride 2, 14x14 -> 28x28, batch 64, one thread: 0.79-0.97 ms against
+# 1.4-2.6 by channels-last columns, which copy x to channels-last first and scatter runs of O = 1 number; 3
+# channels 2.2-3.4 against 2.4-3.7; 8 channels 6.1-9.3 against 4.2-5.4).
+_FEW_OUTPUTS = 3
+
+
+@parallel()
+def _col2im_planes(cols, y, sh, sw, ph, pw, dh, dw):
+    """y[n, o, h*sh + i*dh - ph, w*sw + j*dw - pw] = the sum of cols[n, i, j, o, h, w] over inputs (h, w) and
+    taps (i, j) that land inside y, parallel over the (n, o) planes of y (N, O, Ho, Wo): each tap's row of
+    inputs, contiguous in cols, is added along a row of y at stride sw."""
+    N, KH, KW, O, H, W = cols.shape
+    Ho, Wo = y.shape[2], y.shape[3]
+    for plane in numba.prange(N * O):
+        n, o = plane // O, plane % O
+        out = y[n, o]
+        out[:] = 0
+        for i in range(KH):
+            for h in range(H):
+                r = h * sh + i * dh - ph
+                if r < 0 or r >= Ho:
+                    continue
+                for j in range(KW):
+                    q = j * dw - pw                 # column w*sw + q, inside for w in [w0, w1)
+                    w0, w1 = max(0, -(q // sw)), min(W, (Wo - 1 - q) // sw + 1)
+                    src, dst = cols[n, i, j, o, h], out[r]
+                    for w in range(w0, w1):
+                        dst[w * sw + q] += src[w]
 
 
 @parallel()
@@ -325,8 +364,8 @@ def _row_max(x, r, lanes):
     return m
 
 
-_ROWS_PER_STEP = 8    # rows per step of softmax's parallel loop, which share one scratch of lanes: allocated per
-                      # row, it took 3.3 of a 64 x 10 softmax's 4.1 us
+_ROWS_PER_STEP = 8    # rows per step of softmax's parallel loop, which share one scratch of lanes (allocated per
+                      # row, a 64 x 10 softmax's serial call took 4.1 us; per 8 rows 3.1-3.5)
 
 
 @parallel_fastmath

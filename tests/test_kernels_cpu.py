@@ -410,6 +410,26 @@ def test_blocks_of_images_give_the_whole_batch_convolutions(case, channels, og, 
                                    reference.conv_transpose2d(gy, w, None, output_padding=op, **geo), **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("o, kernel, stride, padding, dilation, output_padding",
+                         [(1, 4, 2, 1, 1, 0), (3, 3, 2, 1, 1, 1), (2, (3, 2), (3, 2), (2, 0), (2, 1), (2, 1)),
+                          (1, 3, 1, 0, 2, 1)])
+def test_transposed_conv_to_few_channels_multiplies_per_image_in_nchw(dtype, o, kernel, stride, padding, dilation,
+                                                                      output_padding):
+    """An NCHW input to a transposed convolution of at most cpu._FEW_OUTPUTS output channels takes the per-image
+    path (_col2im_planes), bias, dilation and output_padding included; a channels-last one the columns'."""
+    from kernels import cpu
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 6, 5, 4)).astype(dtype)
+    w, b = rng.standard_normal((6, o, *np.broadcast_to(kernel, 2))).astype(dtype), rng.standard_normal(o).astype(dtype)
+    geo = dict(stride=stride, padding=padding, dilation=dilation, output_padding=output_padding)
+    want = reference.conv_transpose2d(x, w, b, **geo)
+    last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    for array, planes in ((x, 1), (last, 0)):
+        with mock.patch.object(cpu, "_col2im_planes", wraps=cpu._col2im_planes) as spy:
+            np.testing.assert_allclose(cpu.conv_transpose2d(array, w, b, **geo), want, **TOL[dtype])
+        assert spy.call_count == planes
+
 def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
     """A strided 4x4 layer of few channels (below columns.MIN_CHANNELS, as DCGAN's first critic layer): one
     im2col copy of x serves conv2d and the weight gradient of its node."""
