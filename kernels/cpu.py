@@ -308,7 +308,9 @@ _FEW_OUTPUTS = 3
 def _col2im_planes(cols, y, sh, sw, ph, pw, dh, dw):
     """y[n, o, h*sh + i*dh - ph, w*sw + j*dw - pw] = the sum of cols[n, i, j, o, h, w] over inputs (h, w) and
     taps (i, j) that land inside y, parallel over the (n, o) planes of y (N, O, Ho, Wo): each tap's row of
-    inputs, contiguous in cols, is added along a row of y at stride sw."""
+    inputs, contiguous in cols, is added along a row of y at stride sw. (columns.scatter, whose innermost loop
+    runs over the O channels, took 1.4-1.5 ms on a transposed view of these columns for the 64 -> 1 layer, this
+    loop 0.9.)"""
     N, KH, KW, O, H, W = cols.shape
     Ho, Wo = y.shape[2], y.shape[3]
     for plane in numba.prange(N * O):
