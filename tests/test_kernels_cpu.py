@@ -430,6 +430,7 @@ def test_transposed_conv_to_few_channels_multiplies_per_image_in_nchw(dtype, o, 
             np.testing.assert_allclose(cpu.conv_transpose2d(array, w, b, **geo), want, **TOL[dtype])
         assert spy.call_count == planes
 
+
 def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
     """A strided 4x4 layer of few channels (below columns.MIN_CHANNELS, as DCGAN's first critic layer): one
     im2col copy of x serves conv2d and the weight gradient of its node."""

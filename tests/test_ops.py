@@ -145,6 +145,20 @@ def test_python_scalars_follow_numpy_promotion():
     assert (np.float64(2.0) * x32).dtype == np.float64   # a NumPy scalar is typed, as in NumPy 2
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("c", [1.01, 0.1, -3, 0.0, -0.0, 1e30, float("inf")])
+def test_python_scalars_give_numpy_values_and_signed_zeros(dtype, c):
+    """x + c and x * c (a Python number, handed to NumPy as a cached 0-d array of x's float dtype) equal NumPy's
+    x + c and x * c bit for bit, -0.0 against 0.0 included."""
+    x = np.array([-0.0, 0.0, 1.0, -2.5, 3e-5, 7.0]).astype(dtype)
+    t = mg.tensor(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for got, want in (((t + c).data, x + c), ((t * c).data, x * c), ((c * t).data, c * x)):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
 # --- reductions ------------------------------------------------------------------------------------------
 
 REDUCTIONS = {
