@@ -7,7 +7,8 @@ the window copy ~2x cheaper) and over per-tap "shifted" GEMMs (K = C is too smal
 Ungrouped layers from 16 input channels gather the same columns a block of images at a time instead, each
 block multiplied while in cache (columns.py: DCGAN's 4x4 stride-2 layers 0.83-0.93 of the time).
 3x3 stride-1 layers of 16 channels or more go to Winograd's F(4x4, 3x3) instead (winograd.py: 0.25x the
-multiply-adds and no 9-fold copy); 1x1 layers are a GEMM over the channels in the input's own layout, no copy.
+multiply-adds and no 9-fold copy), and 4x4 stride-2 layers (DCGAN's) of 32 channels or more, split into four
+phases of a 2x2 stride-1 layer, to F(4x4, 2x2) (_phase_padded: 0.39x the multiply-adds); 1x1 layers are a GEMM over the channels in the input's own layout, no copy.
 The transposed convolution runs the GEMM first and then scatters each tap's block back (col2im, a Numba loop
 per image; ungrouped, a block of images per GEMM, columns.py), instead of convolving a dilated input of zeros;
 so do stride-1 layers with few output channels (_taps: Glow's 64 -> 4 coupling output, 2.3-2.8x faster than
@@ -109,6 +110,83 @@ def _winograd_serves(g, x, og) -> bool:
             and x.dtype in (np.float32, np.float64) and n * c * h * w >= _PARALLEL_MIN_SIZE)
 
 
+def _phases_serve(g, c, og, x) -> bool:
+    """Whether a layer goes by its phases to Winograd's F(4x4, 2x2) (_phase_padded, _phase_transpose): a 4x4
+    kernel at stride 2 (DCGAN's layers), undilated, ungrouped, from 32 channels in and out (c and og: the
+    convolution's, whichever way it runs), on a float x large enough to pay for the transforms. Measured in one
+    process against the columns (columns.py), alternating, batch 64, AMD EPYC Zen 4, 1 / 2 threads, forward and
+    backward together: 64 -> 128 (14x14) 0.76-0.78 / 0.84-0.86 of the time, transposed 128 -> 64 (7x7)
+    0.74 / 0.89-0.90, 32 -> 64 0.82-0.90 / 0.91-1.01, transposed 64 -> 32 0.72-0.81 / 1.04-1.19, 16 -> 32 (28x28)
+    1.06-1.13 / 1.03-1.28; the DCGAN step of benchmarks/training_steps.py (width 32) 0.90 / 0.99, WGAN-GP's
+    critic step 0.94 / 0.94."""
+    return (g.kernel == (4, 4) and g.stride == (2, 2) and g.dilation == (1, 1) and g.groups == 1
+            and min(c, og) >= 32 and x.dtype in (np.float32, np.float64) and x.size >= _PARALLEL_MIN_SIZE)
+
+
+def _phase_padded(x, padding, ho, wo):
+    """A 4x4 stride-2 convolution is a 2x2 stride-1 one on the four phases of its padded input: with a = 2p + u,
+    b = 2q + v, y[i, j] = sum over (u, v, c, p, q) of w[o, c, a, b] xp[2(i + p) + u, 2(j + q) + v, c]. So x
+    (N, C, H, W) becomes X (N, H', W', 4C), X[n, i, j, (u, v, c)] = xp[n, 2i + u, 2j + v, c] for its zero-padded
+    map xp, as many rows and columns as F(4x4, 2x2) reads for an (ho, wo) output; and the weight (O, C, 4, 4)
+    becomes (2, 2, 4C, O) (_phase_weight). F(4x4, 2x2) then takes 25 products for every 16 outputs, where im2col
+    takes 64 (DCGAN's 64 -> 128 layer, 14x14 -> 7x7: 3.1 outputs of 4 cropped, 0.51x the multiply-adds)."""
+    n, c = x.shape[:2]
+    rows, cols = winograd.padded_size(ho, wo, 2)
+    phases = np.empty((n, rows, cols, 2, 2, c), dtype=x.dtype)
+    _phase_copy(_nhwc(x), phases, *padding, True)
+    return phases.reshape(n, rows, cols, 4 * c)
+
+
+@parallel()
+def _phase_copy(image, phases, ph, pw, to_phases):
+    """phases[n, i, j, u, v] = image[n, 2i + u - ph, 2j + v - pw] (a run of channels; zeros outside the image),
+    or, not to_phases, the other way: image's pixels from their phases. image is channels-last, (N, H, W, C);
+    parallel over rows of phases."""
+    N, R, Q = phases.shape[:3]
+    H, W, C = image.shape[1:]
+    for ni in numba.prange(N * R):
+        n, i = ni // R, ni % R
+        for u in range(2):
+            r = 2 * i + u - ph
+            for j in range(Q):
+                for v in range(2):
+                    c = 2 * j + v - pw
+                    inside = 0 <= r < H and 0 <= c < W
+                    cell = phases[n, i, j, u, v]
+                    if to_phases:
+                        for k in range(C):
+                            cell[k] = image[n, r, c, k] if inside else 0
+                    elif inside:
+                        for k in range(C):
+                            image[n, r, c, k] = cell[k]
+
+
+def _phase_weight(w, flip=False):
+    """w (O, C, 4, 4) as (2, 2, 4C, O): [p, q, (u, v, c), o] = w[o, c, 2p + u, 2q + v]; or, flip, w (C, O, 4, 4)
+    of a transposed convolution as (2, 2, C, 4O): [p, q, c, (u, v, o)] = w[c, o, 2(1 - p) + u, 2(1 - q) + v]."""
+    a, b = w.shape[:2]
+    w6 = w.reshape(a, b, 2, 2, 2, 2)            # [a, b, p, u, q, v]
+    if flip:
+        return w6[:, :, ::-1, :, ::-1].transpose(2, 4, 0, 3, 5, 1).reshape(2, 2, a, 4 * b)
+    return w6.transpose(2, 4, 3, 5, 1, 0).reshape(2, 2, 4 * b, a)
+
+
+def _phase_transpose(x, w, padding, ho, wo):
+    """conv_transpose2d(x, w) for a 4x4 kernel at stride 2 (w (C, O, 4, 4)), cropped to (ho, wo) from `padding`,
+    channels-last (N, ho, wo, O). By phases: output phase (u, v) of the padded output is a 2x2 stride-1
+    convolution of x padded by 1 with the flipped weight (_phase_weight), so F(4x4, 2x2) computes all four
+    phases as 4O channels, which are then interleaved."""
+    n, c, h, wd = x.shape
+    o = w.shape[1]
+    hh, ww = (ho + padding[0] + 1) // 2, (wo + padding[1] + 1) // 2    # phase rows and columns to compute
+    size = winograd.padded_size(hh, ww, 2)
+    xp = padded_nhwc(x, (1, 1), (max(size[0], h + 2), max(size[1], wd + 2)))
+    z = winograd.conv(xp, _phase_weight(w, flip=True), hh, ww)
+    y = np.empty((n, ho, wo, o), x.dtype)
+    _phase_copy(y, z.reshape(n, hh, ww, 2, 2, o), *padding, False)
+    return y
+
+
 def _gemm_first_serves(g, x, og) -> bool:
     """Whether conv2d multiplies first and sums the taps after (_taps): at stride 1, ungrouped, with at least 4
     times as many input channels as output channels (Glow's coupling output 64 -> 4, and the input gradient
@@ -182,7 +260,13 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
         return _add_bias(_pointwise(x, w.reshape(og, c).astype(x.dtype, copy=False)), b)
     if _winograd_serves(g, x, og):
         kept = [] if saved is not None else None
-        y = winograd.conv3x3(padded_nhwc(x, g.padding, winograd.padded_size(ho, wo)), w, ho, wo, kept)
+        y = winograd.conv(padded_nhwc(x, g.padding, winograd.padded_size(ho, wo)), w.transpose(2, 3, 1, 0), ho, wo,
+                          kept)
+        _save(saved, x, g, (ho, wo), "tiles", kept)
+        return _add_bias(y.transpose(0, 3, 1, 2), b)
+    if _phases_serve(g, c, og, x):
+        kept = [] if saved is not None else None
+        y = winograd.conv(_phase_padded(x, g.padding, ho, wo), _phase_weight(w), ho, wo, kept)
         _save(saved, x, g, (ho, wo), "tiles", kept)
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     if _gemm_first_serves(g, x, og):
@@ -216,7 +300,12 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1,
     if _winograd_serves(g, x, og):
         kept = _saved(saved, x, g, (ho, wo), "tiles")
         xp = None if kept else padded_nhwc(x, g.padding, winograd.padded_size(ho, wo))
-        return winograd.conv3x3_weight(xp, _nhwc(gy), ho, wo, kept)
+        return np.ascontiguousarray(winograd.conv_weight(xp, _nhwc(gy), 3, ho, wo, kept).transpose(3, 2, 0, 1))
+    if _phases_serve(g, c, og, x):
+        kept = _saved(saved, x, g, (ho, wo), "tiles")
+        xp = None if kept else _phase_padded(x, g.padding, ho, wo)
+        dw = winograd.conv_weight(xp, _nhwc(gy), 2, ho, wo, kept)                      # [p, q, (u, v, c), o]
+        return np.ascontiguousarray(dw.reshape(2, 2, 2, 2, c, og).transpose(5, 4, 0, 2, 1, 3).reshape(og, c, 4, 4))
     if _gemm_first_serves(g, x, og):          # dw = x^T @ t, t the adjoint of conv2d's tap sums applied to gy
         t = np.zeros((n, *x.shape[2:], *g.kernel, og), dtype=x.dtype)
         _taps(t, _nhwc(gy), *g.padding, *g.dilation, True)
@@ -253,6 +342,8 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     if g.stride == (1, 1) and min(flip_pad) >= 0 and same_size and h >= g.kernel[0] and wd >= g.kernel[1]:
         wf = w.reshape(G, cg, og, *g.kernel).swapaxes(1, 2)[..., ::-1, ::-1].reshape(G * og, cg, *g.kernel)
         return conv2d(x, wf, b, 1, flip_pad, g.dilation, G)
+    if _phases_serve(g, c, og, x):
+        return _add_bias(_phase_transpose(x, w, g.padding, ho, wo).transpose(0, 3, 1, 2), b)
     (kh, kw) = g.kernel
     if G == 1 and og <= _FEW_OUTPUTS and x.flags.c_contiguous and x.dtype in (np.float32, np.float64):
         wm = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, c), dtype=x.dtype)    # rows (i, j, o)
