@@ -344,13 +344,14 @@ def measure_processes(calls: dict, rounds: int = 5, burst_s: float = BURST_S) ->
     return {label: {**_summary(t), "calls": len(t)} for label, t in times.items()}
 
 
-def compare_training_steps(build, case: str, variant: str, threads: int, quick: bool, *args) -> tuple[list, dict]:
+def compare_training_steps(build, case: str, variant: str, threads: int, quick: bool, *args,
+                           tolerance: float = 5e-3) -> tuple[list, dict]:
     """The protocol of the step benchmarks, each engine in its own process with `threads` threads:
     build("minigen", *args, None) names "step" (one training step, returning the loss), "state" (the initial
     weights as {name: ndarray}), "size" (e.g. {"parameters": n}) and "grads" (the gradients the last step
     left, {name: ndarray}); build("torch", *args, state) is the twin loaded with those weights. The check: the
-    first step's gradients agree (to 5e-3 of each tensor's largest entry, plus 1e-6 for the gradients that are
-    rounding noise around 0, such as a bias before BatchNorm), and so do the losses of two steps
+    first step's gradients agree (to `tolerance` of each tensor's largest entry, plus 1e-6 for the gradients that
+    are rounding noise around 0, such as a bias before BatchNorm), and so do the losses of two steps
     from the same weights (Adam's first update is about lr * sign(g), so the losses alone say little of the
     gradients' sizes). Then the steps are timed in interleaved bursts (measure_processes). Returns the rows and
     the check table."""
@@ -366,7 +367,7 @@ def compare_training_steps(build, case: str, variant: str, threads: int, quick: 
                 losses[engine].append(p.result("step"))
             assert grads["minigen"].keys() == grads["torch"].keys(), "the engines' parameters differ in name"
             for name, g in grads["minigen"].items():
-                np.testing.assert_allclose(g, grads["torch"][name], rtol=0, atol=5e-3 * np.abs(g).max() + 1e-6,
+                np.testing.assert_allclose(g, grads["torch"][name], rtol=0, atol=tolerance * np.abs(g).max() + 1e-6,
                                            err_msg=f"the first step's gradient of {name}")
             np.testing.assert_allclose(losses["minigen"], losses["torch"], rtol=2e-4)
             timings = measure_processes({e: (p, "step") for e, p in procs.items()}, rounds=2 if quick else 6)

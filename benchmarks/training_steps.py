@@ -253,11 +253,21 @@ def spread_table(rows: list[dict]) -> list[dict]:
     return table
 
 
+# The gradient check's tolerance (harness.compare_training_steps), where the default 5e-3 of each gradient's largest
+# entry is too tight. DCGAN's G gradients are taken after D's first Adam update, about lr * sign(g): the signs of
+# D's near-zero gradients are float32 rounding, and flip D's weights by 2 lr. Against the same step in float64,
+# float32 G.0.weight gradients are off by 9.5e-3 of their largest entry: minigen's with im2col's convolutions and
+# with Winograd's, and PyTorch's (each against its own float64 step; AMD EPYC Zen 4). Winograd's measured 5.5e-3
+# from PyTorch's, where im2col's happened to stay within 5e-3.
+TOLERANCE = {"dcgan width 32, 28x28, batch 64 (D step + G step)": 2e-2}
+
+
 def run(quick: bool = False) -> tuple[list[dict], dict]:
     rows, checks = [], []
     for threads in THREADS:
         for case in WORKLOADS:
-            r, check = compare_training_steps(build, case, f"{threads} thread(s)", threads, quick, case)
+            r, check = compare_training_steps(build, case, f"{threads} thread(s)", threads, quick, case,
+                                              tolerance=TOLERANCE.get(case, 5e-3))
             rows += r
             checks += [{"case": case, "threads": threads, **c} for c in check["check"]]
     return rows, {"timings: median ms and spread (interquartile range / median)": spread_table(rows),

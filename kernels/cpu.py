@@ -8,7 +8,8 @@ Ungrouped layers from 16 input channels gather the same columns a block of image
 block multiplied while in cache (columns.py: DCGAN's 4x4 stride-2 layers 0.83-0.93 of the time).
 3x3 stride-1 layers of 16 channels or more go to Winograd's F(4x4, 3x3) instead (winograd.py: 0.25x the
 multiply-adds and no 9-fold copy), and 4x4 stride-2 layers (DCGAN's) of 32 channels or more, split into four
-phases of a 2x2 stride-1 layer, to F(4x4, 2x2) (_phase_padded: 0.39x the multiply-adds); 1x1 layers are a GEMM over the channels in the input's own layout, no copy.
+phases of a 2x2 stride-1 layer, to F(4x4, 2x2) (_phase_padded: 0.39x the multiply-adds); 1x1 layers are a
+GEMM over the channels in the input's own layout, no copy.
 The transposed convolution runs the GEMM first and then scatters each tap's block back (col2im, a Numba loop
 per image; ungrouped, a block of images per GEMM, columns.py), instead of convolving a dilated input of zeros;
 so do stride-1 layers with few output channels (_taps: Glow's 64 -> 4 coupling output, 2.3-2.8x faster than
@@ -248,7 +249,7 @@ def _nhwc(x):
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """y = im2col(x) @ w^T per group: (N*Ho*Wo, kh*kw*Cg) @ (kh*kw*Cg, Og); 1x1 layers by a GEMM in x's layout,
-    3x3 stride-1 layers by Winograd, layers with few output channels by a GEMM first: (N*H*W, C) @
+    3x3 stride-1 and 4x4 stride-2 layers by Winograd, layers with few output channels by a GEMM first: (N*H*W, C) @
     (C, kh*kw*O), then the taps summed; ungrouped layers from 16 channels by im2col a block of images at a time
     (columns.py). The whole-batch im2col columns or Winograd's tiles of x are left in `saved` (a dict) for
     conv2d_weight."""
@@ -289,8 +290,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
 def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1, saved=None):
     """dw = gy^T @ im2col(x) per group: (Og, N*Ho*Wo) @ (N*Ho*Wo, kh*kw*Cg), reordered to (O, Cg, kh, kw),
     im2col(x) from `saved` when conv2d of x left it, or gathered again a block of images at a time where conv2d
-    did so (columns.py); 1x1 layers by a GEMM in the inputs' layout, 3x3 stride-1 layers by Winograd (its
-    transformed tiles of x from `saved` alike)."""
+    did so (columns.py); 1x1 layers by a GEMM in the inputs' layout, 3x3 stride-1 and 4x4 stride-2 layers by
+    Winograd (its transformed tiles of x from `saved` alike)."""
     g = geometry(kernel_size, stride, padding, dilation, groups)
     (n, c), G = x.shape[:2], g.groups
     ho, wo = gy.shape[2:]
@@ -326,7 +327,8 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
     With stride 1 and no output_padding it is itself a convolution (kernel flipped, in/out channels
     swapped, padding d(k-1) - p), which measured ~2x faster than col2im for the U-Net 3x3 layer. Not when the
     input is smaller than the kernel, though: there the flipped convolution's windows are mostly padding
-    (DCGAN's first layer, 1x1 -> 7x7: 14 ms against col2im's 0.4 ms).
+    (DCGAN's first layer, 1x1 -> 7x7: 14 ms against col2im's 0.4 ms). A 4x4 stride-2 layer of 32 channels or
+    more computes the four phases of its output by Winograd (_phase_transpose).
     Otherwise col2im: channels-last GEMMs, (N*H*W, Cg) @ (Cg, kh*kw*Og), then each tap's block is added at its
     strided place in the output, the taps that land in the padding skipped (columns.scatter): ungrouped, a
     block of images per GEMM (columns.py); grouped, one whole-batch GEMM per group (_col2im). An NCHW input

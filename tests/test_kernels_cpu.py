@@ -223,16 +223,17 @@ def test_winograd_matches_the_reference(n, c, o, h, w, p, r, seed):
 
 
 def test_winograd_matrices_are_the_transforms_written_out():
-    """Toom-Cook's F(4, 3) matrices are the ones _bt, _at and _a compute by hand, and every F(4, r) computes a
-    correlation: A^T [(G g) * (B^T d)] = g correlated with d."""
-    from kernels import winograd
-    at, g, bt = winograd._MATRICES[3]
-    eye6, eye4 = np.eye(6, dtype=np.float32), np.eye(4, dtype=np.float32)
-    np.testing.assert_array_equal(np.array([winograd._bt(*col) for col in eye6]).T, bt)
-    np.testing.assert_array_equal(np.array([winograd._at(*col) for col in eye6]).T, at)
-    np.testing.assert_array_equal(np.array([winograd._a(*col) for col in eye4]).T, at.T)
+    """Toom-Cook's F(4, r) matrices are the ones the transforms written out by hand compute (_bt, _at, _a for
+    r = 3; _bt2, _at2, _a2 for r = 2), and each F(4, r) computes a correlation: A^T [(G g) * (B^T d)] = g
+    correlated with d."""
+    from kernels import winograd as W
     rng = np.random.default_rng(0)
-    for r, (at, g, bt) in winograd._MATRICES.items():
+    for r, (bt_, at_, a_) in ((3, (W._bt, W._at, W._a)), (2, (W._bt2, W._at2, W._a2))):
+        at, g, bt = W._MATRICES[r]
+        eye, eye4 = np.eye(3 + r, dtype=np.float32), np.eye(4, dtype=np.float32)
+        np.testing.assert_array_equal(np.array([bt_(*col) for col in eye]).T, bt)
+        np.testing.assert_array_equal(np.array([at_(*col) for col in eye]).T, at)
+        np.testing.assert_array_equal(np.array([a_(*col) for col in eye4]).T, at.T)
         d, f = rng.standard_normal(3 + r), rng.standard_normal(r)
         np.testing.assert_allclose(at @ ((g @ f) * (bt @ d)), np.correlate(d, f, "valid"), rtol=1e-12, atol=1e-12)
 
