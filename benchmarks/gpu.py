@@ -11,6 +11,7 @@ Results go to benchmarks/results/gpu.{json,md}. Without a GPU it says so in one 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,13 +36,21 @@ def _pytest_gpu() -> tuple[list[dict], str]:
     """Run `pytest -m gpu`; (one row per test: outcome and seconds, the summary line)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "gpu.xml"
-        try:
-            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                                  f"--junitxml={report}", "tests"], cwd=ROOT, capture_output=True, text=True,
-                                 timeout=PYTEST_SECONDS)
-            summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-300:]
-        except subprocess.TimeoutExpired:
-            summary = f"pytest -m gpu stopped after {PYTEST_SECONDS} s (tests not reached are missing below)"
+        log = Path(tmp) / "pytest.log"
+        with open(log, "w") as out:
+            run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                                    f"--junitxml={report}", "tests"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                run.wait(PYTEST_SECONDS)
+                stopped = ""
+            except subprocess.TimeoutExpired:
+                # Ctrl-C, not a kill: pytest then ends its session and still writes the report of the tests run
+                run.send_signal(signal.SIGINT)
+                run.wait(60)
+                stopped = f"; stopped after {PYTEST_SECONDS} s, the tests not reached are missing below"
+        lines = log.read_text().strip().splitlines()
+        sys.stderr.write("\n".join(lines[-40:]) + "\n")
+        summary = (lines[-1] if lines else "no output") + stopped
         if not report.exists():
             return [], summary
         rows = []

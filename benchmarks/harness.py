@@ -85,7 +85,7 @@ def metadata() -> dict:
         "load average (1 min, at start)": round(LOAD_AT_START, 2),
         "load average (1 min, at end)": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
-        **{p: _version(p) for p in ("numpy", "numba", "scipy", "mkl", "torch", "cupy-cuda12x")},
+        **{p: _version(p) for p in ("numpy", "numba", "scipy", "mkl", "torch", "cupy-cuda12x", "cupy-cuda13x")},
         "minigen's BLAS": gemm.blas(),      # MKL where installed (pip install -e ".[mkl]"), else OpenBLAS
     }
 
