@@ -1,4 +1,6 @@
-"""Engine overhead: minigen against PyTorch CPU and the pure-Python engines DeZero, HIPS autograd and MyGrad.
+"""Engine overhead: minigen against PyTorch CPU, the pure-Python engines DeZero, HIPS autograd and MyGrad, and
+a floor: the least engine of this kind (_Node, a micrograd on arrays, written here), to tell the price of
+minigen's features from the price of Python.
 
 Two cases, each forward + backward written by hand with every engine's own tensors:
 
@@ -40,7 +42,8 @@ CHAIN_SHAPES = [(16,), ()]
 SIZES = (784, 512, 512, 10)
 BATCH = 128
 LR = 0.01
-ENGINES = ("minigen", "torch", "dezero", "autograd", "mygrad")
+ENGINES = ("minigen", "torch", "floor", "dezero", "autograd", "mygrad")
+PEERS = ("torch", "floor")       # the ratio columns: every engine to PyTorch, and to the floor
 
 
 def _problem(seed: int = 0):
@@ -226,12 +229,101 @@ def _mygrad():
     return chain, mlp, mygrad.__version__, "memory guarding left on (its default)"
 
 
+class _Node:
+    """The floor: the least a define-by-run engine on NumPy does per operation, micrograd's engine.py on
+    arrays. A node holds its array, its parents and a closure for its vector-Jacobian product; backward orders
+    the graph by depth-first search and calls the closures. No double backward (the closures work on arrays),
+    no broadcasting rules, no checks, no dtype care, no freeing of the graph: what is left is what any such
+    engine pays, so minigen / floor is the price of minigen's features and floor / torch a bound on any
+    engine of this kind written in Python."""
+
+    __slots__ = ("data", "grad", "parents", "vjp")
+
+    def __init__(self, data, parents=(), vjp=None):
+        self.data, self.grad, self.parents, self.vjp = data, None, parents, vjp
+
+    def backward(self):
+        order, seen, stack = [], set(), [(self, False)]
+        while stack:                             # post-order: a node after everything it was computed from
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+            elif id(node) not in seen:
+                seen.add(id(node))
+                stack.append((node, True))
+                stack += [(p, False) for p in node.parents]
+        self.grad = np.ones_like(self.data)
+        for node in reversed(order):
+            if node.vjp is not None:
+                for p, g in zip(node.parents, node.vjp(node.grad)):
+                    p.grad = g if p.grad is None else p.grad + g
+
+
+def _floor():
+    def scale(x, c):
+        return _Node(x.data * c, (x,), lambda g: (g * c,))
+
+    def shift(x, c):
+        return _Node(x.data + c, (x,), lambda g: (g,))
+
+    def tanh(x):
+        y = np.tanh(x.data)
+        return _Node(y, (x,), lambda g: (g * (1 - y * y),))
+
+    def total(x):
+        return _Node(x.data.sum(), (x,), lambda g: (np.broadcast_to(g, x.data.shape),))
+
+    def affine(h, w, b):
+        return _Node(h.data @ w.data + b.data, (h, w, b), lambda g: (g @ w.data.T, h.data.T @ g, g.sum(0)))
+
+    def relu(x):
+        return _Node(np.maximum(x.data, 0), (x,), lambda g: (g * (x.data > 0),))
+
+    def cross_entropy(logits, labels):
+        z = logits.data - logits.data.max(1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        rows = np.arange(len(labels))
+
+        def vjp(g):
+            p = np.exp(log_p)
+            p[rows, labels] -= 1
+            return (p * (g / len(labels)),)
+        return _Node(-log_p[rows, labels].mean(), (logits,), vjp)
+
+    def chain(x0):
+        def fn():
+            x = _Node(x0)
+            y = x
+            for _ in range(STEPS):
+                y = tanh(shift(scale(y, 1.01), 0.1))
+            total(y).backward()
+            return x.grad
+        return fn
+
+    def mlp(params, x, labels):
+        ps = [_Node(p.copy()) for p in params]
+        x = _Node(x)
+
+        def step():
+            h = x
+            for w, b in zip(ps[0:-2:2], ps[1:-2:2]):
+                h = relu(affine(h, w, b))
+            loss = cross_entropy(affine(h, ps[-2], ps[-1]), labels)
+            loss.backward()
+            for p in ps:
+                p.data -= LR * p.grad
+                p.grad = None
+            return float(loss.data)
+        return step
+    return chain, mlp, "", "the least a define-by-run engine does per op (_Node): a bound, not a library"
+
+
 def _version(package: str) -> str:
     from importlib import metadata
     return metadata.version(package)
 
 
-_BUILDERS = {"minigen": _minigen, "torch": _torch, "dezero": _dezero, "autograd": _autograd,
+_BUILDERS = {"minigen": _minigen, "torch": _torch, "floor": _floor, "dezero": _dezero, "autograd": _autograd,
              "mygrad": _mygrad}
 
 

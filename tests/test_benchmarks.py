@@ -89,13 +89,15 @@ def test_engine_overhead_checks_and_times_each_engine_in_its_own_process():
     pytest.importorskip("torch")
     from benchmarks import engine_overhead
     status = {}
-    rows = engine_overhead._timings(1, True, status, ("minigen", "torch"))
+    engines = ("minigen", "torch", "floor")
+    rows = engine_overhead._timings(1, True, status, engines)
     assert {(r["case"], r["impl"]) for r in rows} == {(case, engine) for case in (
         *map(engine_overhead._chain_case, engine_overhead.CHAIN_SHAPES), engine_overhead.MLP_CASE)
-        for engine in ("minigen", "torch")}
+        for engine in engines}
     assert all(r["calls"] >= 6 and r["seconds"] > 0 and r["threads"] == 1 for r in rows)
     assert status["torch"]["status"] == "ok" and "torch.get_num_threads() = 1" in status["torch"]["notes"]
-    assert "MLP losses of steps 1, 2: 2.31" in status["minigen"]["notes"]   # checked against torch in _check
+    for engine in ("minigen", "floor"):     # their chain gradients and losses checked against torch's in _check
+        assert "MLP losses of steps 1, 2: 2.31" in status[engine]["notes"]
 
 
 @pytest.mark.parametrize("module", ["training_steps", "unet_step", "pixelcnn_step"])
