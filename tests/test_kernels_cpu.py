@@ -482,6 +482,30 @@ def test_transposed_conv_to_few_channels_multiplies_per_image_in_nchw(dtype, o, 
         assert spy.call_count == planes
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c, kernel, stride, padding, dilation",
+                         [(1, 4, 2, 1, 1), (3, 3, 1, 1, 1), (2, (3, 2), (2, 1), (2, 0), (1, 2)), (4, 5, 1, 2, 1)])
+def test_layers_of_few_input_channels_gather_their_columns_once_per_image(dtype, c, kernel, stride, padding,
+                                                                          dilation):
+    """conv2d of at most 4 input channels gathers its columns per image from NCHW (_image_columns), once for the
+    forward and the weight gradient, the gradient given in either layout; bias, stride and dilation included."""
+    from kernels import cpu
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, c, 9, 8)).astype(dtype)
+    w, b = rng.standard_normal((5, c, *np.broadcast_to(kernel, 2))).astype(dtype), rng.standard_normal(5).astype(dtype)
+    geo = dict(stride=stride, padding=padding, dilation=dilation)
+    want = reference.conv2d(x, w, b, **geo)
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    last = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    saved = {}
+    with mock.patch.object(cpu, "_image_columns", wraps=cpu._image_columns) as spy:
+        np.testing.assert_allclose(cpu.conv2d(x, w, b, saved=saved, **geo), want, **TOL[dtype])
+        for g in (gy, last):
+            np.testing.assert_allclose(cpu.conv2d_weight(x, g, w.shape[2:], saved=saved, **geo),
+                                       reference.conv2d_weight(x, gy, w.shape[2:], **geo), **TOL[dtype])
+    assert spy.call_count == 1
+
+
 def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
     """A strided 4x4 layer of few channels (below columns.MIN_CHANNELS, as DCGAN's first critic layer): one
     im2col copy of x serves conv2d and the weight gradient of its node."""
@@ -499,18 +523,20 @@ def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
                                rtol=1e-4, atol=1e-4)
 
 
-def test_strided_transposed_layer_convolves_its_gradient_once_for_both_gradients():
+@pytest.mark.parametrize("channels, gather", [(4, "_image_columns"), (8, "_im2col")])
+def test_strided_transposed_layer_convolves_its_gradient_once_for_both_gradients(channels, gather):
     """A transposed layer with few output channels (as DCGAN's generator output): its backward's conv2d of g
-    (the input gradient) and conv2d_weight of g (the weight gradient) share one im2col copy of g."""
+    (the input gradient) and conv2d_weight of g (the weight gradient) share one copy of g's windows (per image
+    from NCHW up to 4 channels, else im2col's)."""
     import minigen as mg
     from kernels import cpu
     rng = np.random.default_rng(3)
     x = mg.tensor(rng.standard_normal((3, 5, 5, 5)).astype(np.float32), requires_grad=True)
-    w = mg.tensor(rng.standard_normal((5, 4, 4, 4)).astype(np.float32), requires_grad=True)
+    w = mg.tensor(rng.standard_normal((5, channels, 4, 4)).astype(np.float32), requires_grad=True)
     y = mg.nn.functional.conv_transpose2d(x, w, stride=2, padding=1)
-    with mock.patch.object(cpu, "_im2col", wraps=cpu._im2col) as im2col:
+    with mock.patch.object(cpu, gather, wraps=getattr(cpu, gather)) as windows:
         (y * y).sum().backward()
-    assert im2col.call_count == 1
+    assert windows.call_count == 1
     g = 2 * y.data
     np.testing.assert_allclose(x.grad.data, reference.conv2d(g, w.data, stride=2, padding=1), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(w.grad.data, reference.conv2d_weight(g, x.data, (4, 4), stride=2, padding=1),
