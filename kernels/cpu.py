@@ -214,23 +214,45 @@ def _image_columns_serve(g, x) -> bool:
     """Whether conv2d and its weight gradient multiply per image by columns gathered from NCHW (_image_columns):
     ungrouped, float, at most 4 input channels (an image's own: DCGAN's, PixelCNN's and the conv VAE's first
     layers; Glow's coupling input), where channels-last im2col copies runs of kw*C numbers, one number for a
-    one-channel image. In one process against im2col, alternating, one thread, AMD EPYC Zen 4, forward /
-    forward and weight gradient: 1 -> 64 4x4 stride 2 (28x28, batch 64) 0.71 / 0.61 of the time, 3 -> 64 0.76 /
-    0.70, 4 -> 64 0.92 / 0.84; 1 -> 64 7x7 0.75 / 0.86, 1 -> 32 5x5 0.50 / 0.47, 2 -> 64 3x3 0.74 / 0.57, 4 -> 64
-    3x3 1.04 / 0.98; from 6 channels 1.00-1.15 / 0.93-1.16."""
+    one-channel image. In one process against im2col, alternating, AMD EPYC Zen 4, forward / forward and weight
+    gradient, one thread (two): 1 -> 64 4x4 stride 2 (28x28, batch 64) 0.73 / 0.65 (0.71 / 0.61), 3 -> 64 0.76 /
+    0.70 (0.72 / 0.61), 4 -> 64 0.90-1.03 / 0.83-0.85 (0.94 / 0.81); 1 -> 64 7x7 0.76 / 0.86 (0.87 / 0.86), 1 -> 32
+    5x5 0.50 / 0.48 (0.55 / 0.49), 2 -> 64 3x3 0.65-0.85 / 0.54-0.66 (0.62 / 0.42), 3 -> 64 3x3 0.78-0.86 / 0.74-0.79
+    (0.84 / 0.75), 4 -> 64 3x3 0.96 / 0.93-0.97 (1.00 / 0.81); from 6 channels 1.00-1.15 / 0.93-1.16 (one thread)."""
     return g.groups == 1 and x.shape[1] <= 4 and x.dtype in (np.float32, np.float64)
 
 
 def _image_columns(x, g, ho, wo):
-    """The windows of x as (N, C*kh*kw, Ho*Wo) columns, row (c, i, j) and column (ho, wo): copied from a strided
-    view of x zero-padded in NCHW, in runs of wo numbers."""
+    """The windows of x as (N, C*kh*kw, Ho*Wo) columns, row (c, i, j) and column (ho, wo), from x zero-padded in
+    NCHW: in runs of wo numbers by NumPy from a strided view, or by _image_windows in parallel over the images
+    where minigen's kernels share threads."""
     (n, c, h, w), (ph, pw) = x.shape, g.padding
     (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
     xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)
     xp[:, :, ph:ph + h, pw:pw + w] = x
+    if _threads.shared():
+        cols = np.empty((n, c * kh * kw, ho * wo), x.dtype)
+        _image_windows(xp, cols, ho, wo, kh, kw, sh, sw, dh, dw)
+        return cols
     sN, sC, sH, sW = xp.strides
     windows = as_strided(xp, (n, c, kh, kw, ho, wo), (sN, sC, dh * sH, dw * sW, sh * sH, sw * sW), writeable=False)
     return windows.reshape(n, c * kh * kw, ho * wo)
+
+
+@parallel()
+def _image_windows(xp, cols, ho, wo, kh, kw, sh, sw, dh, dw):
+    """cols[n, (c, i, j), (r, q)] = xp[n, c, r*sh + i*dh, q*sw + j*dw], parallel over the images n."""
+    n_images, channels = xp.shape[:2]
+    for n in numba.prange(n_images):
+        k = 0
+        for c in range(channels):
+            for i in range(kh):
+                for j in range(kw):
+                    for r in range(ho):
+                        row, out = xp[n, c, r * sh + i * dh], cols[n, k, r * wo:(r + 1) * wo]
+                        for q in range(wo):
+                            out[q] = row[q * sw + j * dw]
+                    k += 1
 
 
 def _pointwise_serves(g) -> bool:

@@ -105,6 +105,9 @@ def test_subtract_product_updates_a_block_in_place(m, k, n, layout_a, layout_b, 
     ((32, 6000), "F", (6000, 64), "F", "_inner"),
     ((600, 64), "F", (64, 32), "C", "_outer"),         # x^T g with a short inner axis
     ((8, 60, 64), "C", (8, 64, 32), "F", "_stack"),    # a stack of products (Winograd's 36)
+    ((8, 60, 64), "F", (64, 32), "C", "_stack"),       # transposed matrices times one, each read in place
+    ((8, 60, 64), "C", (64, 32), "C", "_outer"),       # ... but C-ordered ones as one tall product
+    ((64, 30, 16), "F", (16, 32), "C", "_outer"),      # ... and small ones copied into one
 ])
 def test_each_layout_takes_its_way(split_everything, monkeypatch, a_shape, a_layout, b_shape, b_layout, way):
     a, b = _laid_out(np.ones(a_shape, np.float32), a_layout), _laid_out(np.ones(b_shape, np.float32), b_layout)

@@ -487,9 +487,10 @@ def test_transposed_conv_to_few_channels_multiplies_per_image_in_nchw(dtype, o, 
                          [(1, 4, 2, 1, 1), (3, 3, 1, 1, 1), (2, (3, 2), (2, 1), (2, 0), (1, 2)), (4, 5, 1, 2, 1)])
 def test_layers_of_few_input_channels_gather_their_columns_once_per_image(dtype, c, kernel, stride, padding,
                                                                           dilation):
-    """conv2d of at most 4 input channels gathers its columns per image from NCHW (_image_columns), once for the
-    forward and the weight gradient, the gradient given in either layout; bias, stride and dilation included."""
-    from kernels import cpu
+    """conv2d of at most 4 input channels gathers its columns per image from NCHW (_image_columns: NumPy's copy,
+    or _image_windows where the kernels share threads), once for the forward and the weight gradient, the
+    gradient given in either layout; bias, stride and dilation included."""
+    from kernels import _threads, cpu
     rng = np.random.default_rng(6)
     x = rng.standard_normal((3, c, 9, 8)).astype(dtype)
     w, b = rng.standard_normal((5, c, *np.broadcast_to(kernel, 2))).astype(dtype), rng.standard_normal(5).astype(dtype)
@@ -497,13 +498,15 @@ def test_layers_of_few_input_channels_gather_their_columns_once_per_image(dtype,
     want = reference.conv2d(x, w, b, **geo)
     gy = rng.standard_normal(want.shape).astype(dtype)
     last = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    saved = {}
-    with mock.patch.object(cpu, "_image_columns", wraps=cpu._image_columns) as spy:
-        np.testing.assert_allclose(cpu.conv2d(x, w, b, saved=saved, **geo), want, **TOL[dtype])
-        for g in (gy, last):
-            np.testing.assert_allclose(cpu.conv2d_weight(x, g, w.shape[2:], saved=saved, **geo),
-                                       reference.conv2d_weight(x, gy, w.shape[2:], **geo), **TOL[dtype])
-    assert spy.call_count == 1
+    for shared in (False, True):
+        saved = {}
+        with mock.patch.object(cpu, "_image_columns", wraps=cpu._image_columns) as spy, \
+                mock.patch.object(_threads, "shared", lambda: shared):
+            np.testing.assert_allclose(cpu.conv2d(x, w, b, saved=saved, **geo), want, **TOL[dtype])
+            for g in (gy, last):
+                np.testing.assert_allclose(cpu.conv2d_weight(x, g, w.shape[2:], saved=saved, **geo),
+                                           reference.conv2d_weight(x, gy, w.shape[2:], **geo), **TOL[dtype])
+        assert spy.call_count == 1
 
 
 def test_strided_4x4_layer_saves_its_columns_and_the_node_hands_them_on():
