@@ -131,7 +131,7 @@ def blas() -> str:
 def _operand(x, size):
     """How BLAS, column-major, reads the transpose of the row-major matrix x: (flag, leading dimension). A
     row-major block is that transpose as it lies ('N'); a column-major block is x itself, to transpose ('T').
-    The row-major test is _blocks' own, which has made every operand one or the other."""
+    The row-major test is _in_place's, by which _blocks has made every operand one or the other."""
     if x.strides[1] == size and x.strides[0] >= x.shape[1] * size:
         return _N, max(x.strides[0] // size, x.shape[1], 1)
     return _T, max(x.strides[1] // size, x.shape[0], 1)
@@ -215,14 +215,17 @@ def _stack(a, b, out):
         _gemm(a[i], b[i], out[i], 1.0, 0.0)
 
 
-def _blocks(x):
-    """x, or a copy of it, such that each of its matrices is one BLAS reads in place: unit stride along one of
-    the last two axes, and along the other a positive stride over a whole row (column)."""
+def _in_place(x) -> bool:
+    """Whether BLAS reads each of x's matrices in place: unit stride along one of the last two axes, and along the
+    other a positive stride over a whole row (column)."""
     size, (rows, cols), (s_row, s_col) = x.itemsize, x.shape[-2:], x.strides[-2:]
-    if (s_col == size and s_row >= cols * size or s_row == size and s_col >= rows * size) and \
-            s_row % size == 0 and s_col % size == 0:
-        return x
-    return np.ascontiguousarray(x)
+    return (s_col == size and s_row >= cols * size or s_row == size and s_col >= rows * size) and \
+        s_row % size == 0 and s_col % size == 0
+
+
+def _blocks(x):
+    """x, or a copy of it, such that each of its matrices is one BLAS reads in place."""
+    return x if _in_place(x) else np.ascontiguousarray(x)
 
 
 def _smallest_product():
@@ -257,7 +260,7 @@ def matmul(a, b, split_min=_SPLIT_MIN):
     if stack * m * n * k <= smallest or 0 in a.shape or 0 in b.shape:
         return np.matmul(a, b)
     if a.ndim == 3 and b.ndim == 2:
-        if a.flags.c_contiguous or m * n * k < _PER_MATRIX_MIN or a is not _blocks(a):
+        if a.flags.c_contiguous or m * n * k < _PER_MATRIX_MIN or not _in_place(a):
             return matmul(np.ascontiguousarray(a).reshape(-1, k), b, split_min).reshape(stack, m, n)  # one tall product
         b = np.broadcast_to(b, (stack, k, n))   # a stack of transposed matrices, read in place: one product each
     if b.ndim == 3 and stack == 1:
