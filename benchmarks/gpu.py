@@ -32,22 +32,23 @@ PEERS = ("torch_cuda", "cupy_lib")      # the ratio columns of the table: ours /
 PYTEST_SECONDS = 330                     # the pytest run's share of the 8 minutes
 
 
-def _pytest_gpu() -> tuple[list[dict], str]:
-    """Run `pytest -m gpu`; (one row per test: outcome and seconds, the summary line)."""
+def _pytest(args=("-m", "gpu", "tests"), seconds=PYTEST_SECONDS) -> tuple[list[dict], str]:
+    """Run pytest on `args` (the gpu tier) for at most `seconds`; (one row per test: outcome and seconds, the
+    summary line)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "gpu.xml"
         log = Path(tmp) / "pytest.log"
         with open(log, "w") as out:
-            run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                                    f"--junitxml={report}", "tests"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                    f"--junitxml={report}", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
             try:
-                run.wait(PYTEST_SECONDS)
+                run.wait(seconds)
                 stopped = ""
             except subprocess.TimeoutExpired:
                 # Ctrl-C, not a kill: pytest then ends its session and still writes the report of the tests run
                 run.send_signal(signal.SIGINT)
                 run.wait(60)
-                stopped = f"; stopped after {PYTEST_SECONDS} s, the tests not reached are missing below"
+                stopped = f"; stopped after {seconds} s, the tests not reached are missing below"
         lines = log.read_text().strip().splitlines()
         sys.stderr.write("\n".join(lines[-40:]) + "\n")
         summary = (lines[-1] if lines else "no output") + stopped
@@ -55,6 +56,8 @@ def _pytest_gpu() -> tuple[list[dict], str]:
             return [], summary
         rows = []
         for case in ET.parse(report).getroot().iter("testcase"):
+            if case.get("name") is None:     # the nameless case pytest writes for an interrupted run
+                continue
             outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
             detail = next((child.get("message", "") for child in case if child.tag != "system-out"), "")
             rows.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
@@ -149,7 +152,7 @@ def run(quick: bool = False):
         print(f"benchmarks gpu: nothing was run: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     began = time.monotonic()
-    tests, summary = _pytest_gpu()
+    tests, summary = _pytest()
     print(f"pytest -m gpu: {summary} ({time.monotonic() - began:.0f} s)", file=sys.stderr)
     rows = _kernel_rows(3 if quick else 10)
     total = time.monotonic() - began

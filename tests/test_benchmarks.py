@@ -122,3 +122,16 @@ def test_repeated_runs_pool_to_medians_and_report_every_runs_ratio():
                     {"case": "c", "variant": "v", "threads": 1, "impl": "torch", "seconds": 2.0, "runs": 3}]
     assert ratios == [{"case": "c", "variant": "v", "impl": "minigen", "run 1": "0.50", "run 2": "1.50",
                        "run 3": "0.50", "median": "0.50", "range": "0.50-1.50"}]
+
+
+def test_gpu_benchmark_reports_each_test_and_keeps_the_report_of_a_run_it_stops():
+    """benchmarks/gpu.py runs pytest (the gpu tier) within a time share: each test's outcome comes back, and a run
+    that outlasts its share is stopped by Ctrl-C with the tests run by then still reported."""
+    from benchmarks import gpu
+    rows, summary = gpu._pytest(("tests/test_kernels_cpu.py", "-k", "few_input_channels"), seconds=300)
+    assert summary.startswith("8 passed") and "stopped" not in summary
+    assert len(rows) == 8 and {r["outcome"] for r in rows} == {"passed"}
+    rows, summary = gpu._pytest(("tests/test_kernels_cpu.py",), seconds=15)
+    assert "stopped after 15 s" in summary
+    assert sum(r["outcome"] == "passed" for r in rows) > 0
+    assert all(r["test"].startswith("tests.test_kernels_cpu::") for r in rows)
