@@ -47,7 +47,11 @@ def _pytest(args=("-m", "gpu", "tests"), seconds=PYTEST_SECONDS) -> tuple[list[d
             except subprocess.TimeoutExpired:
                 # Ctrl-C, not a kill: pytest then ends its session and still writes the report of the tests run
                 run.send_signal(signal.SIGINT)
-                run.wait(60)
+                try:
+                    run.wait(60)
+                except subprocess.TimeoutExpired:   # Ctrl-C unheard (swallowed inside a compilation): killed
+                    run.kill()
+                    run.wait()
                 stopped = f"; stopped after {seconds} s, the tests not reached are missing below"
         lines = log.read_text().strip().splitlines()
         sys.stderr.write("\n".join(lines[-40:]) + "\n")
