@@ -39,8 +39,11 @@ def _pytest(args=("-m", "gpu", "tests"), seconds=PYTEST_SECONDS) -> tuple[list[d
         report = Path(tmp) / "gpu.xml"
         log = Path(tmp) / "pytest.log"
         with open(log, "w") as out:
+            # SIGINT set back to its default in the child: a process started in the background by a shell inherits
+            # it ignored, and Python then never raises KeyboardInterrupt
             run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                    f"--junitxml={report}", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                    f"--junitxml={report}", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             try:
                 run.wait(seconds)
                 stopped = ""
@@ -49,7 +52,7 @@ def _pytest(args=("-m", "gpu", "tests"), seconds=PYTEST_SECONDS) -> tuple[list[d
                 run.send_signal(signal.SIGINT)
                 try:
                     run.wait(60)
-                except subprocess.TimeoutExpired:   # Ctrl-C unheard (swallowed inside a compilation): killed
+                except subprocess.TimeoutExpired:   # Ctrl-C unheard within a minute: killed, the report lost
                     run.kill()
                     run.wait()
                 stopped = f"; stopped after {seconds} s, the tests not reached are missing below"

@@ -138,4 +138,4 @@ def test_gpu_benchmark_reports_each_test_and_keeps_the_report_of_a_run_it_stops(
     rows, summary = gpu._pytest((str(tests),), seconds=6)
     assert "stopped after 6 s" in summary
     assert 3 < len(rows) < 63 and {r["outcome"] for r in rows} == {"passed"}
-    assert all(r["test"].startswith("test_timed::test_") for r in rows)
+    assert all("test_timed::test_" in r["test"] for r in rows)
