@@ -184,7 +184,7 @@ def _phase_transpose(x, w, padding, ho, wo):
     hh, ww = (ho + padding[0] + 1) // 2, (wo + padding[1] + 1) // 2    # phase rows and columns to compute
     size = winograd.padded_size(hh, ww, 2)
     xp = padded_nhwc(x, (1, 1), (max(size[0], h + 2), max(size[1], wd + 2)))
-    z = winograd.conv(xp, _phase_weight(w, flip=True), hh, ww)
+    z = winograd.conv(xp, _phase_weight(w, flip=True), hh, ww)[0]
     y = np.empty((n, ho, wo, o), x.dtype)
     _phase_copy(y, z.reshape(n, hh, ww, 2, 2, o), *padding, False)
     return y
@@ -307,15 +307,13 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, saved=None):
     if _pointwise_serves(g):
         return _add_bias(_pointwise(x, w.reshape(og, c).astype(x.dtype, copy=False)), b)
     if _winograd_serves(g, x, og):
-        kept = [] if saved is not None else None
-        y = winograd.conv(padded_nhwc(x, g.padding, winograd.padded_size(ho, wo)), w.transpose(2, 3, 1, 0), ho, wo,
-                          kept)
-        _save(saved, x, g, (ho, wo), "tiles", kept)
+        y, tiles = winograd.conv(padded_nhwc(x, g.padding, winograd.padded_size(ho, wo)), w.transpose(2, 3, 1, 0),
+                                 ho, wo, keep=saved is not None)
+        _save(saved, x, g, (ho, wo), "tiles", tiles)
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     if _phases_serve(g, c, og, x):
-        kept = [] if saved is not None else None
-        y = winograd.conv(_phase_padded(x, g.padding, ho, wo), _phase_weight(w), ho, wo, kept)
-        _save(saved, x, g, (ho, wo), "tiles", kept)
+        y, tiles = winograd.conv(_phase_padded(x, g.padding, ho, wo), _phase_weight(w), ho, wo, keep=saved is not None)
+        _save(saved, x, g, (ho, wo), "tiles", tiles)
         return _add_bias(y.transpose(0, 3, 1, 2), b)
     if _gemm_first_serves(g, x, og):
         wm = w.transpose(1, 2, 3, 0).reshape(c, -1).astype(x.dtype, copy=False)      # (C, kh*kw*O)
@@ -351,13 +349,13 @@ def conv2d_weight(x, gy, kernel_size, stride=1, padding=0, dilation=1, groups=1,
     if _pointwise_serves(g):     # gy may be smaller than x: conv_transpose2d's output_padding adds rows
         return _pointwise_weight(x[:, :, :ho, :wo], gy).reshape(og, c, 1, 1)
     if _winograd_serves(g, x, og):
-        kept = _saved(saved, x, g, (ho, wo), "tiles")
-        xp = None if kept else padded_nhwc(x, g.padding, winograd.padded_size(ho, wo))
-        return np.ascontiguousarray(winograd.conv_weight(xp, _nhwc(gy), 3, ho, wo, kept).transpose(3, 2, 0, 1))
+        tiles = _saved(saved, x, g, (ho, wo), "tiles")
+        xp = None if tiles is not None else padded_nhwc(x, g.padding, winograd.padded_size(ho, wo))
+        return np.ascontiguousarray(winograd.conv_weight(xp, _nhwc(gy), 3, ho, wo, tiles).transpose(3, 2, 0, 1))
     if _phases_serve(g, c, og, x):
-        kept = _saved(saved, x, g, (ho, wo), "tiles")
-        xp = None if kept else _phase_padded(x, g.padding, ho, wo)
-        dw = winograd.conv_weight(xp, _nhwc(gy), 2, ho, wo, kept)                      # [p, q, (u, v, c), o]
+        tiles = _saved(saved, x, g, (ho, wo), "tiles")
+        xp = None if tiles is not None else _phase_padded(x, g.padding, ho, wo)
+        dw = winograd.conv_weight(xp, _nhwc(gy), 2, ho, wo, tiles)                      # [p, q, (u, v, c), o]
         return np.ascontiguousarray(dw.reshape(2, 2, 2, 2, c, og).transpose(5, 4, 0, 2, 1, 3).reshape(og, c, 4, 4))
     if _gemm_first_serves(g, x, og):          # dw = x^T @ t, t the adjoint of conv2d's tap sums applied to gy
         t = np.zeros((n, *x.shape[2:], *g.kernel, og), dtype=x.dtype)

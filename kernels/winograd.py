@@ -29,7 +29,16 @@ import numpy as np
 from . import gemm
 from ._threads import parallel
 
-_CHUNK_BYTES = 1 << 23     # transformed tiles per chunk
+# Transformed tiles per chunk: half a MB, about what stays in a Zen 4 core's 1 MB L2 beside the chunk's products.
+# Measured in one process against 8 MB (all of a DCGAN or U-Net layer's tiles in one chunk), alternating, AMD EPYC
+# Zen 4: forward alone 0.67-0.87 of the time on one thread and 0.74-0.92 on two (DCGAN's 32 -> 64, 64 -> 128,
+# 128 -> 64, U-Net's 3x3 at 16x16, PixelCNN's at 28x28); whole training steps 0.73-0.96 / 0.80-1.00.
+_CHUNK_BYTES = 1 << 19
+# The weight gradient's chunks: each adds its T^2 products (C x tiles) @ (tiles x O) into the (T^2, C, O) sum, a
+# pass over that sum per chunk; chunks of 1 MB and at least C O / 64 tiles took 0.66-0.85 of one chunk's time on
+# the 3x3 layers above, and leave DCGAN's 4x4 layers (C O = 32 K: its 256 tiles) one chunk, where smaller ones
+# took 1.1-1.4x (1 MB and 0.5 MB; 3.4x at 2 threads).
+_WEIGHT_CHUNK_BYTES = 1 << 20
 
 
 def _toom_cook(r: int, points) -> tuple:
@@ -73,55 +82,59 @@ def padded_size(ho: int, wo: int, r: int = 3) -> tuple[int, int]:
     return 4 * th + r - 1, 4 * tw + r - 1
 
 
-def _chunks(n: int, th: int, tw: int, positions: int, channels: int, itemsize: int) -> list[tuple[int, int]]:
-    """Ranges of the n * th rows of tiles holding about _CHUNK_BYTES of transformed tiles each (all of them when
-    they fit)."""
-    rows = max(1, _CHUNK_BYTES // (positions * itemsize * channels * tw))
+def _chunks(n: int, th: int, tw: int, tile_bytes: int, budget: int) -> list[tuple[int, int]]:
+    """Ranges of the n * th rows of tiles, each holding about `budget` bytes of tiles of `tile_bytes` (all of them
+    when they fit)."""
+    rows = max(1, budget // (tile_bytes * tw))
     return [(r, min(r + rows, n * th)) for r in range(0, n * th, rows)]
 
 
-def conv(xp, w, ho: int, wo: int, kept: list | None = None):
-    """y = conv2d(x, w) for w given as (r, r, C, O) (w[o, c, i, j] at [i, j, c, o]), r = 3 or 2, stride 1, from
-    xp: x zero-padded, channels-last, of at least the size `padded_size(ho, wo, r)` asks for. Returns y
-    channels-last, (N, ho, wo, O). The transformed input tiles B^T d B of each chunk are appended to the list
-    `kept`, if given, for conv_weight."""
+def conv(xp, w, ho: int, wo: int, keep: bool = False):
+    """(y, V): y = conv2d(x, w) for w given as (r, r, C, O) (w[o, c, i, j] at [i, j, c, o]), r = 3 or 2, stride 1,
+    from xp: x zero-padded, channels-last, of at least the size `padded_size(ho, wo, r)` asks for; y channels-last,
+    (N, ho, wo, O). With `keep`, V is the transformed input tiles B^T d B of every chunk, (T^2, tiles, C), for
+    conv_weight; else None, and the chunks share one buffer."""
     n, _, _, c = xp.shape
     r, o, (th, tw) = w.shape[0], w.shape[3], tiles(ho, wo)
     t2 = (3 + r) ** 2                                                                 # positions in a tile
     u = gemm.matmul(_GG[r].astype(xp.dtype), w.reshape(r * r, -1).astype(xp.dtype, copy=False))
     u = u.reshape(t2, c, o)                                                           # G g G^T: (T^2, C, O)
     y = np.empty((n, ho, wo, o), dtype=xp.dtype)
-    for r0, r1 in _chunks(n, th, tw, t2, max(c, o), xp.itemsize):
-        v = _transformed_input(xp, r, th, tw, r0, r1)
-        m = gemm.matmul(v, u)                                                          # (T^2, tiles, O)
+    chunks = _chunks(n, th, tw, t2 * max(c, o) * xp.itemsize, _CHUNK_BYTES)
+    v = np.empty((t2, (n * th if keep else chunks[0][1]) * tw, c), dtype=xp.dtype)
+    for r0, r1 in chunks:
+        first = r0 * tw if keep else 0                                                 # the chunk's tiles in v
+        _transform_input(xp, v, r, th, tw, r0, r1, first)
+        m = gemm.matmul(v[:, first:first + (r1 - r0) * tw], u)                         # (T^2, tiles, O)
         (_output_transform if r == 3 else _output_transform2)(m, y, th, tw, r0)
-        if kept is not None:
-            kept.append(v)
-    return y
+    return y, (v if keep else None)
 
 
-def conv_weight(xp, gy, r: int, ho: int, wo: int, kept: list | None = None):
+def conv_weight(xp, gy, r: int, ho: int, wo: int, v=None):
     """The weight gradient dw of y = conv(xp, w), as w is given, (r, r, C, O), from gy channels-last (N, ho, wo, O).
     y is linear in U = G g G^T, y = A^T (U * V) A per tile, so dL/dU = V * (A gy A^T) summed over tiles (T^2
-    GEMMs V[xi nu]^T @ (A gy A^T)[xi nu]) and dw = G^T (dL/dU) G. V is taken from `kept` when conv filled
-    it for the same input, xp then unused (None)."""
-    first = kept[0] if kept else xp
-    n, c, dtype = gy.shape[0], first.shape[-1], first.dtype
-    o, (th, tw), t2 = gy.shape[3], tiles(ho, wo), (3 + r) ** 2
+    GEMMs V[xi nu]^T @ (A gy A^T)[xi nu]) and dw = G^T (dL/dU) G. V is the one conv kept for the same input
+    (xp then unused, None), else transformed here a chunk at a time."""
+    n, o, (th, tw), t2 = gy.shape[0], gy.shape[3], tiles(ho, wo), (3 + r) ** 2
+    c, dtype = (xp if v is None else v).shape[-1], (xp if v is None else v).dtype
     s = np.zeros((t2, c, o), dtype=dtype)
-    for i, (r0, r1) in enumerate(_chunks(n, th, tw, t2, max(c, o), dtype.itemsize)):
-        v = kept[i] if kept else _transformed_input(xp, r, th, tw, r0, r1)
+    chunks = _chunks(n, th, tw, t2 * max(c, o) * dtype.itemsize,
+                     max(_WEIGHT_CHUNK_BYTES, c * o // 64 * t2 * max(c, o) * dtype.itemsize))
+    buffer = np.empty((t2, chunks[0][1] * tw, c), dtype=dtype) if v is None else None
+    for r0, r1 in chunks:
+        if v is None:
+            _transform_input(xp, buffer, r, th, tw, r0, r1, 0)
+        vc = buffer[:, :(r1 - r0) * tw] if v is None else v[:, r0 * tw:r1 * tw]
         z = np.empty((t2, (r1 - r0) * tw, o), dtype=dtype)
         (_gradient_transform if r == 3 else _gradient_transform2)(gy, z, th, tw, r0)
-        s += gemm.matmul(v.transpose(0, 2, 1), z)                                     # (T^2, C, O)
+        s += gemm.matmul(vc.transpose(0, 2, 1), z)                                    # (T^2, C, O)
     return gemm.matmul(_GG[r].T.astype(dtype), s.reshape(t2, -1)).reshape(r, r, c, o)   # G^T s G
 
 
-def _transformed_input(xp, r: int, th: int, tw: int, r0: int, r1: int):
-    """V = B^T d B for the tiles d of rows of tiles r0..r1: (T^2, tiles, C)."""
-    v = np.empty(((3 + r) ** 2, (r1 - r0) * tw, xp.shape[3]), dtype=xp.dtype)
-    (_input_transform if r == 3 else _input_transform2)(xp, v, th, tw, r0)
-    return v
+def _transform_input(xp, v, r: int, th: int, tw: int, r0: int, r1: int, first: int):
+    """v[:, first:] = B^T d B for the tiles d of rows of tiles r0..r1, in order. v is C-ordered: Numba's loops
+    writing into a view of it (a chunk of its tiles) took 1.7x the time."""
+    (_input_transform if r == 3 else _input_transform2)(xp, v, th, tw, r0, r1 - r0, first)
 
 
 @numba.njit(inline="always")
@@ -157,11 +170,11 @@ def _store(local, v, tile):
 
 
 @parallel()
-def _input_transform(xp, v, th, tw, row0):
+def _input_transform(xp, v, th, tw, row0, rows, first):
     """v[6 r + s, tile] = (B^T d B)[r, s] for the tile d at rows 4i.., columns 4j.. (the tiles of the chunk whose
     rows of tiles start at row0): the columns of d transformed first, then the rows."""
     C = xp.shape[3]
-    for row in numba.prange(v.shape[1] // tw):
+    for row in numba.prange(rows):
         n, i = (row0 + row) // th, (row0 + row) % th
         t = np.empty((6, 6, C), dtype=xp.dtype)
         out = np.empty((36, C), dtype=xp.dtype)
@@ -176,7 +189,7 @@ def _input_transform(xp, v, th, tw, row0):
                 for k in range(C):
                     out[6 * r, k], out[6 * r + 1, k], out[6 * r + 2, k], out[6 * r + 3, k], out[6 * r + 4, k], \
                         out[6 * r + 5, k] = _bt(t[r, 0, k], t[r, 1, k], t[r, 2, k], t[r, 3, k], t[r, 4, k], t[r, 5, k])
-            _store(out, v, row * tw + j)
+            _store(out, v, first + row * tw + j)
 
 
 @parallel()
@@ -272,10 +285,10 @@ def _a2(e0, e1, e2, e3):
 
 
 @parallel()
-def _input_transform2(xp, v, th, tw, row0):
+def _input_transform2(xp, v, th, tw, row0, rows, first):
     """v[5 r + s, tile] = (B^T d B)[r, s] for the 5x5 tile d at rows 4i.., columns 4j.., as _input_transform."""
     C = xp.shape[3]
-    for row in numba.prange(v.shape[1] // tw):
+    for row in numba.prange(rows):
         n, i = (row0 + row) // th, (row0 + row) % th
         t = np.empty((5, 5, C), dtype=xp.dtype)
         out = np.empty((25, C), dtype=xp.dtype)
@@ -289,7 +302,7 @@ def _input_transform2(xp, v, th, tw, row0):
                 for k in range(C):
                     out[5 * r, k], out[5 * r + 1, k], out[5 * r + 2, k], out[5 * r + 3, k], out[5 * r + 4, k] = \
                         _bt2(t[r, 0, k], t[r, 1, k], t[r, 2, k], t[r, 3, k], t[r, 4, k])
-            _store(out, v, row * tw + j)
+            _store(out, v, first + row * tw + j)
 
 
 @parallel()

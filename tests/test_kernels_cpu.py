@@ -202,8 +202,9 @@ def test_a_1x1_layer_on_one_channel_answers_channels_last():
        p=st.integers(0, 2), r=st.sampled_from([2, 3]), seed=st.integers(0, 2 ** 16))
 def test_winograd_matches_the_reference(n, c, o, h, w, p, r, seed):
     """F(4x4, 3x3) and F(4x4, 2x2) and their weight gradients on any map (sizes not a multiple of 4 crop the last
-    tile, maps smaller than a tile) in float64, with the tiles in one chunk and in a chunk per row of tiles, the
-    weight gradient transforming x itself or taking the tiles the forward kept."""
+    tile, maps smaller than a tile) in float64, with the tiles in one chunk and in a chunk per row of tiles (the
+    forward's chunks kept whole, or sharing one buffer), the weight gradient transforming x itself or taking the
+    tiles the forward kept, in its own chunks."""
     from kernels import layout, winograd
     assume(h + 2 * p >= r and w + 2 * p >= r)
     rng = np.random.default_rng(seed)
@@ -211,14 +212,16 @@ def test_winograd_matches_the_reference(n, c, o, h, w, p, r, seed):
     ho, wo = h + 2 * p - r + 1, w + 2 * p - r + 1
     xp = layout.padded_nhwc(x, (p, p), winograd.padded_size(ho, wo, r))
     gy = rng.standard_normal((n, ho, wo, o))
-    for chunk_bytes in (winograd._CHUNK_BYTES, 1):       # all tiles in one chunk; a chunk per row of tiles
-        with mock.patch.object(winograd, "_CHUNK_BYTES", chunk_bytes):
-            kept = []
-            np.testing.assert_allclose(winograd.conv(xp, wt.transpose(2, 3, 1, 0), ho, wo, kept).transpose(0, 3, 1, 2),
-                                       reference.conv2d(x, wt, None, 1, p), rtol=1e-10, atol=1e-10)
+    # the tiles in one chunk, a chunk per row of tiles, and the weight gradient's chunks unlike the forward's
+    for forward, weight in ((1 << 30, 1 << 30), (1, 1), (1, 1 << 30), (1 << 30, 1)):
+        with mock.patch.multiple(winograd, _CHUNK_BYTES=forward, _WEIGHT_CHUNK_BYTES=weight):
+            y, tiles = winograd.conv(xp, wt.transpose(2, 3, 1, 0), ho, wo, keep=True)
+            np.testing.assert_allclose(y.transpose(0, 3, 1, 2), reference.conv2d(x, wt, None, 1, p),
+                                       rtol=1e-10, atol=1e-10)
+            np.testing.assert_array_equal(winograd.conv(xp, wt.transpose(2, 3, 1, 0), ho, wo)[0], y)
             want = reference.conv2d_weight(x, gy.transpose(0, 3, 1, 2), r, 1, p).transpose(2, 3, 1, 0)
-            for xp_, kept_ in ((xp, None), (None, kept)):
-                np.testing.assert_allclose(winograd.conv_weight(xp_, gy, r, ho, wo, kept_), want,
+            for xp_, tiles_ in ((xp, None), (None, tiles)):
+                np.testing.assert_allclose(winograd.conv_weight(xp_, gy, r, ho, wo, tiles_), want,
                                            rtol=1e-10, atol=1e-10)
 
 
