@@ -10,9 +10,9 @@ with the elementwise product * summed over input channels. That sum is a matrix 
 GEMMs of 36/144 = 0.25 times the multiply-adds of the im2col GEMM, for r = 2, 25 of 25/64, and no r^2-fold
 im2col copy. B^T d B, A^T m A and the gradient's A e A^T are Numba loops with the channels innermost
 (contiguous in the channels-last layouts, so they vectorize), parallel over rows of tiles, each r's written out
-(_bt, _at, _a; _bt2, _at2, _a2: tests check them against the matrices). Large maps go through
-in chunks of rows of tiles, whose transformed tiles stay in cache from one transform through the GEMMs to the
-next.
+(_bt, _at, _a; _bt2, _at2, _a2: tests check them against the matrices). The forward goes through in chunks of
+rows of tiles, each on one thread from its input transform through its GEMMs to its outputs (_pipeline), its
+transformed tiles staying in that core's cache; the weight gradient in chunks of its own.
 
 The matrices come from Toom-Cook interpolation (_toom_cook) at 0, +-1, +-2 and infinity for r = 3 (section 5.2),
 at 0, +-1, -2 and infinity for r = 2. F(4x4, 3x3)'s coefficients reach 8 and 1/24, so float32 loses more than the
@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from . import gemm
+from . import _threads
 from ._threads import parallel
 
 # Transformed tiles per chunk: half a MB, about what stays in a Zen 4 core's 1 MB L2 beside the chunk's products.
@@ -82,31 +83,26 @@ def padded_size(ho: int, wo: int, r: int = 3) -> tuple[int, int]:
     return 4 * th + r - 1, 4 * tw + r - 1
 
 
-def _chunks(n: int, th: int, tw: int, tile_bytes: int, budget: int) -> list[tuple[int, int]]:
-    """Ranges of the n * th rows of tiles, each holding about `budget` bytes of tiles of `tile_bytes` (all of them
-    when they fit)."""
-    rows = max(1, budget // (tile_bytes * tw))
-    return [(r, min(r + rows, n * th)) for r in range(0, n * th, rows)]
+def _rows(tw: int, tile_bytes: int, budget: int) -> int:
+    """Rows of tiles per chunk: about `budget` bytes of tiles of `tile_bytes`, at least one row."""
+    return max(1, budget // (tile_bytes * tw))
 
 
 def conv(xp, w, ho: int, wo: int, keep: bool = False):
     """(y, V): y = conv2d(x, w) for w given as (r, r, C, O) (w[o, c, i, j] at [i, j, c, o]), r = 3 or 2, stride 1,
     from xp: x zero-padded, channels-last, of at least the size `padded_size(ho, wo, r)` asks for; y channels-last,
     (N, ho, wo, O). With `keep`, V is the transformed input tiles B^T d B of every chunk, (T^2, tiles, C), for
-    conv_weight; else None, and the chunks share one buffer."""
+    conv_weight; else None (each chunk's tiles are scratch)."""
     n, _, _, c = xp.shape
     r, o, (th, tw) = w.shape[0], w.shape[3], tiles(ho, wo)
     t2 = (3 + r) ** 2                                                                 # positions in a tile
     u = _combine(_GG[r].astype(xp.dtype), w.reshape(r * r, -1).astype(xp.dtype, copy=False))
     u = u.reshape(t2, c, o)                                                           # G g G^T: (T^2, C, O)
     y = np.empty((n, ho, wo, o), dtype=xp.dtype)
-    chunks = _chunks(n, th, tw, t2 * max(c, o) * xp.itemsize, _CHUNK_BYTES)
-    v = np.empty((t2, (n * th if keep else chunks[0][1]) * tw, c), dtype=xp.dtype)
-    for r0, r1 in chunks:
-        first = r0 * tw if keep else 0                                                 # the chunk's tiles in v
-        _transform_input(xp, v, r, th, tw, r0, r1, first)
-        m = gemm.matmul(v[:, first:first + (r1 - r0) * tw], u)                         # (T^2, tiles, O)
-        (_output_transform if r == 3 else _output_transform2)(m, y, th, tw, r0)
+    rows = _rows(tw, t2 * max(c, o) * xp.itemsize, _CHUNK_BYTES)
+    v = np.empty((t2, n * th * tw if keep else 0, c), dtype=xp.dtype)
+    gemm._load_blas()
+    _threads.spread(_pipeline, xp, u, y, v, th, tw, rows, keep)
     return y, (v if keep else None)
 
 
@@ -118,13 +114,14 @@ def conv_weight(xp, gy, r: int, ho: int, wo: int, v=None):
     n, o, (th, tw), t2 = gy.shape[0], gy.shape[3], tiles(ho, wo), (3 + r) ** 2
     c, dtype = (xp if v is None else v).shape[-1], (xp if v is None else v).dtype
     s = np.zeros((t2, c, o), dtype=dtype)
-    chunks = _chunks(n, th, tw, t2 * max(c, o) * dtype.itemsize,
-                     max(_WEIGHT_CHUNK_BYTES, c * o // 64 * t2 * max(c, o) * dtype.itemsize))
-    buffer = np.empty((t2, chunks[0][1] * tw, c), dtype=dtype) if v is None else None
-    for r0, r1 in chunks:
+    tile_bytes = t2 * max(c, o) * dtype.itemsize
+    rows = _rows(tw, tile_bytes, max(_WEIGHT_CHUNK_BYTES, c * o // 64 * tile_bytes))
+    scratch = np.empty((t2, min(rows, n * th) * tw, c), dtype=dtype) if v is None else None
+    for r0 in range(0, n * th, rows):
+        r1 = min(r0 + rows, n * th)
         if v is None:
-            _transform_input(xp, buffer, r, th, tw, r0, r1, 0)
-        vc = buffer[:, :(r1 - r0) * tw] if v is None else v[:, r0 * tw:r1 * tw]
+            (_input_transform if r == 3 else _input_transform2)(xp, scratch, th, tw, r0, r1 - r0, 0)
+        vc = scratch[:, :(r1 - r0) * tw] if v is None else v[:, r0 * tw:r1 * tw]
         z = np.empty((t2, (r1 - r0) * tw, o), dtype=dtype)
         (_gradient_transform if r == 3 else _gradient_transform2)(gy, z, th, tw, r0)
         s += gemm.matmul(vc.transpose(0, 2, 1), z)                                    # (T^2, C, O)
@@ -146,12 +143,6 @@ def _combine(m, b):
                 for j in range(b.shape[1]):
                     row[j] += m[p, k] * b[k, j]
     return out
-
-
-def _transform_input(xp, v, r: int, th: int, tw: int, r0: int, r1: int, first: int):
-    """v[:, first:] = B^T d B for the tiles d of rows of tiles r0..r1, in order. v is C-ordered: Numba's loops
-    writing into a view of it (a chunk of its tiles) took 1.7x the time."""
-    (_input_transform if r == 3 else _input_transform2)(xp, v, th, tw, r0, r1 - r0, first)
 
 
 @numba.njit(inline="always")
@@ -363,3 +354,37 @@ def _gradient_transform2(gy, z, th, tw, row0):
                     out[5 * r, o], out[5 * r + 1, o], out[5 * r + 2, o], out[5 * r + 3, o], out[5 * r + 4, o] = \
                         _a2(t[r, 0, o], t[r, 1, o], t[r, 2, o], t[r, 3, o])
             _store(out, z, row * tw + j)
+
+
+_input_transform_serial, _input_transform2_serial = _input_transform.serial, _input_transform2.serial
+_output_transform_serial, _output_transform2_serial = _output_transform.serial, _output_transform2.serial
+
+
+@parallel(cache=False)      # calls BLAS at addresses known only in this process (gemm.py)
+def _pipeline(xp, u, y, v, th, tw, rows, keep):
+    """conv's work, a chunk of `rows` rows of tiles per iteration, each chunk on one thread from its input transform
+    through its T^2 products (one BLAS call each, u[xi nu] (C x O)) to its outputs: its tiles stay in that core's
+    cache (against a loop over chunks, each step split over the threads: 0.91-1.00 of the time on one thread,
+    0.76-0.94 on two, forward and transposed, the layers of _CHUNK_BYTES). The tiles go into v from the chunk's
+    first tile when `keep`, else into a scratch array of the chunk's: written from an offset into C-ordered arrays,
+    as Numba's loops writing into a view (a chunk of v) took 1.7x the time."""
+    t2, C, O = u.shape
+    n_rows = xp.shape[0] * th
+    for chunk in numba.prange((n_rows + rows - 1) // rows):
+        r0 = chunk * rows
+        r1 = min(r0 + rows, n_rows)
+        tiles = (r1 - r0) * tw
+        first = r0 * tw if keep else 0
+        vc = v if keep else np.empty((t2, tiles, C), dtype=xp.dtype)
+        if t2 == 36:
+            _input_transform_serial(xp, vc, th, tw, r0, r1 - r0, first)
+        else:
+            _input_transform2_serial(xp, vc, th, tw, r0, r1 - r0, first)
+        m = np.empty((t2, tiles, O), dtype=xp.dtype)
+        for p in range(t2):
+            gemm._gemm(vc[p, first:first + tiles], u[p], m[p], 1.0, 0.0)
+        if t2 == 36:
+            _output_transform_serial(m, y, th, tw, r0)
+        else:
+            _output_transform2_serial(m, y, th, tw, r0)
+
