@@ -963,10 +963,11 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
     """Each Numba loop is compiled parallel (run on 2+ threads and large arrays) and serial (kernels/_threads.py):
     the suite runs on one thread, so here every kernel runs both ways on inputs large enough for Numba."""
     import numba
-    from kernels import _threads, cpu, fused, layout, norm
+    from kernels import _threads, cpu, fused, layout, norm, winograd
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has one thread here")
     monkeypatch.setattr(_threads, "THREADS_MIN_SIZE", 0)
+    monkeypatch.setattr(winograd, "_CHUNK_BYTES", 1)      # a chunk per row of tiles: the threads share them
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((4, 64, 12, 12), dtype=np.float32), rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
     wt = rng.standard_normal((64, 32, 4, 4), dtype=np.float32)
@@ -976,6 +977,7 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
     calls = {"softmax": lambda: cpu.log_softmax(x.reshape(-1, 144) * 3),
              "softmax_backward": lambda: cpu.softmax_backward(cpu.softmax(x.reshape(256, -1)), x.reshape(256, -1)),
              "winograd": lambda: cpu.conv2d(x, w, None, 1, 1),
+             "winograd kept": lambda: cpu.conv2d(x, w, None, 1, 1, saved={}),
              "winograd weight": lambda: cpu.conv2d_weight(x, x, 3, 1, 1),
              "col2im": lambda: cpu.conv_transpose2d(x, wt, None, 2, 1),
              "im2col blocks": lambda: cpu.conv2d(x, wt.transpose(1, 0, 2, 3), None, 2, 1),
