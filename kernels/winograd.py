@@ -26,8 +26,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import gemm
-from . import _threads
+from . import _threads, gemm
 from ._threads import parallel
 
 # Transformed tiles per chunk: half a MB, about what stays in a Zen 4 core's 1 MB L2 beside the chunk's products.
@@ -179,8 +178,8 @@ def _store(local, v, tile):
 
 @parallel()
 def _input_transform(xp, v, th, tw, row0, rows, first):
-    """v[6 r + s, tile] = (B^T d B)[r, s] for the tile d at rows 4i.., columns 4j.. (the tiles of the chunk whose
-    rows of tiles start at row0): the columns of d transformed first, then the rows."""
+    """v[6 r + s, tile] = (B^T d B)[r, s] for the tile d at rows 4i.., columns 4j.. (the tiles of the `rows` rows of
+    tiles from row0, stored from v's tile `first`): the columns of d transformed first, then the rows."""
     C = xp.shape[3]
     for row in numba.prange(rows):
         n, i = (row0 + row) // th, (row0 + row) % th
@@ -373,16 +372,16 @@ def _pipeline(xp, u, y, v, th, tw, rows, keep):
     for chunk in numba.prange((n_rows + rows - 1) // rows):
         r0 = chunk * rows
         r1 = min(r0 + rows, n_rows)
-        tiles = (r1 - r0) * tw
+        count = (r1 - r0) * tw                        # tiles in the chunk
         first = r0 * tw if keep else 0
-        vc = v if keep else np.empty((t2, tiles, C), dtype=xp.dtype)
+        vc = v if keep else np.empty((t2, count, C), dtype=xp.dtype)
         if t2 == 36:
             _input_transform_serial(xp, vc, th, tw, r0, r1 - r0, first)
         else:
             _input_transform2_serial(xp, vc, th, tw, r0, r1 - r0, first)
-        m = np.empty((t2, tiles, O), dtype=xp.dtype)
+        m = np.empty((t2, count, O), dtype=xp.dtype)
         for p in range(t2):
-            gemm._gemm(vc[p, first:first + tiles], u[p], m[p], 1.0, 0.0)
+            gemm._gemm(vc[p, first:first + count], u[p], m[p], 1.0, 0.0)
         if t2 == 36:
             _output_transform_serial(m, y, th, tw, r0)
         else:
