@@ -36,8 +36,8 @@ from ._threads import parallel
 _CHUNK_BYTES = 1 << 19
 # The weight gradient's chunks: each adds its T^2 products (C x tiles) @ (tiles x O) into the (T^2, C, O) sum, a
 # pass over that sum per chunk; chunks of 1 MB and at least C O / 64 tiles took 0.66-0.85 of one chunk's time on
-# the 3x3 layers above, and leave DCGAN's 4x4 layers (C O = 32 K: its 256 tiles) one chunk, where smaller ones
-# took 1.1-1.4x (1 MB and 0.5 MB; 3.4x at 2 threads).
+# the 3x3 layers above, and leave DCGAN's 64 -> 128 and 128 -> 64 (C O = 32 K, 256 tiles) one chunk, where smaller
+# ones took 1.1-1.4x (1 MB and 0.5 MB; 3.4x at 2 threads).
 _WEIGHT_CHUNK_BYTES = 1 << 20
 
 
