@@ -99,7 +99,7 @@ def conv(xp, w, ho: int, wo: int, keep: bool = False):
     u = u.reshape(t2, c, o)                                                           # G g G^T: (T^2, C, O)
     y = np.empty((n, ho, wo, o), dtype=xp.dtype)
     rows = _rows(tw, t2 * max(c, o) * xp.itemsize, _CHUNK_BYTES)
-    v = np.empty((t2, n * th * tw if keep else 0, c), dtype=xp.dtype)
+    v = np.empty((t2, n * th * tw if keep else 0, c), dtype=xp.dtype)       # empty when not kept: one type
     gemm._load_blas()
     _threads.spread(_pipeline, xp, u, y, v, th, tw, rows, keep)
     return y, (v if keep else None)
@@ -111,7 +111,8 @@ def conv_weight(xp, gy, r: int, ho: int, wo: int, v=None):
     GEMMs V[xi nu]^T @ (A gy A^T)[xi nu]) and dw = G^T (dL/dU) G. V is the one conv kept for the same input
     (xp then unused, None), else transformed here a chunk at a time."""
     n, o, (th, tw), t2 = gy.shape[0], gy.shape[3], tiles(ho, wo), (3 + r) ** 2
-    c, dtype = (xp if v is None else v).shape[-1], (xp if v is None else v).dtype
+    source = xp if v is None else v
+    c, dtype = source.shape[-1], source.dtype
     s = np.zeros((t2, c, o), dtype=dtype)
     tile_bytes = t2 * max(c, o) * dtype.itemsize
     rows = _rows(tw, tile_bytes, max(_WEIGHT_CHUNK_BYTES, c * o // 64 * tile_bytes))

@@ -202,9 +202,9 @@ def test_a_1x1_layer_on_one_channel_answers_channels_last():
        p=st.integers(0, 2), r=st.sampled_from([2, 3]), seed=st.integers(0, 2 ** 16))
 def test_winograd_matches_the_reference(n, c, o, h, w, p, r, seed):
     """F(4x4, 3x3) and F(4x4, 2x2) and their weight gradients on any map (sizes not a multiple of 4 crop the last
-    tile, maps smaller than a tile) in float64, with the tiles in one chunk and in a chunk per row of tiles (the
-    forward's chunks kept whole, or sharing one buffer), the weight gradient transforming x itself or taking the
-    tiles the forward kept, in its own chunks."""
+    tile, maps smaller than a tile) in float64, with the tiles in one chunk and in a chunk per row of tiles (kept
+    in one array, or each chunk's scratch), the weight gradient transforming x itself or taking the tiles the
+    forward kept, in chunks of its own."""
     from kernels import layout, winograd
     assume(h + 2 * p >= r and w + 2 * p >= r)
     rng = np.random.default_rng(seed)
@@ -977,7 +977,7 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
     calls = {"softmax": lambda: cpu.log_softmax(x.reshape(-1, 144) * 3),
              "softmax_backward": lambda: cpu.softmax_backward(cpu.softmax(x.reshape(256, -1)), x.reshape(256, -1)),
              "winograd": lambda: cpu.conv2d(x, w, None, 1, 1),
-             "winograd kept": lambda: cpu.conv2d(x, w, None, 1, 1, saved={}),
+             "winograd kept": lambda: _weight_gradient_from_kept_tiles(x, w),
              "winograd weight": lambda: cpu.conv2d_weight(x, x, 3, 1, 1),
              "col2im": lambda: cpu.conv_transpose2d(x, wt, None, 2, 1),
              "im2col blocks": lambda: cpu.conv2d(x, wt.transpose(1, 0, 2, 3), None, 2, 1),
@@ -1006,6 +1006,14 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
         # AVX2, the winograd conv's serial and parallel outputs differ by 2e-4 of 94, each 5.9e-4 from float64's)
         scale = 1e-6 + (2e-5 * np.abs(serial).max() if serial.dtype == np.float32 else 0)
         np.testing.assert_allclose(parallel, serial, rtol=1e-6, atol=scale, err_msg=name)
+
+
+def _weight_gradient_from_kept_tiles(x, w):
+    """conv2d's weight gradient from the tiles conv2d kept (each thread writing its chunks' tiles into them)."""
+    from kernels import cpu
+    saved = {}
+    y = cpu.conv2d(x, w, None, 1, 1, saved=saved)
+    return cpu.conv2d_weight(x, y, 3, 1, 1, saved=saved)
 
 
 def _adam_step(p, g, m, v):
