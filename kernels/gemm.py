@@ -303,10 +303,10 @@ def subtract_product(c, a, b) -> None:
     """c -= a @ b in place, by BLAS (beta = 1: no temporary, one pass over c), for blocks of float matrices of
     one dtype that BLAS reads in place with c row-major (lu.py's blocks of its matrix): split over minigen's
     threads where it has several and the product is large, else one call on this thread. Large here is
-    SPLIT_MIN_AMID_SERIAL, not _SPLIT_MIN: between lu.py's products its serial steps run (panels, row swaps),
-    which a split of each product slowed more than the split saved (2 threads, float32, in-process against
-    _SPLIT_MIN: the LU at n = 512 0.86-0.89 of the time, n = 1024 0.94-0.95, never splitting 0.90-0.92 and
-    1.02-1.05; inv from the factors, its products by matmul(..., SPLIT_MIN_AMID_SERIAL), 0.88 and 0.97)."""
+    SPLIT_MIN_AMID_SERIAL, not _SPLIT_MIN: between the products of lu.py's inverse its serial steps run (the
+    small blocks' triangular inverses), which a split of each product slowed more than the split saved (2
+    threads, float32, in-process against _SPLIT_MIN: inv from the factors, its products by matmul(...,
+    SPLIT_MIN_AMID_SERIAL), 0.88 of the time at n = 512, 0.97 at n = 1024)."""
     _load_blas()
     if _threads.shared() and a.shape[0] * a.shape[1] * b.shape[1] > SPLIT_MIN_AMID_SERIAL:
         _threads.spread(_outer, a, b, c, -1.0, 1.0)

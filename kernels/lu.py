@@ -1,11 +1,17 @@
-"""LU with partial pivoting for large matrices: slogdet and inv, recursive so that most flops are BLAS GEMMs.
+"""LU with partial pivoting for large matrices: slogdet and inv, blocked so that most flops are BLAS GEMMs.
 
 NumPy's bundled LAPACK is slow on one thread here (512x512 float32: slogdet 8 ms, inv 24 ms, where a
-512x512 GEMM takes 1.8 ms), so we factor ourselves: LAPACK's recursive getrf2 (Toledo 1997; Golub & Van
-Loan, Matrix Computations 4th ed., 3.2.11 and 3.4) splits the columns in halves, factors the left half,
-applies its row swaps to the right half, solves for the top-right block and updates the bottom-right block
-with one GEMM (kernels/gemm.py's, in place: c -= a @ b with no temporary, MKL where present), then factors the
-bottom-right block and applies its swaps to the left half. Below _NB columns a Numba kernel factors the panel.
+512x512 GEMM takes 1.8 ms), so we factor ourselves, right-looking a panel of _NB columns at a time (getrf;
+Golub & Van Loan, Matrix Computations 4th ed., 3.4.9): a Numba kernel factors the panel with partial pivoting,
+then the columns right of it take its row swaps, a triangular solve for their block row (U12 = L11^-1 A12)
+and one GEMM for the rest (A22 -= L21 U12, kernels/gemm.py's BLAS call with beta = 1: no temporary, MKL where
+present). On several threads the next panel is factored while the other threads update the columns after it
+(a look-ahead of one panel, _lookahead), so that the panels, a quarter to a third of the time and each too
+narrow to split, overlap the GEMMs. This replaced LAPACK's recursive getrf2 (Toledo 1997), which halves the
+columns down to one panel and updates with fewer, larger GEMMs: on AMD EPYC Zen 4, OpenBLAS, in one process,
+alternating, the blocked LU took 0.83-0.98 of the recursion's time on one thread (n = 96-1024, float32 and
+float64; 1.02-1.05 at n = 2048, where the recursion's larger GEMMs pay) and 0.61-0.86 on two (n = 192-2048),
+where the recursion's panels left the second thread idle.
 
 Storage: the matrix itself, C-ordered, a = P^T L U overwritten by L (unit lower) and U. Row swaps then move
 contiguous runs; the panel (a strided column block) is copied transposed into a small buffer, where its
@@ -21,9 +27,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import gemm
+from . import _threads, gemm
 
-_NB = 32   # panel width handled by Numba: best at n = 512 float32 (16: 1.16x the time, 48: 1.0x, 64: 1.07x)
+_NB = 32   # panel width: 64 took 1.3-1.5x the time at n = 192-512 on 2 threads (16 was slower in the recursion too)
+_PANEL_COLUMNS = 5   # _lookahead's balance: a panel takes about as long as updating 5 times its width of columns
+_PARALLEL_MIN_N = 256   # from 8 panels: at n = 96 two threads took 1.18-1.25x one thread's time, at 192 as long
 _jit = numba.njit(cache=True, fastmath={"contract"})
 
 
@@ -175,23 +183,11 @@ def _upper_inverse(m, j, h):
     return x
 
 
-# ------------------------------------------------------------------------------ recursions (GEMM between)
+# ------------------------------------------------------------------- inverse: recursions (GEMM between)
 
 def _product(a, b):
     """a @ b, split over threads only where large even beside the serial steps between (gemm.subtract_product)."""
     return gemm.matmul(a, b, gemm.SPLIT_MIN_AMID_SERIAL)
-
-
-def _solve_unit_lower(m, j, h, c0, c1):
-    """B <- L^-1 B in place for B = m[j:j+h, c0:c1], L the unit lower triangle of m[j:j+h, j:j+h]: with
-    L = [L11 0; L21 L22], X1 = L11^-1 B1, X2 = L22^-1 (B2 - L21 X1); small blocks by forward substitution."""
-    if h <= _NB:
-        _forward_substitute(m, j, h, c0, c1)
-        return
-    g = h // 2
-    _solve_unit_lower(m, j, g, c0, c1)
-    gemm.subtract_product(m[j + g:j + h, c0:c1], m[j + g:j + h, j:j + g], m[j:j + g, c0:c1])
-    _solve_unit_lower(m, j + g, h - g, c0, c1)
 
 
 def _unit_lower_inverse_blocked(m, j, h):
@@ -221,30 +217,60 @@ def _solve_upper(m, j, h, b):
     _solve_upper(m, j, g, b[:g])
 
 
-def _getrf(m, piv, j, w):
-    """Factor columns j:j+w of M (rows j: of it), getrf2's recursion: [A11 A12; A21 A22] -> factor
-    [A11; A21], A12 <- L11^-1 A12, A22 -= A21 A12, factor A22, apply A22's row swaps to [A11; A21]."""
-    if w <= _NB:
-        _panel(m, piv, j, w)
+# ------------------------------------------------------------------------------------ the factorization
+
+@numba.njit
+def _update(m, piv, k, w, c0, c1):
+    """Bring columns c0:c1 past panel k:k+w (factored): its row swaps, U12 <- L11^-1 A12 on its rows, and
+    A22 -= L21 U12 below them, by one BLAS call (gemm._gemm, beta = 1)."""
+    if c1 <= c0:
         return
-    h = w // 2
-    _getrf(m, piv, j, h)
-    _swap_rows(m, piv, j, j + h, j + h, j + w)
-    _solve_unit_lower(m, j, h, j + h, j + w)
-    gemm.subtract_product(m[j + h:, j + h:j + w], m[j + h:, j:j + h], m[j:j + h, j + h:j + w])
-    _getrf(m, piv, j + h, w - h)
-    _swap_rows(m, piv, j + h, j + w, j, j + h)
+    _swap_rows(m, piv, k, k + w, c0, c1)
+    _forward_substitute(m, k, w, c0, c1)
+    if k + w < m.shape[0]:
+        gemm._gemm(m[k + w:, k:k + w], m[k:k + w, c0:c1], m[k + w:, c0:c1], -1.0, 1.0)
+
+
+@_threads.parallel(cache=False)
+def _lookahead(m, piv, nb, panel_columns):
+    """Factor m in place, a panel of nb columns at a time: getrf's loop with a look-ahead of one panel. At step
+    k, with panel k factored, thread 0 updates the next panel's columns by panel k and factors it, while the
+    other threads update the columns after it. Thread 0 also takes a share of those, so that its work matches
+    the others' when a panel counts as `panel_columns` times its width in updated columns. Each panel's row
+    swaps reach the columns left of it at the end, in panel order, as getrf's do. One thread does it all."""
+    n = m.shape[0]
+    parts = numba.get_num_threads()
+    _panel(m, piv, 0, min(nb, n))
+    for k in range(0, n - nb, nb):
+        j = k + nb                                    # the next panel, j:j + w
+        w = min(nb, n - j)
+        rest = n - j - w
+        own = max(0, (rest - (parts - 1) * (panel_columns + 1) * w) // parts)    # thread 0's share of rest
+        for p in numba.prange(parts):
+            if p == 0:
+                _update(m, piv, k, nb, j, j + w)
+                _panel(m, piv, j, w)
+                _update(m, piv, k, nb, j + w, j + w + own)
+            else:
+                c0, c1 = gemm._block(p - 1, parts - 1, rest - own)
+                _update(m, piv, k, nb, j + w + own + c0, j + w + own + c1)
+    for k in range(nb, n, nb):
+        _swap_rows(m, piv, k, min(k + nb, n), 0, k)
 
 
 def lu(a):
     """(m, piv) for one square matrix a: m (a copy, C order, rows padded) holds L (strictly below the
     diagonal, unit diagonal implied) and U of a = P^T L U, P the row swaps k <-> piv[k] for k = 0, 1, ...
-    in turn."""
+    in turn. On several threads of minigen's own (_threads.shared) from _PARALLEL_MIN_N, else on this one."""
     n = a.shape[-1]
     m = np.empty((n, n + 16), a.dtype)   # m[:, :n]: rows 4 KiB apart (n = 1024 float32) share cache sets;
     m[:, :n] = a                         # the whole C-ordered m keeps Numba's row slices contiguous
     piv = np.arange(n)
-    _getrf(m, piv, 0, n)
+    gemm._load_blas()
+    if _threads.shared() and n >= _PARALLEL_MIN_N:
+        _threads.spread(_lookahead, m, piv, _NB, _PANEL_COLUMNS)
+    else:
+        _lookahead.serial(m, piv, _NB, _PANEL_COLUMNS)
     return m[:, :n], piv
 
 

@@ -972,6 +972,7 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
     x, w = rng.standard_normal((4, 64, 12, 12), dtype=np.float32), rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
     wt = rng.standard_normal((64, 32, 4, 4), dtype=np.float32)
     a = rng.standard_normal((1024, 8, 8)) + 3 * np.eye(8)
+    big = rng.standard_normal((300, 300))        # lu.py's look-ahead on 2 threads: 9 panels and one of 12 columns
     wide = rng.standard_normal((4, 32, 16, 16), dtype=np.float32)
     x64 = x.astype(np.float64)
     calls = {"softmax": lambda: cpu.log_softmax(x.reshape(-1, 144) * 3),
@@ -983,6 +984,7 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
              "im2col blocks": lambda: cpu.conv2d(x, wt.transpose(1, 0, 2, 3), None, 2, 1),
              "im2col blocks weight": lambda: cpu.conv2d_weight(x64, x64[:, :32, :6, :6], 4, 2, 1),   # sums split
              "slogdet": lambda: cpu.slogdet(a)[1], "inv": lambda: cpu.inv(a),
+             "lu look-ahead": lambda: _factors_and_pivots(big),
              "norm": lambda: norm.standardize(x, (0, 2, 3), 1e-5)[0],
              "norm backward": lambda: norm.standardize_backward(x, np.ones((1, 64, 1, 1), np.float32), x, (0, 2, 3)),
              "scale and shift": lambda: norm.scale_shift(x, w[:, 0, 0, 0], w[0, :, 0, 0]),
@@ -1014,6 +1016,12 @@ def _weight_gradient_from_kept_tiles(x, w):
     saved = {}
     y = cpu.conv2d(x, w, None, 1, 1, saved=saved)
     return cpu.conv2d_weight(x, y, 3, 1, 1, saved=saved)
+
+
+def _factors_and_pivots(a):
+    from kernels import lu
+    m, piv = lu.lu(a)
+    return np.hstack([m, piv[:, None]])
 
 
 def _adam_step(p, g, m, v):
