@@ -136,15 +136,17 @@ def _phase_padded(x, padding, ho, wo):
     n, c = x.shape[:2]
     rows, cols = winograd.padded_size(ho, wo, 2)
     phases = np.empty((n, rows, cols, 2, 2, c), dtype=x.dtype)
-    _phase_copy(_nhwc(x), phases, *padding, True)
+    _phase_copy(x.transpose(0, 2, 3, 1), phases, *padding, True)
     return phases.reshape(n, rows, cols, 4 * c)
 
 
 @parallel()
 def _phase_copy(image, phases, ph, pw, to_phases):
     """phases[n, i, j, u, v] = image[n, 2i + u - ph, 2j + v - pw] (a run of channels; zeros outside the image),
-    or, not to_phases, the other way: image's pixels from their phases. image is channels-last, (N, H, W, C);
-    parallel over rows of phases."""
+    or, not to_phases, the other way: image's pixels from their phases. image is (N, H, W, C): channels-last, or
+    an NCHW array's transposed view, read across its strides (a row of the image, C x W numbers, stays in L1),
+    in one pass where a copy to channels-last first made two: 0.46-0.74 of their time (DCGAN's 32 -> 64, 64 ->
+    128 and 128 -> 64 inputs, batch 64, 1 and 2 threads, in one process). Parallel over rows of phases."""
     N, R, Q = phases.shape[:3]
     H, W, C = image.shape[1:]
     for ni in numba.prange(N * R):
