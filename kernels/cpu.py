@@ -20,7 +20,7 @@ im2col).
 Softmax and the batched small LU are Numba kernels, parallel over rows / matrices: a row or a matrix
 stays in cache while it is reduced and written, where NumPy makes one pass over memory per ufunc.
 Softmax's exp is written out in float32 arithmetic so that LLVM vectorizes it.
-Large matrices (n > _LU_MAX_N) go to lu.py's recursive LU, whose flops are mostly BLAS GEMMs.
+Large matrices (n > _LU_MAX_N) go to lu.py's blocked LU, whose flops are mostly BLAS GEMMs.
 """
 from __future__ import annotations
 
@@ -619,10 +619,10 @@ def log_softmax_backward(y, gy, axis=-1):
 # ------------------------------------------------------------------------------------------- slogdet, inv
 # Batched small matrices: a Numba LU per matrix, parallel over the batch, measured ~3x faster than
 # numpy.linalg.slogdet (whose per-matrix LAPACK call overhead dominates at n = 8); the inverse that
-# slogdet's gradient needs likewise by Gauss-Jordan. Larger matrices, one at a time: lu.py's recursive LU
-# (BLAS GEMMs) from the n where it beat LAPACK (1 thread, time against numpy.linalg: inv 0.75x float32 and
-# 0.91x float64 at n = 96, 0.3x / 0.5x at 512; slogdet float32 0.93x at 192, 0.5x at 512, float64 0.92x at
-# 512, 0.8x at 1024), LAPACK below.
+# slogdet's gradient needs likewise by Gauss-Jordan. Larger matrices, one at a time: lu.py's blocked LU
+# (BLAS GEMMs) from the n where its recursive predecessor beat LAPACK (1 thread, time against numpy.linalg:
+# inv 0.75x float32 and 0.91x float64 at n = 96, 0.3x / 0.5x at 512; slogdet float32 0.93x at 192, 0.5x at 512,
+# float64 0.92x at 512, 0.8x at 1024), LAPACK below; the blocked LU and inverse take at most its time.
 
 _LU_MAX_N = 48
 _LU_INV_MIN_N = {np.dtype(np.float32): 96, np.dtype(np.float64): 96}

@@ -48,7 +48,6 @@ _SPLIT_MIN = 1 << 18
 # for stacks of 16-256 products of 28 K to 1.8 M multiply-adds (AMD EPYC Zen 4).
 _PER_MATRIX_MIN = 1 << 14
 _WHOLE_MIN = 1 << 21
-SPLIT_MIN_AMID_SERIAL = 1 << 23   # for products with serial steps between them (lu.py), see subtract_product
 
 
 # The BLAS each part calls, as ctypes functions of Fortran's sgemm and dgemm, which Numba calls: on an Intel CPU
@@ -163,25 +162,25 @@ def _block(p, parts, size):
 
 
 @numba.njit(inline="always")
-def _part(a, b, out, p, parts, alpha=1.0, beta=0.0):
-    """Part p of `parts` of out = alpha a @ b + beta out: a block of the rows of a for a tall product (the
+def _part(a, b, out, p, parts):
+    """Part p of `parts` of out = a @ b: a block of the rows of a for a tall product (the
     thread packs all of b), else of the columns of b (it packs all of a)."""
     if a.shape[0] >= b.shape[1]:
         i0, i1 = _block(p, parts, a.shape[0])
         if i1 > i0:
-            _gemm(a[i0:i1], b, out[i0:i1], alpha, beta)
+            _gemm(a[i0:i1], b, out[i0:i1], 1.0, 0.0)
     else:
         j0, j1 = _block(p, parts, b.shape[1])
         if j1 > j0:
-            _gemm(a, b[:, j0:j1], out[:, j0:j1], alpha, beta)
+            _gemm(a, b[:, j0:j1], out[:, j0:j1], 1.0, 0.0)
 
 
 @_threads.parallel(cache=False)
-def _outer(a, b, out, alpha, beta):
-    """out = alpha a @ b + beta out, cut along its longer outer axis into one part per thread."""
+def _outer(a, b, out):
+    """out = a @ b, cut along its longer outer axis into one part per thread."""
     parts = numba.get_num_threads()
     for p in numba.prange(parts):
-        _part(a, b, out, p, parts, alpha, beta)
+        _part(a, b, out, p, parts)
 
 
 @_threads.parallel(cache=False)
@@ -247,11 +246,10 @@ def _splits(a, b) -> bool:
             and (a.ndim == 2 or b.ndim == 2 or a.shape[0] == b.shape[0]))
 
 
-def matmul(a, b, split_min=_SPLIT_MIN):
+def matmul(a, b):
     """np.matmul(a, b), split over Numba's threads for large float products of matrices and stacks of them
     (2-D or 3-D operands, either one a single matrix), and computed whole by MKL on one thread; everything else
-    is np.matmul's. A 2-D product of at most `split_min` multiply-adds, when above NumPy's share, is one BLAS
-    call on this thread (SPLIT_MIN_AMID_SERIAL, subtract_product)."""
+    is np.matmul's."""
     smallest = _smallest_product() if _splits(a, b) else None
     if smallest is None:
         return np.matmul(a, b)
@@ -261,26 +259,22 @@ def matmul(a, b, split_min=_SPLIT_MIN):
         return np.matmul(a, b)
     if a.ndim == 3 and b.ndim == 2:
         if a.flags.c_contiguous or m * n * k < _PER_MATRIX_MIN or not _in_place(a):
-            return matmul(np.ascontiguousarray(a).reshape(-1, k), b, split_min).reshape(stack, m, n)  # one tall product
+            return matmul(np.ascontiguousarray(a).reshape(-1, k), b).reshape(stack, m, n)  # one tall product
         b = np.broadcast_to(b, (stack, k, n))   # a stack of transposed matrices, read in place: one product each
     if b.ndim == 3 and stack == 1:
-        return matmul(a if a.ndim == 2 else a[0], b[0], split_min)[None]
+        return matmul(a if a.ndim == 2 else a[0], b[0])[None]
     _load_blas()
     a, b = _blocks(a), _blocks(b)
     if b.ndim == 3:                                 # a stack times a stack, or one matrix times a stack
         out = np.empty((stack, m, n), dtype=a.dtype)
         _threads.spread(_stack, np.broadcast_to(a, (stack, m, k)), b, out)
         return out
-    if m * n * k <= split_min:
-        out = np.empty((m, n), dtype=a.dtype)
-        _gemm(a, b, out, 1.0, 0.0)
-        return out
     if k >= 2 * (m + n) and numba.get_num_threads() > 1:
         partial = np.empty((numba.get_num_threads(), m, n), dtype=a.dtype)
         _threads.spread(_inner, a, b, partial)
         return partial.sum(axis=0)
     out = np.empty((m, n), dtype=a.dtype)
-    _threads.spread(_outer, a, b, out, 1.0, 0.0)
+    _threads.spread(_outer, a, b, out)
     return out
 
 
@@ -297,18 +291,3 @@ def matmul_pair(a1, b1, a2, b2) -> tuple:
     out2 = np.empty((a2.shape[0], b2.shape[1]), dtype=a2.dtype)
     _threads.spread(_pair, _blocks(a1), _blocks(b1), out1, _blocks(a2), _blocks(b2), out2)
     return out1, out2
-
-
-def subtract_product(c, a, b) -> None:
-    """c -= a @ b in place, by BLAS (beta = 1: no temporary, one pass over c), for blocks of float matrices of
-    one dtype that BLAS reads in place with c row-major (lu.py's blocks of its matrix): split over minigen's
-    threads where it has several and the product is large, else one call on this thread. Large here is
-    SPLIT_MIN_AMID_SERIAL, not _SPLIT_MIN: between the products of lu.py's inverse its serial steps run (the
-    small blocks' triangular inverses), which a split of each product slowed more than the split saved (2
-    threads, float32, in-process against _SPLIT_MIN: inv from the factors, its products by matmul(...,
-    SPLIT_MIN_AMID_SERIAL), 0.88 of the time at n = 512, 0.97 at n = 1024)."""
-    _load_blas()
-    if _threads.shared() and a.shape[0] * a.shape[1] * b.shape[1] > SPLIT_MIN_AMID_SERIAL:
-        _threads.spread(_outer, a, b, c, -1.0, 1.0)
-    elif c.size:
-        _gemm(a, b, c, -1.0, 1.0)

@@ -7,11 +7,15 @@ then the columns right of it take its row swaps, a triangular solve for their bl
 and one GEMM for the rest (A22 -= L21 U12, kernels/gemm.py's BLAS call with beta = 1: no temporary, MKL where
 present). On several threads the next panel is factored while the other threads update the columns after it
 (a look-ahead of one panel, _lookahead), so that the panels, a quarter to a third of the time and each too
-narrow to split, overlap the GEMMs. This replaced LAPACK's recursive getrf2 (Toledo 1997), which halves the
-columns down to one panel and updates with fewer, larger GEMMs: on AMD EPYC Zen 4, OpenBLAS, in one process,
-alternating, the blocked LU took 0.83-0.98 of the recursion's time on one thread (n = 96-1024, float32 and
-float64; 1.02-1.05 at n = 2048, where the recursion's larger GEMMs pay) and 0.61-0.86 on two (n = 192-2048),
-where the recursion's panels left the second thread idle.
+narrow to split, overlap the GEMMs. The inverse solves L U x = P e for the columns e of the identity, a block of
+columns per thread, in blocks of _NB rows (_inverse). These replaced a recursion after LAPACK's getrf2 (Toledo
+1997), which halved the columns down to one panel and updated with fewer, larger GEMMs, and an inverse by
+recursive blocks of L^-1 and U^-1. On AMD EPYC Zen 4, OpenBLAS, in one process, alternating, against the
+recursion: the LU 0.83-0.98 of its time on one thread (n = 96-1024, float32 and float64; 1.02-1.05 at n =
+2048) and 0.61-0.86 on two (n = 192-2048), where the recursion's panels left the second thread idle. Then, with
+the substitutions four rows a pass (_subtract), against the look-ahead LU and the recursive inverse: the LU
+0.90-1.04, the inverse from the factors 0.37-0.92 on one thread and 0.40-1.02 on two (n = 96-1024), slogdet with
+its gradient's inverse 0.54-0.93 and 0.58-0.98.
 
 Storage: the matrix itself, C-ordered, a = P^T L U overwritten by L (unit lower) and U. Row swaps then move
 contiguous runs; the panel (a strided column block) is copied transposed into a small buffer, where its
@@ -141,80 +145,42 @@ def _unswap_columns(x, piv):
 
 
 @_jit
-def _forward_substitute(m, j, h, c0, c1):
-    """B <- L^-1 B in place for B = m[j:j+h, c0:c1], L the unit lower triangle of m[j:j+h, j:j+h]: row i of
-    the result is B[i] - sum over k < i of L[i, k] X[k], a run along m's contiguous row per k (a third of the
-    time of L^-1 and a GEMM at h = 32: 3.4 against 10.7 us for 32 columns, 8.2 against 15.4 for 256)."""
-    for i in range(1, h):
-        bi = m[j + i, c0:c1]
-        for k in range(i):
-            f, xk = m[j + i, j + k], m[j + k, c0:c1]
-            for c in range(c1 - c0):
-                bi[c] -= f * xk[c]
+def _forward_substitute(m, j, h, b, c0, c1):
+    """B <- L^-1 B in place for B = b[j:j+h, c0:c1], L the unit lower triangle of m[j:j+h, j:j+h]: row i of the
+    result is B[i] - sum over k < i of L[i, k] X[k], runs along b's contiguous rows (_subtract). b is m itself
+    (the LU's block row) or the inverse being solved for, C-ordered either way."""
+    for i in range(j + 1, j + h):
+        _subtract(b, i, m[i], j, i, c0, c1)
 
 
 @_jit
-def _unit_lower_inverse(m, j, h):
-    """L^-1 for L the unit lower triangle of m[j:j+h, j:j+h], by forward substitution, row by row."""
-    x = np.eye(h, dtype=m.dtype)
-    for i in range(1, h):
-        xi = x[i]
-        for k in range(i):
-            f, xk = m[j + i, j + k], x[k]
-            for c in range(k + 1):
-                xi[c] -= f * xk[c]
-    return x
+def _back_substitute(m, j, h, b, c0, c1):
+    """B <- U^-1 B in place for B = b[j:j+h, c0:c1], U the upper triangle of m[j:j+h, j:j+h] (with its
+    diagonal)."""
+    for i in range(j + h - 1, j - 1, -1):
+        _subtract(b, i, m[i], i + 1, j + h, c0, c1)
+        bi, d = b[i, c0:c1], 1 / m[i, i]
+        for c in range(c1 - c0):
+            bi[c] *= d
 
 
 @_jit
-def _upper_inverse(m, j, h):
-    """U^-1 for U the upper triangle of m[j:j+h, j:j+h] (with its diagonal), by back substitution."""
-    x = np.zeros((h, h), m.dtype)
-    for i in range(h - 1, -1, -1):
-        xi = x[i]
-        xi[i] = 1
-        for k in range(i + 1, h):
-            f, xk = m[j + i, j + k], x[k]
-            for c in range(k, h):
-                xi[c] -= f * xk[c]
-        d = 1 / m[j + i, j + i]
-        for c in range(i, h):
-            xi[c] *= d
-    return x
-
-
-# ------------------------------------------------------------------- inverse: recursions (GEMM between)
-
-def _product(a, b):
-    """a @ b, split over threads only where large even beside the serial steps between (gemm.subtract_product)."""
-    return gemm.matmul(a, b, gemm.SPLIT_MIN_AMID_SERIAL)
-
-
-def _unit_lower_inverse_blocked(m, j, h):
-    """L^-1, L the unit lower triangle of m[j:j+h, j:j+h], itself lower triangular:
-    [L11 0; L21 L22]^-1 = [X11 0; -X22 L21 X11  X22]; n^3/3 multiply-adds in GEMMs, where a solve
-    against I takes n^3/2."""
-    if h <= _NB:
-        return _unit_lower_inverse(m, j, h)
-    g = h // 2
-    x = np.zeros((h, h), m.dtype)
-    x[:g, :g] = _unit_lower_inverse_blocked(m, j, g)
-    x[g:, g:] = _unit_lower_inverse_blocked(m, j + g, h - g)
-    x[g:, :g] = _product(x[g:, g:], _product(m[j + g:j + h, j:j + g], x[:g, :g]))
-    np.negative(x[g:, :g], out=x[g:, :g])
-    return x
-
-
-def _solve_upper(m, j, h, b):
-    """b <- U^-1 b in place (b has h rows), U the upper triangle of m[j:j+h, j:j+h]: with
-    U = [U11 U12; 0 U22], X2 = U22^-1 B2, X1 = U11^-1 (B1 - U12 X2); small blocks by GEMM with U^-1."""
-    if h <= _NB:
-        b[...] = _product(_upper_inverse(m, j, h), b)
-        return
-    g = h // 2
-    _solve_upper(m, j + g, h - g, b[g:])
-    gemm.subtract_product(b[:g], m[j:j + g, j + g:j + h], b[g:])
-    _solve_upper(m, j, g, b[:g])
+def _subtract(b, i, f, k0, k1, c0, c1):
+    """b[i, c0:c1] -= sum over k in k0:k1 of f[k] b[k, c0:c1], four rows k a pass over b[i], a quarter of its
+    loads and stores: with a row a pass, _inverse took 1.02-1.15 of the time of the recursive inverse it
+    replaced, with four 0.81-0.97 (float32, n = 256-1024, one thread); the LU's time moved 0.90-1.04."""
+    bi = b[i, c0:c1]
+    k = k0
+    while k + 4 <= k1:
+        f0, f1, f2, f3 = f[k], f[k + 1], f[k + 2], f[k + 3]
+        x0, x1, x2, x3 = b[k, c0:c1], b[k + 1, c0:c1], b[k + 2, c0:c1], b[k + 3, c0:c1]
+        for c in range(c1 - c0):
+            bi[c] -= f0 * x0[c] + f1 * x1[c] + f2 * x2[c] + f3 * x3[c]
+        k += 4
+    for k in range(k, k1):
+        fk, xk = f[k], b[k, c0:c1]
+        for c in range(c1 - c0):
+            bi[c] -= fk * xk[c]
 
 
 # ------------------------------------------------------------------------------------ the factorization
@@ -226,7 +192,7 @@ def _update(m, piv, k, w, c0, c1):
     if c1 <= c0:
         return
     _swap_rows(m, piv, k, k + w, c0, c1)
-    _forward_substitute(m, k, w, c0, c1)
+    _forward_substitute(m, k, w, m, c0, c1)
     if k + w < m.shape[0]:
         gemm._gemm(m[k + w:, k:k + w], m[k:k + w, c0:c1], m[k + w:, c0:c1], -1.0, 1.0)
 
@@ -274,6 +240,56 @@ def lu(a):
     return m[:, :n], piv
 
 
+@_threads.parallel(cache=False)
+def _inverse(m, x, nb, bounds):
+    """x = U^-1 L^-1 from the factors in m, columns bounds[p]:bounds[p + 1] on thread p: each thread solves for
+    its own columns of the identity, L y = e then U x = y, in blocks of nb rows (a triangular solve in Numba,
+    then one GEMM for the rows past it). Column c of L^-1 is zero above row c, so its forward sweep starts there
+    and each block of rows carries only the columns that are nonzero in it."""
+    n = m.shape[0]
+    for p in numba.prange(len(bounds) - 1):
+        c0, c1 = bounds[p], bounds[p + 1]
+        x[:, c0:c1] = 0
+        for c in range(c0, c1):
+            x[c, c] = 1
+        for k in range(c0, n, nb):                      # y <- L^-1 y, top down
+            h = min(nb, n - k)
+            last = min(c1, k + h)                       # y's columns from last on are zero in rows < k + h
+            _forward_substitute(m, k, h, x, c0, last)
+            if k + h < n:
+                gemm._gemm(m[k + h:, k:k + h], x[k:k + h, c0:last], x[k + h:, c0:last], -1.0, 1.0)
+        for k in range((n - 1) // nb * nb, -1, -nb):     # y <- U^-1 y, bottom up
+            h = min(nb, n - k)
+            _back_substitute(m, k, h, x, c0, c1)
+            if k > 0:
+                gemm._gemm(m[:k, k:k + h], x[k:k + h, c0:c1], x[:k, c0:c1], -1.0, 1.0)
+
+
+def _column_bounds(n, parts):
+    """parts + 1 column bounds that give each thread of _inverse about as many multiply-adds: column c costs
+    (n - c)^2 / 2 for L and n^2 / 2 for U."""
+    cost = np.cumsum((n - np.arange(n)) ** 2 / 2 + n * n / 2)
+    return np.concatenate([[0], np.searchsorted(cost, cost[-1] * np.arange(1, parts) / parts), [n]])
+
+
+def inv(a, factors=None):
+    """a^-1 of one square matrix, or None when a pivot is zero: P a = L U, so a^-1 = U^-1 L^-1 P, solved for in
+    column blocks, one per thread of minigen's own (_threads.shared) from _PARALLEL_MIN_N, else all on this one.
+    `factors`: lu(a), when at hand (slogdet's gradient: the forward's)."""
+    m, piv = lu(a) if factors is None else factors
+    n = len(m)
+    if not np.all(np.diagonal(m)):
+        return None
+    x = np.empty((n, n), m.dtype)
+    gemm._load_blas()
+    if _threads.shared() and n >= _PARALLEL_MIN_N:
+        _threads.spread(_inverse, m, x, _NB, _column_bounds(n, numba.get_num_threads()))
+    else:
+        _inverse.serial(m, x, _NB, np.array([0, n]))
+    _unswap_columns(x, piv)
+    return x
+
+
 def slogdet(a, factors=None):
     """(sign, log|det a|) of one square matrix, log|det| summed in float64; singular: (0, -inf).
     `factors`: lu(a), when at hand."""
@@ -283,16 +299,3 @@ def slogdet(a, factors=None):
         return 0.0, -np.inf
     swaps = np.count_nonzero(piv != np.arange(len(m)))
     return (-1.0) ** (swaps + np.count_nonzero(d < 0)), np.sum(np.log(np.abs(d.astype(np.float64))))
-
-
-def inv(a, factors=None):
-    """a^-1 of one square matrix, or None when a pivot is zero: P a = L U, so a^-1 = U^-1 L^-1 P.
-    `factors`: lu(a), when at hand (slogdet's gradient: the forward's)."""
-    m, piv = lu(a) if factors is None else factors
-    n = len(m)
-    if not np.all(np.diagonal(m)):
-        return None
-    x = _unit_lower_inverse_blocked(m, 0, n)
-    _solve_upper(m, 0, n, x)
-    _unswap_columns(x, piv)
-    return x

@@ -36,8 +36,7 @@ def _laid_out(x: np.ndarray, layout: str) -> np.ndarray:
 @contextlib.contextmanager
 def _split_everything():
     """Every product split, on two threads where Numba has them (one thread still runs each way's loop)."""
-    with mock.patch.object(gemm, "_SPLIT_MIN", 0), mock.patch.object(gemm, "SPLIT_MIN_AMID_SERIAL", 0), \
-            mock.patch.object(_threads, "shared", lambda: True):
+    with mock.patch.object(gemm, "_SPLIT_MIN", 0), mock.patch.object(_threads, "shared", lambda: True):
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
         try:
             yield
@@ -76,22 +75,19 @@ def test_split_products_equal_numpys(m, k, n, stack, stacked, layout_a, layout_b
                                atol=(1e-4 if dtype == np.float32 else 1e-11) * np.sqrt(k))
 
 
-@given(m=st.integers(0, 40), k=st.integers(1, 90), n=st.integers(0, 40), layout_a=st.sampled_from(LAYOUTS[:4]),
-       layout_b=st.sampled_from(LAYOUTS[:4]), split=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
-       seed=st.integers(0, 9))
-def test_subtract_product_updates_a_block_in_place(m, k, n, layout_a, layout_b, split, dtype, seed):
-    """c -= a @ b on a row-major block of a larger matrix (lu.py's use), whole or split: the values NumPy
-    gives, the rest of the larger matrix untouched."""
+@given(m=st.integers(1, 40), k=st.integers(1, 90), n=st.integers(1, 40), layout_a=st.sampled_from(LAYOUTS[:4]),
+       layout_b=st.sampled_from(LAYOUTS[:4]), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 9))
+def test_one_blas_call_updates_a_block_in_place(m, k, n, layout_a, layout_b, dtype, seed):
+    """_gemm(a, b, c, -1, 1), c -= a @ b on a row-major block of a larger matrix (lu.py's updates): the values
+    NumPy gives, the rest of the larger matrix untouched."""
     rng = np.random.default_rng(seed)
     a = _laid_out(rng.standard_normal((m, k)).astype(dtype), layout_a)
     b = _laid_out(rng.standard_normal((k, n)).astype(dtype), layout_b)
     big = rng.standard_normal((m + 3, n + 2)).astype(dtype)
     expected = big.astype(np.float64)
     expected[2:-1, 1:-1] -= a.astype(np.float64) @ b.astype(np.float64)
-    with _split_everything() if split else contextlib.nullcontext(), \
-            mock.patch.object(_threads, "spread", wraps=_threads.spread) as spread:
-        gemm.subtract_product(big[2:-1, 1:-1], a, b)
-    assert spread.called == (split and m * n > 0)
+    gemm._load_blas()
+    gemm._gemm(a, b, big[2:-1, 1:-1], -1.0, 1.0)
     np.testing.assert_allclose(big, expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=(1e-4 if dtype == np.float32 else 1e-11) * np.sqrt(k))
 
@@ -114,23 +110,6 @@ def test_each_layout_takes_its_way(split_everything, monkeypatch, a_shape, a_lay
     taken = _recording_spread(monkeypatch)
     np.testing.assert_allclose(gemm.matmul(a, b), np.matmul(a, b))
     assert taken == [way]
-
-
-@pytest.mark.parametrize("a_layout, b_layout", [("C", "C"), ("F", "C block"), ("C block", "F")])
-def test_a_product_amid_serial_steps_is_one_call_on_this_thread(monkeypatch, a_layout, b_layout):
-    """matmul(a, b, split_min): at two threads, a 2-D product of at most split_min multiply-adds (above NumPy's
-    share) is one BLAS call on the caller's thread, not split (lu.py's products); above it, split."""
-    rng = np.random.default_rng(0)
-    a = _laid_out(rng.standard_normal((64, 96)).astype(np.float32), a_layout)
-    b = _laid_out(rng.standard_normal((96, 80)).astype(np.float32), b_layout)
-    monkeypatch.setattr(gemm, "_SPLIT_MIN", 0)
-    monkeypatch.setattr(_threads, "shared", lambda: True)
-    taken = _recording_spread(monkeypatch)
-    size = 64 * 96 * 80
-    np.testing.assert_allclose(gemm.matmul(a, b, split_min=size), a @ b, rtol=1e-5, atol=1e-4)
-    assert taken == []
-    np.testing.assert_allclose(gemm.matmul(a, b, split_min=size - 1), a @ b, rtol=1e-5, atol=1e-4)
-    assert taken == ["_outer"]
 
 
 def test_blocks_of_c_and_f_arrays_are_read_in_place():

@@ -963,7 +963,7 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
     """Each Numba loop is compiled parallel (run on 2+ threads and large arrays) and serial (kernels/_threads.py):
     the suite runs on one thread, so here every kernel runs both ways on inputs large enough for Numba."""
     import numba
-    from kernels import _threads, cpu, fused, layout, norm, winograd
+    from kernels import _threads, cpu, fused, layout, lu, norm, winograd
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has one thread here")
     monkeypatch.setattr(_threads, "THREADS_MIN_SIZE", 0)
@@ -972,7 +972,7 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
     x, w = rng.standard_normal((4, 64, 12, 12), dtype=np.float32), rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
     wt = rng.standard_normal((64, 32, 4, 4), dtype=np.float32)
     a = rng.standard_normal((1024, 8, 8)) + 3 * np.eye(8)
-    big = rng.standard_normal((300, 300))        # lu.py's look-ahead on 2 threads: 9 panels and one of 12 columns
+    big = rng.standard_normal((300, 300))        # lu.py on 2 threads: 9 panels and one of 12 columns
     wide = rng.standard_normal((4, 32, 16, 16), dtype=np.float32)
     x64 = x.astype(np.float64)
     calls = {"softmax": lambda: cpu.log_softmax(x.reshape(-1, 144) * 3),
@@ -984,7 +984,7 @@ def test_parallel_and_serial_compilations_of_the_kernels_agree(monkeypatch):
              "im2col blocks": lambda: cpu.conv2d(x, wt.transpose(1, 0, 2, 3), None, 2, 1),
              "im2col blocks weight": lambda: cpu.conv2d_weight(x64, x64[:, :32, :6, :6], 4, 2, 1),   # sums split
              "slogdet": lambda: cpu.slogdet(a)[1], "inv": lambda: cpu.inv(a),
-             "lu look-ahead": lambda: _factors_and_pivots(big),
+             "lu look-ahead": lambda: _factors_and_pivots(big), "lu inverse": lambda: lu.inv(big),
              "norm": lambda: norm.standardize(x, (0, 2, 3), 1e-5)[0],
              "norm backward": lambda: norm.standardize_backward(x, np.ones((1, 64, 1, 1), np.float32), x, (0, 2, 3)),
              "scale and shift": lambda: norm.scale_shift(x, w[:, 0, 0, 0], w[0, :, 0, 0]),
