@@ -227,38 +227,44 @@ def _lookahead(m, piv, nb, panel_columns):
 def lu(a):
     """(m, piv) for one square matrix a: m (a copy, C order, rows padded) holds L (strictly below the
     diagonal, unit diagonal implied) and U of a = P^T L U, P the row swaps k <-> piv[k] for k = 0, 1, ...
-    in turn. On several threads of minigen's own (_threads.shared) from _PARALLEL_MIN_N, else on this one."""
+    in turn."""
     n = a.shape[-1]
     m = np.empty((n, n + 16), a.dtype)   # m[:, :n]: rows 4 KiB apart (n = 1024 float32) share cache sets;
     m[:, :n] = a                         # the whole C-ordered m keeps Numba's row slices contiguous
     piv = np.arange(n)
+    _run(_lookahead, n, m, piv, _NB, _PANEL_COLUMNS)
+    return m[:, :n], piv
+
+
+def _run(kernel, n, *args):
+    """kernel(*args) for an n x n matrix: on minigen's threads (_threads.shared) from _PARALLEL_MIN_N, else its
+    serial compilation on this thread; the BLAS its GEMMs call loaded first."""
     gemm._load_blas()
     if _threads.shared() and n >= _PARALLEL_MIN_N:
-        _threads.spread(_lookahead, m, piv, _NB, _PANEL_COLUMNS)
+        _threads.spread(kernel, *args)
     else:
-        _lookahead.serial(m, piv, _NB, _PANEL_COLUMNS)
-    return m[:, :n], piv
+        kernel.serial(*args)
 
 
 @_threads.parallel(cache=False)
 def _inverse(m, x, nb, bounds):
     """x = U^-1 L^-1 from the factors in m, columns bounds[p]:bounds[p + 1] on thread p: each thread solves for
-    its own columns of the identity, L y = e then U x = y, in blocks of nb rows (a triangular solve in Numba,
-    then one GEMM for the rows past it). Column c of L^-1 is zero above row c, so its forward sweep starts there
-    and each block of rows carries only the columns that are nonzero in it."""
+    its own columns of the identity, L y = e then U x = y in place, in blocks of nb rows (a triangular solve in
+    Numba, then one GEMM for the rows past it). Column c of L^-1 is zero above row c, so its forward sweep starts
+    there and each block of rows carries only the columns that are nonzero in it."""
     n = m.shape[0]
     for p in numba.prange(len(bounds) - 1):
         c0, c1 = bounds[p], bounds[p + 1]
         x[:, c0:c1] = 0
         for c in range(c0, c1):
             x[c, c] = 1
-        for k in range(c0, n, nb):                      # y <- L^-1 y, top down
+        for k in range(c0, n, nb):                      # x <- L^-1 x, top down
             h = min(nb, n - k)
-            last = min(c1, k + h)                       # y's columns from last on are zero in rows < k + h
+            last = min(c1, k + h)                       # columns from last on are zero in rows < k + h
             _forward_substitute(m, k, h, x, c0, last)
             if k + h < n:
                 gemm._gemm(m[k + h:, k:k + h], x[k:k + h, c0:last], x[k + h:, c0:last], -1.0, 1.0)
-        for k in range((n - 1) // nb * nb, -1, -nb):     # y <- U^-1 y, bottom up
+        for k in range((n - 1) // nb * nb, -1, -nb):     # x <- U^-1 x, bottom up
             h = min(nb, n - k)
             _back_substitute(m, k, h, x, c0, c1)
             if k > 0:
@@ -274,18 +280,14 @@ def _column_bounds(n, parts):
 
 def inv(a, factors=None):
     """a^-1 of one square matrix, or None when a pivot is zero: P a = L U, so a^-1 = U^-1 L^-1 P, solved for in
-    column blocks, one per thread of minigen's own (_threads.shared) from _PARALLEL_MIN_N, else all on this one.
-    `factors`: lu(a), when at hand (slogdet's gradient: the forward's)."""
+    a block of columns per thread (on one thread, the blocks in turn). `factors`: lu(a), when at hand (slogdet's
+    gradient: the forward's)."""
     m, piv = lu(a) if factors is None else factors
     n = len(m)
     if not np.all(np.diagonal(m)):
         return None
     x = np.empty((n, n), m.dtype)
-    gemm._load_blas()
-    if _threads.shared() and n >= _PARALLEL_MIN_N:
-        _threads.spread(_inverse, m, x, _NB, _column_bounds(n, numba.get_num_threads()))
-    else:
-        _inverse.serial(m, x, _NB, np.array([0, n]))
+    _run(_inverse, n, m, x, _NB, _column_bounds(n, numba.get_num_threads()))
     _unswap_columns(x, piv)
     return x
 
