@@ -622,7 +622,8 @@ def log_softmax_backward(y, gy, axis=-1):
 # slogdet's gradient needs likewise by Gauss-Jordan. Larger matrices, one at a time: lu.py's blocked LU
 # (BLAS GEMMs) from the n where its recursive predecessor beat LAPACK (1 thread, time against numpy.linalg:
 # inv 0.75x float32 and 0.91x float64 at n = 96, 0.3x / 0.5x at 512; slogdet float32 0.93x at 192, 0.5x at 512,
-# float64 0.92x at 512, 0.8x at 1024), LAPACK below; the blocked LU and inverse take at most its time.
+# float64 0.92x at 512, 0.8x at 1024), LAPACK below; the blocked LU and inverse took at most its time up to
+# n = 1024 (lu.py).
 
 _LU_MAX_N = 48
 _LU_INV_MIN_N = {np.dtype(np.float32): 96, np.dtype(np.float64): 96}

@@ -163,8 +163,8 @@ def _block(p, parts, size):
 
 @numba.njit(inline="always")
 def _part(a, b, out, p, parts):
-    """Part p of `parts` of out = a @ b: a block of the rows of a for a tall product (the
-    thread packs all of b), else of the columns of b (it packs all of a)."""
+    """Part p of `parts` of out = a @ b: a block of the rows of a for a tall product (the thread packs all of b),
+    else of the columns of b (it packs all of a)."""
     if a.shape[0] >= b.shape[1]:
         i0, i1 = _block(p, parts, a.shape[0])
         if i1 > i0:
