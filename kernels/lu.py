@@ -12,7 +12,8 @@ columns per thread, in blocks of _NB rows (_inverse). These replaced a recursion
 1997), which halved the columns down to one panel and updated with fewer, larger GEMMs, and an inverse by
 recursive blocks of L^-1 and U^-1. On AMD EPYC Zen 4, OpenBLAS, in one process, alternating, against the
 recursion: the LU 0.83-0.98 of its time on one thread (n = 96-1024, float32 and float64; 1.02-1.05 at n =
-2048) and 0.61-0.86 on two (n = 192-2048), where the recursion's panels left the second thread idle. Then, with
+2048) and 0.61-0.86 on two (n = 192-2048), where the recursion's panels left the second thread idle (in two of
+six processes on two threads, one dtype took 1.1-1.65x at some sizes instead; the next process did not). Then, with
 the substitutions four rows a pass (_subtract), against the look-ahead LU and the recursive inverse: the LU
 0.90-1.04, the inverse from the factors 0.37-0.92 on one thread and 0.40-1.02 on two (n = 96-1024), slogdet with
 its gradient's inverse 0.54-0.93 and 0.58-0.98.
@@ -168,7 +169,8 @@ def _back_substitute(m, j, h, b, c0, c1):
 def _subtract(b, i, f, k0, k1, c0, c1):
     """b[i, c0:c1] -= sum over k in k0:k1 of f[k] b[k, c0:c1], four rows k a pass over b[i], a quarter of its
     loads and stores: with a row a pass, _inverse took 1.02-1.15 of the time of the recursive inverse it
-    replaced, with four 0.81-0.97 (float32, n = 256-1024, one thread); the LU's time moved 0.90-1.04."""
+    replaced, with four 0.81-0.97 (float32, n = 256-1024, one thread, both reading its block as strided views;
+    C-ordered rows then took it to 0.63-0.92); the LU's time moved 0.90-1.04."""
     bi = b[i, c0:c1]
     k = k0
     while k + 4 <= k1:
