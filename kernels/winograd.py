@@ -113,7 +113,7 @@ def conv_weight(xp, gy, r: int, ho: int, wo: int, v=None):
     n, o, (th, tw), t2 = gy.shape[0], gy.shape[3], tiles(ho, wo), (3 + r) ** 2
     source = xp if v is None else v
     c, dtype = source.shape[-1], source.dtype
-    s = np.zeros((t2, c, o), dtype=dtype)
+    s = None
     tile_bytes = t2 * max(c, o) * dtype.itemsize
     rows = _rows(tw, tile_bytes, max(_WEIGHT_CHUNK_BYTES, c * o // 64 * tile_bytes))
     scratch = np.empty((t2, min(rows, n * th) * tw, c), dtype=dtype) if v is None else None
@@ -124,7 +124,8 @@ def conv_weight(xp, gy, r: int, ho: int, wo: int, v=None):
         vc = scratch[:, :(r1 - r0) * tw] if v is None else v[:, r0 * tw:r1 * tw]
         z = np.empty((t2, (r1 - r0) * tw, o), dtype=dtype)
         (_gradient_transform if r == 3 else _gradient_transform2)(gy, z, th, tw, r0)
-        s += gemm.matmul(vc.transpose(0, 2, 1), z)                                    # (T^2, C, O)
+        product = gemm.matmul(vc.transpose(0, 2, 1), z)                               # (T^2, C, O)
+        s = product if s is None else np.add(s, product, out=s)
     return _combine(_GG[r].T.astype(dtype), s.reshape(t2, -1)).reshape(r, r, c, o)                  # G^T s G
 
 
