@@ -98,6 +98,27 @@ def _scale_shift_channels(x, w, b, y):
 
 
 @parallel_fastmath
+def _shift_channels(x, b):
+    """x[o, c, i] += b[c], in place, for (outer, C, inner) x."""
+    outer, channels, inner = x.shape
+    for oc in numba.prange(outer * channels):
+        o, c = oc // channels, oc % channels
+        bc = b[c]
+        for i in range(inner):
+            x[o, c, i] += bc
+
+
+@parallel_fastmath
+def _shift_rows(x, b, chunks):
+    """x[p, c] += b[c], in place, for the (positions, C) rows of a channels-last x, in `chunks` runs of rows."""
+    positions, channels = x.shape
+    for j in numba.prange(chunks):
+        for p in range(j * positions // chunks, (j + 1) * positions // chunks):
+            for c in range(channels):
+                x[p, c] += b[c]
+
+
+@parallel_fastmath
 def _channel_sums(g, x, sgx, sg):
     """sgx[c] = sum of g x and sg[c] = sum of g over outer and inner, for (outer, C, inner) arrays (float64)."""
     outer, channels, inner = g.shape
@@ -321,6 +342,21 @@ def scale_shift(x, w, b=None):
         sub, mul, add = (np.asarray(a, np.float64).reshape(row) for a in (np.zeros_like(w), w, b))
         _affine_rows(view[None], sub, mul, add, _chunks(view[None]), _rows(y)[None])
     return y
+
+
+def add_channels(x, b):
+    """x += b per channel (x's axis 1), in place: a convolution's bias. One array in and out, so that LLVM
+    vectorizes the serial compilation (given x twice, as x and y, it cannot tell they do not overlap in part,
+    and leaves the loop scalar). NumPy's broadcast add over a channels-last x runs an inner loop per pixel, C
+    numbers long: (64, 64, 14, 14) float32, one thread, 0.18 ms against 0.06 here."""
+    form = _channel_view(x, b)
+    if form is None:
+        x += b.reshape((1, -1) + (1,) * (x.ndim - 2))
+    elif form[0] == "planes":
+        _shift_channels(x.reshape(form[1]), b)
+    else:
+        _shift_rows(form[1], b, _chunks(form[1][None]))
+    return x
 
 
 def channel_sums(g, x):

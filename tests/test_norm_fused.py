@@ -200,8 +200,9 @@ def test_the_three_norms_to_second_order(numba_path, data):
 @pytest.mark.parametrize("numba_path", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_channel_scale_and_shift_and_their_sums_match_float64_formulas(dtype, numba_path):
-    """norm.scale_shift, norm.channel_sums (the norms' affine step and its weight gradients) and norm.sum_over
-    (a bias's gradient, the sum node over (0, 2, 3)) on BatchNorm2d's layout, NCHW and channels-last."""
+    """norm.scale_shift, norm.channel_sums (the norms' affine step and its weight gradients), norm.add_channels
+    (a convolution's bias, in place) and norm.sum_over (a bias's gradient, the sum node over (0, 2, 3)) on
+    BatchNorm2d's layout, NCHW and channels-last."""
     rng = np.random.default_rng(3)
     x, g = (rng.standard_normal((16, 32, 9, 9)).astype(dtype) * 3 + 1 for _ in range(2))
     w, b = (rng.standard_normal(32).astype(dtype) for _ in range(2))
@@ -212,6 +213,9 @@ def test_the_channel_scale_and_shift_and_their_sums_match_float64_formulas(dtype
             assert_close(y, x64 * w.reshape(shape) + b.reshape(shape), dtype, 4)
             assert y.strides == x_layout.strides or not numba_path
             assert_close(norm.scale_shift(x_layout, w), x64 * w.reshape(shape), dtype, 4)
+            shifted = x_layout.copy(order="K")
+            assert norm.add_channels(shifted, b) is shifted and shifted.strides == x_layout.strides
+            np.testing.assert_array_equal(shifted, x_layout + b.reshape(shape))    # the same rounding as NumPy's
             for g_layout in (g, channels_last(g)):
                 sgx, sg = norm.channel_sums(g_layout, x_layout)
                 assert_close(sgx, (g64 * x64).sum((0, 2, 3)), dtype, 16 * 81 * 4)
