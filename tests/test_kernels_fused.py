@@ -67,6 +67,7 @@ CASES = {
     "leaky_relu": (lambda x: fused.leaky_relu(x, A), lambda x: np.where(x > 0, x, A * x), None),
     "leaky_relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), A),
                             lambda x: G * np.where(x > 0, 1, A), None),
+    "relu": (fused.relu, lambda x: np.maximum(x, 0), None),
     "relu_backward": (lambda x: fused.leaky_relu_backward(x, _g(x), 0.0), lambda x: G * (x > 0), None),
     "tanh": (_tanh_kernel, np.tanh, None),
     "tanh_backward": (lambda x: fused.tanh_backward(x, _g(x)), lambda x: G * (1 - x * x), np.square),  # 0 at |y| = 1
@@ -107,6 +108,13 @@ def test_numba_path_matches_float64_reference(name, dtype):
     flushed = np.finfo(dtype).tiny * (1 + np.abs(x.astype(np.float64)) ** 3)
     assert (np.abs(y - expected) <= tol * scale + flushed).all()
     assert (np.abs(fn(x[:100]) - y[:100]) <= 2 * tol * scale[:100] + flushed[:100]).all()   # formula path
+
+
+@pytest.mark.parametrize("size", [8, PARALLEL_MIN_SIZE])
+def test_relu_keeps_nan_and_infinity_and_sends_minus_infinity_to_zero(size):
+    x = np.zeros(size, np.float32)
+    x[:7] = [-np.inf, np.inf, np.nan, -1, 1, -0.0, 1e-30]
+    np.testing.assert_array_equal(fused.relu(x), np.maximum(x, 0))
 
 
 @pytest.mark.parametrize("name", CASES)
