@@ -15,7 +15,9 @@ from .module import Module, ModuleList, Parameter
 
 
 class _RNNCellBase(Module):
-    """The parameters of a cell with `num_gates` gates, and the two affine maps every cell starts from."""
+    """The parameters of a cell with `num_gates` gates, and the two affine maps every cell starts from. A cell's
+    `step(a, hx)` takes the input's map a = W_ih x + b_ih already made: over a sequence (_RNNBase) it is one
+    product for every step at once, leaving one product per step, W_hh h + b_hh (PyTorch's loop does the same)."""
 
     num_gates: int
 
@@ -31,9 +33,16 @@ class _RNNCellBase(Module):
         for p in self.parameters():
             init.uniform_(p, -bound, bound)
 
-    def _affine(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """(W_ih x + b_ih, W_hh h + b_hh), each with all gates side by side on axis 1."""
-        return F.linear(x, self.weight_ih, self.bias_ih), F.linear(h, self.weight_hh, self.bias_hh)
+    def forward(self, input: Tensor, hx=None):
+        return self.step(self.input_map(input), hx)
+
+    def input_map(self, x: Tensor) -> Tensor:
+        """W_ih x + b_ih, all gates side by side on the last axis; x (..., input_size)."""
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def _hidden_map(self, h: Tensor) -> Tensor:
+        """W_hh h + b_hh, all gates side by side on axis 1."""
+        return F.linear(h, self.weight_hh, self.bias_hh)
 
     def _zeros(self, x: Tensor) -> Tensor:
         return zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
@@ -54,10 +63,9 @@ class RNNCell(_RNNCellBase):
         super().__init__(input_size, hidden_size, bias)
         self.nonlinearity = nonlinearity
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        h = self._zeros(input) if hx is None else hx
-        a, b = self._affine(input, h)
-        return tanh(a + b) if self.nonlinearity == "tanh" else F.relu(a + b)
+    def step(self, a: Tensor, hx: Tensor | None = None) -> Tensor:
+        z = a + self._hidden_map(self._zeros(a) if hx is None else hx)
+        return tanh(z) if self.nonlinearity == "tanh" else F.relu(z)
 
 
 class LSTMCell(_RNNCellBase):
@@ -74,10 +82,9 @@ class LSTMCell(_RNNCellBase):
 
     num_gates = 4
 
-    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        h, c = (self._zeros(input), self._zeros(input)) if hx is None else hx
-        a, b = self._affine(input, h)
-        i, f, g, o = split(a + b, 4, axis=1)
+    def step(self, a: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        h, c = (self._zeros(a), self._zeros(a)) if hx is None else hx
+        i, f, g, o = split(a + self._hidden_map(h), 4, axis=1)
         c = sigmoid(f) * c + sigmoid(i) * tanh(g)
         return sigmoid(o) * tanh(c), c
 
@@ -93,11 +100,10 @@ class GRUCell(_RNNCellBase):
 
     num_gates = 3
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        h = self._zeros(input) if hx is None else hx
-        a, b = self._affine(input, h)
+    def step(self, a: Tensor, hx: Tensor | None = None) -> Tensor:
+        h = self._zeros(a) if hx is None else hx
         a_r, a_z, a_n = split(a, 3, axis=1)
-        b_r, b_z, b_n = split(b, 3, axis=1)
+        b_r, b_z, b_n = split(self._hidden_map(h), 3, axis=1)
         r, z = sigmoid(a_r + b_r), sigmoid(a_z + b_z)
         n = tanh(a_n + r * b_n)
         return (1 - z) * n + z * h
@@ -128,8 +134,8 @@ class _RNNBase(Module):
         for layer, cell in enumerate(self.cells):
             state = None if hx is None else _select_layer(hx, layer)
             outputs = []
-            for t in range(x.shape[0]):
-                state = cell(x[t], state)
+            for a in split(cell.input_map(x), x.shape[0], axis=0):     # one node, where x[t] scattered a zeros
+                state = cell.step(a.reshape(a.shape[1:]), state)       # (T, N, ...) gradient at every step
                 outputs.append(state[0] if isinstance(state, tuple) else state)
             x = stack(outputs)
             finals.append(state)
