@@ -194,8 +194,10 @@ MODELS = {"realnvp": lambda name: F.realnvp_2d(64, 8), "maf": lambda name: F.maf
 STEPS = {"moons": 1000, "8gaussians": 3000, "checkerboard": 4000}
 
 
-# Targets not reached yet (issue 5 stays open): measured in the long job, `pytest -m slow`, at these budgets.
-MISSED: dict = {}
+# Targets not reached yet: measured in the long job, `pytest -m slow`, at these budgets. Planar on U4 (gap to
+# -log Z, threshold 0.1, seeds 0 / 1 / 2): 0.136 / 0.140 / 0.057 at 4000 steps, 0.021 / 0.109 at 8000; before the
+# activations took their kernels on small arrays (d122358), 0.100 / 0.230 / 0.211: seed 0 passed by 3e-5.
+MISSED: dict = {("planar", "u4"): "gap 0.06-0.23 over seeds, threshold 0.1"}
 
 
 def _xfail_if_missed(request, *key):
