@@ -568,8 +568,7 @@ def _rowwise(kernel, axis, log, *arrays):
     if (axis == -1 or axis == x.ndim - 1) and all(a.flags.c_contiguous for a in arrays):
         rows = [a if a.ndim == 2 else a.reshape(-1, x.shape[-1]) for a in arrays]
         out = np.empty(rows[0].shape, x.dtype)
-        run = kernel.serial if x.size < _PARALLEL_MIN_SIZE else kernel     # the call's own choice, 1-2 us sooner
-        run(*rows, out, log)
+        kernel.sized(x.size, *rows, out, log)
         return out.reshape(x.shape)
     rows = [np.ascontiguousarray(np.moveaxis(a, axis, -1)) for a in arrays]
     shape = rows[0].shape

@@ -192,9 +192,8 @@ def _fused(kind, x, g, *scalars, kernel=_activation):
     channels-last view of NCHW stays one, as in NumPy's g * f'(x), and the gradient flowing through keeps its
     layout. The scalars (_activation's a, 0 when not given) are cast to x's dtype."""
     out = np.empty_like(g)
-    run = kernel if in_parallel(out.size) else kernel.serial
-    run(kind, layout.in_layout_of(x, out).ravel(order="K"), layout.in_layout_of(g, out).ravel(order="K"),
-        *map(x.dtype.type, scalars or (0.0,)), out.ravel(order="K"))
+    flat_x, flat_g = layout.in_layout_of(x, out).ravel(order="K"), layout.in_layout_of(g, out).ravel(order="K")
+    kernel.sized(out.size, kind, flat_x, flat_g, *map(x.dtype.type, scalars or (0.0,)), out.ravel(order="K"))
     return out
 
 
@@ -310,7 +309,7 @@ def relu(x):
     if not _fast(x, least=SHORT_FORMULA):
         return np.maximum(x, 0)
     out = np.empty_like(x)
-    _relu(layout.in_layout_of(x, out).ravel(order="K"), out.ravel(order="K"))
+    _relu.sized(out.size, layout.in_layout_of(x, out).ravel(order="K"), out.ravel(order="K"))
     return out
 
 
