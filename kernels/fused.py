@@ -187,6 +187,15 @@ def _fast(*arrays, least: int = PARALLEL_MIN_SIZE) -> bool:
             and kernels.numba_passes())
 
 
+_ONES = {np.dtype(t): np.array(1, t) for t in (np.float32, np.float64)}
+
+
+def _one(x):
+    """1 for a formula on x: for a float NumPy array a 0-d array of its dtype, which NumPy's ufuncs take sooner
+    than a Python number (g * (1 - y * y) on 16 float32: 1.13 us, 0.82 with it)."""
+    return _ONES.get(x.dtype, 1) if type(x) is np.ndarray else 1
+
+
 def _fused(kind, x, g, *scalars, kernel=_activation):
     """kernel(kind, x, g, *scalars, out) over memory in g's order (x's for a forward, where g is x): a
     channels-last view of NCHW stays one, as in NumPy's g * f'(x), and the gradient flowing through keeps its
@@ -396,9 +405,9 @@ def tanh(x):
 
 def tanh_backward(y, g):
     """g tanh'(x) = g (1 - y^2) from the output y = tanh(x)."""
-    return _fused(_FROM_OUTPUT, y, g, 1.0) if _fast(y, g, least=SHORT_FORMULA) else g * (1 - y * y)
+    return _fused(_FROM_OUTPUT, y, g, 1.0) if _fast(y, g, least=SHORT_FORMULA) else g * (_one(y) - y * y)
 
 
 def sigmoid_backward(y, g):
     """g sigmoid'(x) = g y (1 - y) from the output y = sigmoid(x)."""
-    return _fused(_FROM_OUTPUT, y, g, 0.0) if _fast(y, g, least=SHORT_FORMULA) else g * y * (1 - y)
+    return _fused(_FROM_OUTPUT, y, g, 0.0) if _fast(y, g, least=SHORT_FORMULA) else g * y * (_one(y) - y)

@@ -189,7 +189,7 @@ class Tensor:
 
 def _wrap(data, creator: Function | None = None) -> Tensor:
     """A tensor around `data`: one that needs no gradient (the fast path of every operation), or the output
-    of `creator` (Function._record, the hot path of every recorded op)."""
+    of `creator` (Function.__call__ when it records)."""
     t = Tensor.__new__(Tensor)
     t.data = data
     t.grad = None
@@ -229,23 +229,23 @@ class Function:
             for x in inputs:
                 if x.requires_grad:
                     node = self if self.inputs is None else copy.copy(self)   # called twice: two nodes
-                    return node._record(inputs, ys, multi)
+                    # link the outputs to the node and the node to its inputs (one output written out here)
+                    node.number = next(_counter)
+                    node.inputs = inputs
+                    if multi:
+                        return node._link_outputs(ys)
+                    out = _wrap(ys, node)
+                    node.outputs = (weakref.ref(out),)
+                    return out
         return tuple(map(_wrap, ys)) if multi else _wrap(ys)
 
-    def _record(self, inputs, ys, multi):
-        """Link the outputs `ys` to this function and it to its inputs."""
-        self.number = next(_counter)
-        if not multi:
-            out = _wrap(ys, self)
-            self.inputs = inputs
-            self.outputs = (weakref.ref(out),)
-            return out
+    def _link_outputs(self, ys: tuple) -> tuple[Tensor, ...]:
+        """The output tensors of a function of several outputs, linked to it (the float ones differentiable)."""
         outs = tuple(_wrap(y) for y in ys)
         for i, out in enumerate(outs):
             out.requires_grad = out.dtype.kind in "fc"
             out.creator = self
             out.index = i
-        self.inputs = inputs
         self.outputs = tuple(weakref.ref(o) for o in outs)
         self.output_meta = [(y.shape, y.dtype) for y in ys]
         return outs
@@ -350,8 +350,7 @@ def _walk(outputs, grad_outputs, targets, retain_graph, create_graph) -> dict:
     pending: dict[Function, list] = {}      # gradients of each function's outputs, summed so far
     ready: list[tuple[int, Function]] = []  # heap of (-creation number, function), one entry per key of pending
     grads: dict[Tensor, Tensor | None] = {}
-    for out, g in zip(outputs, grad_outputs):
-        _accumulate(pending, ready, grads, out, _initial_grad(out, g))
+    arrived = zip(outputs, [_initial_grad(out, g) for out, g in zip(outputs, grad_outputs)])
     needed = None
     if targets is not None:
         floor = -1 if any(x.creator is None for x in targets.values()) else \
@@ -359,15 +358,37 @@ def _walk(outputs, grad_outputs, targets, retain_graph, create_graph) -> dict:
         order = _topological_order([out.creator for out in outputs if out.creator is not None], floor)
         needed = _functions_leading_to(order, targets)
     done = []
+    pop, push = heapq.heappop, heapq.heappush
     with _GradMode(create_graph):
-        while ready:
-            f = heapq.heappop(ready)[1]
+        while True:
+            # add each gradient that arrived to its tensor's: in `grads` for a leaf, else in its creator's slot,
+            # the creator entering the heap with its first (inlined: the hot loop of every backward)
+            for x, gx in arrived:
+                if not x.requires_grad:
+                    continue
+                if gx is not None and gx.data.shape != x.data.shape:
+                    gx = sum_to(gx, x.data.shape)
+                c = x.creator
+                if c is None:
+                    grads[x] = _sum_grads(grads.get(x), gx)
+                    continue
+                slot = pending.get(c)
+                if slot is None:
+                    slot = pending[c] = [None] * len(c.outputs)
+                    push(ready, (-c.number, c))
+                i = x.index
+                slot[i] = gx if slot[i] is None else _sum_grads(slot[i], gx)
+            if not ready:
+                break
+            f = pop(ready)[1]
             gys = pending.pop(f)
+            arrived = ()
             if targets is not None:
                 _collect_targets(f, gys, targets, grads)
                 if f not in needed:       # e.g. made before the oldest target: its graph may be freed
                     continue
-            _check_alive(f)
+            if f.inputs is None:
+                _check_alive(f)
             done.append(f)
             if len(gys) > 1:
                 gys = _fill_missing(f, gys)
@@ -377,32 +398,16 @@ def _walk(outputs, grad_outputs, targets, retain_graph, create_graph) -> dict:
                 gxs = _checked_backward(f, gys) if _Mode.detect_anomaly else f.backward(*gys)
                 if type(gxs) is not tuple:
                     gxs = (gxs,)
-            for x, gx in zip(f.inputs, gxs):
-                if x.requires_grad:
-                    if gx is not None and gx.data.shape != x.data.shape:
-                        gx = sum_to(gx, x.data.shape)
-                    _accumulate(pending, ready, grads, x, gx)
+            arrived = zip(f.inputs, gxs)
     if not retain_graph:    # freed only now: a backward may need an output that only a consumer held
         for f in done:
             f.inputs = None
     return grads
 
 
-def _accumulate(pending: dict, ready: list, grads: dict, x: Tensor, g: Tensor | None) -> None:
-    """Add g to the gradient gathered so far for x: in `grads` for a leaf, else in its creator's slot (the
-    creator entering the heap `ready` with its first gradient). g None records that x was reached, with a
-    zero derivative."""
-    f = x.creator
-    if f is None:
-        old = grads.get(x)
-        grads[x] = g if old is None else old if g is None else old + g
-        return
-    slot = pending.get(f)
-    if slot is None:
-        slot = pending[f] = [None] * len(f.outputs)
-        heapq.heappush(ready, (-f.number, f))
-    old = slot[x.index]
-    slot[x.index] = g if old is None else old if g is None else old + g
+def _sum_grads(old: Tensor | None, g: Tensor | None) -> Tensor | None:
+    """The gradient gathered so far plus one more; None stands for a zero derivative."""
+    return g if old is None else old if g is None else old + g
 
 
 def _collect_targets(f: Function, gys: list, targets: dict, grads: dict) -> None:
@@ -687,4 +692,3 @@ def linspace(start, stop, num: int, dtype=None, device: str | None = None) -> Te
 
 def eye(n: int, m: int | None = None, dtype=None, device: str | None = None) -> Tensor:
     return Tensor(backend.array_module(device or "cpu").eye(n, m, dtype=dtype or backend.get_default_dtype()))
-
