@@ -17,6 +17,8 @@ shared by both. The workloads:
 - A U-Net residual block (GroupNorm(8), SiLU, 3x3 conv, twice), 64 channels, 16x16, batch 32: squared error
   to a fixed target, Adam(2e-4).
 - MADE 784-500-784 (masked linear layers, one ordering), batch 100: the Bernoulli NLL, Adam(1e-3).
+- An LSTM over the rows of a binary 28x28 image (28 steps of 28 pixels, 128 hidden units, a linear map to the
+  next row's logits), batch 64: the Bernoulli NLL, Adam(1e-3); PyTorch's is its nn.LSTM.
 - Glow, K = 4 steps (ActNorm, invertible 1x1 conv, affine coupling with a 3-conv net of width 64) on a
   squeezed MNIST-sized batch (16, 4, 14, 14): the NLL under a N(0, I) prior, Adam(1e-3).
 
@@ -30,6 +32,7 @@ then the steps are timed interleaved, one step of each engine per round (medians
 from __future__ import annotations
 
 import os
+import re
 import sys
 from types import SimpleNamespace
 
@@ -175,6 +178,21 @@ def made(e):
     return net, training_step(loss, adam(e, net, 1e-3))
 
 
+def row_lstm(e):
+    """Each row of a binary image predicted from the rows above it: h_t = LSTM(x_1..x_t), logits of x_{t+1} =
+    W h_t + b, the first row from a zero row (the row-by-row factorization behind PixelRNN, van den Oord et al.
+    2016, with one LSTM over whole rows)."""
+    nn = e.nn
+    net = nn.ModuleDict({"rnn": nn.LSTM(28, 128), "out": nn.Linear(128, 28)})
+    x = fixed(e, (28, 64, 28), 0, "binary")                         # (rows, batch, pixels)
+    x_in = e.cat([x[:1] * 0, x[:-1]], 0)
+
+    def loss():
+        logits = net["out"](net["rnn"](x_in)[0])
+        return e.F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[1]   # per image
+    return net, training_step(loss, adam(e, net, 1e-3))
+
+
 def glow(e):
     """Glow (Kingma & Dhariwal 2018, sec. 3 and Table 1), K = 4 steps on x of shape (16, 4, 14, 14): ActNorm
     y = s x + b, log-det h w sum log|s|; invertible 1x1 conv y = W x, log-det h w log|det W|, W a random rotation
@@ -224,7 +242,14 @@ WORKLOADS = {
     "u-net block 64 ch, 16x16, batch 32": unet_block,
     "made 784-500-784, batch 100": made,
     "glow K=4, width 64, 4x14x14, batch 16": glow,
+    "row lstm 28x28, 128 hidden, batch 64": row_lstm,
 }
+
+
+def torch_name(key: str) -> str:
+    """PyTorch's name of a minigen parameter: nn.LSTM names layer l's weights weight_ih_l{l}, where minigen's
+    stack of cells has cells.{l}.weight_ih."""
+    return re.sub(r"cells\.(\d+)\.(\w+)$", r"\2_l\1", key)
 
 
 def build(name: str, case: str, state: dict | None) -> dict:
@@ -233,11 +258,16 @@ def build(name: str, case: str, state: dict | None) -> dict:
     e = engine(name)
     mg.manual_seed(0)
     net, step = WORKLOADS[case](e)
-    if state is not None:
-        net.load_state_dict({k: e.tensor(v) for k, v in state.items()})
+    grads = grads_of(net)
+    if state is not None:    # the PyTorch twin: its gradients reported under minigen's names
+        net.load_state_dict({torch_name(k): e.tensor(v) for k, v in state.items()})
+        ours, torch_grads = {torch_name(k): k for k in state}, grads
+
+        def grads():
+            return {ours[k]: g for k, g in torch_grads().items()}
     return {"step": step, "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
             "size": lambda: {"parameters": sum(p.numpy().size for p in net.parameters())},
-            "grads": grads_of(net)}
+            "grads": grads}
 
 
 def spread_table(rows: list[dict]) -> list[dict]:
