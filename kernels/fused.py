@@ -411,3 +411,35 @@ def tanh_backward(y, g):
 def sigmoid_backward(y, g):
     """g sigmoid'(x) = g y (1 - y) from the output y = sigmoid(x)."""
     return _fused(_FROM_OUTPUT, y, g, 0.0) if _fast(y, g, least=SHORT_FORMULA) else g * y * (_one(y) - y)
+
+
+def _lstm_gates(z, c):
+    """(i, f, g, o, c') of an LSTM cell from its gates' pre-activations z = [z_i, z_f, z_g, z_o] (N, 4H) and its
+    state c (N, H): one sigmoid pass over the whole of z (its g quarter unused) and a tanh over z_g."""
+    hidden = c.shape[1]
+    s = sigmoid(z)
+    i, f, o = s[:, :hidden], s[:, hidden:2 * hidden], s[:, 3 * hidden:]
+    g = np.tanh(z[:, 2 * hidden:3 * hidden])
+    return i, f, g, o, f * c + i * g
+
+
+def lstm_cell(z, c):
+    """(h', c') = (o tanh(c'), f c + i g), i, f, o = sigmoid and g = tanh of z's quarters."""
+    i, f, g, o, c_next = _lstm_gates(z, c)
+    return o * np.tanh(c_next), c_next
+
+
+def lstm_cell_backward(z, c, gh, gc):
+    """The gradients (gz, gc) of lstm_cell(z, c) given gh' and gc', those of its outputs (the gates recomputed):
+    with t = tanh(c') and dc = gc' + gh' o (1 - t^2), gz = [dc g i (1 - i), dc c f (1 - f), dc i (1 - g^2),
+    gh' t o (1 - o)] and gc = dc f."""
+    hidden, one = c.shape[1], _one(z)
+    i, f, g, o, c_next = _lstm_gates(z, c)
+    t = np.tanh(c_next)
+    gh_o = gh * o
+    dc = gc + gh_o * (one - t * t)
+    gz = np.empty_like(z)
+    for k, (a, b) in enumerate([(dc * g, i * (one - i)), (dc * c, f * (one - f)), (dc * i, one - g * g),
+                                (gh_o * t, one - o)]):
+        np.multiply(a, b, out=gz[:, k * hidden:(k + 1) * hidden])
+    return gz, dc * f

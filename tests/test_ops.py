@@ -483,6 +483,49 @@ def test_gated_tanh_names_an_odd_channel_axis():
         F.gated_tanh(leaf(np.zeros((2, 5, 3))))
 
 
+def _lstm_cell_update(z, c):
+    i, f, g, o = np.split(z, 4, axis=1)
+    c_next = scipy.special.expit(f) * c + scipy.special.expit(i) * np.tanh(g)
+    return scipy.special.expit(o) * np.tanh(c_next), c_next
+
+
+@given(data=st.data())
+def test_lstm_cell_update(data):
+    """(h', c') from the gates' pre-activations z (N, 4H) and c (N, H), each output at first and second order (the
+    second through the backward's backward, the formula in ops under grad()); the third order on a small case."""
+    n, hidden = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+    z, c = data.draw(mt.arrays((n, 4 * hidden), low=-3, high=3)), data.draw(mt.arrays((n, hidden), low=-2, high=2))
+    for k in range(2):
+        check(lambda z, c: F.lstm_cell_update(z, c)[k], [z, c], lambda z, c: _lstm_cell_update(z, c)[k])
+    both = lambda z, c: sum((w * y).sum() for w, y in zip((1.0, -0.7), F.lstm_cell_update(z, c)))  # noqa: E731
+    assert mg.gradgradcheck(both, [leaf(z), leaf(c)])
+    rng = np.random.default_rng(0)
+    z, c = leaf(rng.standard_normal((2, 8))), leaf(rng.standard_normal((2, 2)))
+    assert mg.gradgradcheck(lambda z, c: mg.grad(both(z, c), [z, c], create_graph=True)[0], [z, c])
+
+
+def test_lstm_cell_update_names_wrong_shapes_and_dtypes():
+    with pytest.raises(ValueError, match=r"z of shape \(2, 7\) and c of shape \(2, 2\): z must be \(N, 4H\)"):
+        F.lstm_cell_update(leaf(np.zeros((2, 7))), leaf(np.zeros((2, 2))))
+    with pytest.raises(TypeError, match="z is float32 and c float64"):
+        F.lstm_cell_update(mg.tensor(np.zeros((2, 8), np.float32)), leaf(np.zeros((2, 2))))
+
+
+def test_lstm_cell_update_in_float32_agrees_with_float64_and_stays_finite_at_1e4():
+    rng = np.random.default_rng(3)
+    z, c = rng.standard_normal((64, 512)) * 4, rng.standard_normal((64, 128))
+    z[0, :4], c[0, :2] = [1e4, -1e4, 1e4, -1e4], [1e4, -1e4]
+    z32, c32 = (mg.tensor(a.astype(np.float32), requires_grad=True) for a in (z, c))
+    z64, c64 = (mg.tensor(a, requires_grad=True) for a in (z, c))
+    gh, gc = rng.standard_normal((64, 128)), rng.standard_normal((64, 128))
+    for zz, cc in ((z32, c32), (z64, c64)):
+        h, c_next = F.lstm_cell_update(zz, cc)
+        ((h * mg.tensor(gh.astype(zz.dtype))).sum() + (c_next * mg.tensor(gc.astype(zz.dtype))).sum()).backward()
+    for a32, a64 in ((z32.grad, z64.grad), (c32.grad, c64.grad)):
+        assert np.isfinite(a32.numpy()).all()
+        np.testing.assert_allclose(a32.numpy(), a64.numpy(), rtol=1e-4, atol=1e-5 * np.abs(a64.numpy()).max())
+
+
 def test_dropout():
     def fn(t):
         mg.manual_seed(7)           # the same mask at every evaluation

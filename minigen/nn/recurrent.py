@@ -84,9 +84,7 @@ class LSTMCell(_RNNCellBase):
 
     def step(self, a: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         h, c = (self._zeros(a), self._zeros(a)) if hx is None else hx
-        i, f, g, o = split(a + self._hidden_map(h), 4, axis=1)
-        c = sigmoid(f) * c + sigmoid(i) * tanh(g)
-        return sigmoid(o) * tanh(c), c
+        return F.lstm_cell_update(a + self._hidden_map(h), c)
 
 
 class GRUCell(_RNNCellBase):

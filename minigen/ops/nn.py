@@ -13,7 +13,7 @@ import kernels
 from kernels import fused, norm
 
 from .. import backend
-from ..tensor import Function, Tensor, as_tensor
+from ..tensor import Function, Tensor, as_tensor, enable_grad, grad, is_grad_enabled
 from .elementwise import Scale, exp, sigmoid, sqrt, tanh, where
 from .linalg import ProductGrads, matmul, weight_grad
 from .reduce import mean as _mean
@@ -136,6 +136,54 @@ def gated_tanh(x: Tensor) -> Tensor:
         raise ValueError(f"gated_tanh: x of shape {x.shape} has no even axis 1 (channels) to split into the "
                          "tanh half and the sigmoid half")
     return GatedTanh()(x)
+
+
+class LSTMCellUpdate(Function):
+    """(h', c') = (o tanh(c'), f c + i g) from z = [z_i, z_f, z_g, z_o] = W_ih x + b_ih + W_hh h + b_hh and c,
+    with i, f, o = sigmoid and g = tanh of z's quarters: an LSTM cell past its products, one node each way where
+    the cell in operations makes a dozen; gradients LSTMCellUpdateGrad."""
+
+    def forward(self, z, c):
+        return fused.lstm_cell(z, c)
+
+    def backward(self, gh, gc):
+        return LSTMCellUpdateGrad()(*self.inputs, gh, gc)
+
+
+class LSTMCellUpdateGrad(Function):
+    """(gz, gc) of LSTMCellUpdate given (gh', gc'), as one node. Its own derivatives are those of the same
+    formula written in operations (_lstm_cell_vjp), taken by grad()."""
+
+    def forward(self, z, c, gh, gc):
+        return fused.lstm_cell_backward(z, c, gh, gc)
+
+    def backward(self, g_gz, g_gc):
+        wrt = [x for x in self.inputs if x.requires_grad]
+        with enable_grad():
+            outputs = _lstm_cell_vjp(*self.inputs)
+        grads = iter(grad(outputs, wrt, [g_gz, g_gc], create_graph=is_grad_enabled(), allow_unused=True))
+        return tuple(next(grads) if x.requires_grad else None for x in self.inputs)
+
+
+def _lstm_cell_vjp(z: Tensor, c: Tensor, gh: Tensor, gc: Tensor) -> tuple[Tensor, Tensor]:
+    """LSTMCellUpdate's gradients (gz, gc) in operations (kernels.fused.lstm_cell_backward's formula)."""
+    i, f, g, o = split(z, 4, axis=1)
+    i, f, g, o = sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+    t = tanh(f * c + i * g)
+    dc = gc + gh * o * (1 - t * t)
+    gz = concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g), gh * t * o * (1 - o)], axis=1)
+    return gz, dc * f
+
+
+def lstm_cell_update(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """An LSTM cell's state update from its gates' pre-activations z (N, 4H), gates in PyTorch's order i, f, g, o,
+    and its cell state c (N, H): (h', c') = (o tanh(c'), f c + i g)."""
+    if z.ndim != 2 or c.ndim != 2 or z.shape != (c.shape[0], 4 * c.shape[1]):
+        raise ValueError(f"lstm_cell_update: z of shape {z.shape} and c of shape {c.shape}: z must be (N, 4H) for "
+                         "c (N, H), the gates i, f, g, o side by side")
+    if z.dtype != c.dtype:
+        raise TypeError(f"lstm_cell_update: z is {z.dtype} and c {c.dtype}; they must be of one dtype")
+    return LSTMCellUpdate()(z, c)
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
