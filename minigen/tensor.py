@@ -387,18 +387,19 @@ def _walk(outputs, grad_outputs, targets, retain_graph, create_graph) -> dict:
                 _collect_targets(f, gys, targets, grads)
                 if f not in needed:       # e.g. made before the oldest target: its graph may be freed
                     continue
-            if f.inputs is None:
+            inputs = f.inputs
+            if inputs is None:
                 _check_alive(f)
             done.append(f)
             if len(gys) > 1:
                 gys = _fill_missing(f, gys)
             if gys is None or gys[0] is None:          # f reached only through zero derivatives
-                gxs = (None,) * len(f.inputs)
+                gxs = (None,) * len(inputs)
             else:
                 gxs = _checked_backward(f, gys) if _Mode.detect_anomaly else f.backward(*gys)
                 if type(gxs) is not tuple:
                     gxs = (gxs,)
-            arrived = zip(f.inputs, gxs)
+            arrived = zip(inputs, gxs)
     if not retain_graph:    # freed only now: a backward may need an output that only a consumer held
         for f in done:
             f.inputs = None
