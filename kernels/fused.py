@@ -447,3 +447,35 @@ def lstm_cell_backward(z, c, gh, gc):
                                 (gh_o * t, one - o)]):
         np.multiply(a, b, out=gz[:, k * hidden:(k + 1) * hidden])
     return gz, dc * f
+
+
+def _gru_gates(a, b, h):
+    """(r, z, n) of a GRU cell (PyTorch's variant) from the input's map a = [a_r, a_z, a_n] and the hidden
+    state's b = [b_r, b_z, b_n] (N, 3H): r, z = sigmoid(a_r + b_r), sigmoid(a_z + b_z) by one sigmoid pass over
+    both, n = tanh(a_n + r b_n)."""
+    hidden = h.shape[1]
+    rz = sigmoid(a[:, :2 * hidden] + b[:, :2 * hidden])
+    r, z = rz[:, :hidden], rz[:, hidden:]
+    return r, z, np.tanh(a[:, 2 * hidden:] + r * b[:, 2 * hidden:])
+
+
+def gru_cell(a, b, h):
+    """h' = (1 - z) n + z h = n + z (h - n)."""
+    r, z, n = _gru_gates(a, b, h)
+    return n + z * (h - n)
+
+
+def gru_cell_backward(a, b, h, g):
+    """The gradients (ga, gb, gh) of gru_cell(a, b, h) given g, that of h' (the gates recomputed): with
+    dn = g (1 - z) (1 - n^2), dr = dn b_n r (1 - r) and dz = g (h - n) z (1 - z), ga = [dr, dz, dn],
+    gb = [dr, dz, dn r] and gh = g z."""
+    hidden, one = h.shape[1], _one(a)
+    r, z, n = _gru_gates(a, b, h)
+    dn = g * (one - z) * (one - n * n)
+    ga, gb = np.empty_like(a), np.empty_like(b)
+    np.multiply(dn * b[:, 2 * hidden:], r * (one - r), out=ga[:, :hidden])
+    np.multiply(g * (h - n), z * (one - z), out=ga[:, hidden:2 * hidden])
+    ga[:, 2 * hidden:] = dn
+    gb[:, :2 * hidden] = ga[:, :2 * hidden]
+    np.multiply(dn, r, out=gb[:, 2 * hidden:])
+    return ga, gb, g * z

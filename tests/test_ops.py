@@ -526,6 +526,33 @@ def test_lstm_cell_update_in_float32_agrees_with_float64_and_stays_finite_at_1e4
         np.testing.assert_allclose(a32.numpy(), a64.numpy(), rtol=1e-4, atol=1e-5 * np.abs(a64.numpy()).max())
 
 
+def _gru_cell_update(a, b, h):
+    (a_r, a_z, a_n), (b_r, b_z, b_n) = np.split(a, 3, axis=1), np.split(b, 3, axis=1)
+    r, z = scipy.special.expit(a_r + b_r), scipy.special.expit(a_z + b_z)
+    n = np.tanh(a_n + r * b_n)
+    return (1 - z) * n + z * h
+
+
+@given(data=st.data())
+def test_gru_cell_update(data):
+    """h' from the maps a, b (N, 3H) and h (N, H) at first and second order (the second through the backward's
+    backward, the formula in operations under grad()); the third order on a small case."""
+    n, hidden = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+    a, b = (data.draw(mt.arrays((n, 3 * hidden), low=-3, high=3)) for _ in range(2))
+    check(F.gru_cell_update, [a, b, data.draw(mt.arrays((n, hidden), low=-2, high=2))], _gru_cell_update)
+    rng = np.random.default_rng(0)
+    a, b, h = leaf(rng.standard_normal((2, 6))), leaf(rng.standard_normal((2, 6))), leaf(rng.standard_normal((2, 2)))
+    assert mg.gradgradcheck(lambda a, b, h: mg.grad(F.gru_cell_update(a, b, h).sum(), [a, b, h], create_graph=True)[1],
+                            [a, b, h])
+
+
+def test_gru_cell_update_names_wrong_shapes_and_dtypes():
+    with pytest.raises(ValueError, match=r"a of shape \(2, 6\), b of shape \(2, 6\), h of shape \(2, 3\)"):
+        F.gru_cell_update(leaf(np.zeros((2, 6))), leaf(np.zeros((2, 6))), leaf(np.zeros((2, 3))))
+    with pytest.raises(TypeError, match="a is float64, b float32 and h float64"):
+        F.gru_cell_update(leaf(np.zeros((2, 6))), mg.tensor(np.zeros((2, 6), np.float32)), leaf(np.zeros((2, 2))))
+
+
 def test_dropout():
     def fn(t):
         mg.manual_seed(7)           # the same mask at every evaluation

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..ops import sigmoid, split, stack, tanh
+from ..ops import split, stack, tanh
 from ..tensor import Tensor, zeros
 from . import functional as F
 from . import init
@@ -100,11 +100,7 @@ class GRUCell(_RNNCellBase):
 
     def step(self, a: Tensor, hx: Tensor | None = None) -> Tensor:
         h = self._zeros(a) if hx is None else hx
-        a_r, a_z, a_n = split(a, 3, axis=1)
-        b_r, b_z, b_n = split(self._hidden_map(h), 3, axis=1)
-        r, z = sigmoid(a_r + b_r), sigmoid(a_z + b_z)
-        n = tanh(a_n + r * b_n)
-        return (1 - z) * n + z * h
+        return F.gru_cell_update(a, self._hidden_map(h), h)
 
 
 class _RNNBase(Module):

@@ -138,31 +138,18 @@ def gated_tanh(x: Tensor) -> Tensor:
     return GatedTanh()(x)
 
 
-class LSTMCellUpdate(Function):
-    """(h', c') = (o tanh(c'), f c + i g) from z = [z_i, z_f, z_g, z_o] = W_ih x + b_ih + W_hh h + b_hh and c,
-    with i, f, o = sigmoid and g = tanh of z's quarters: an LSTM cell past its products, one node each way where
-    the cell in operations makes a dozen; gradients LSTMCellUpdateGrad."""
+class _GradByFormula(Function):
+    """A fused node computing a gradient (its forward), whose own derivatives are those of `formula`, the same
+    gradient written in operations, taken by grad(): second derivatives without a second fused node."""
 
-    def forward(self, z, c):
-        return fused.lstm_cell(z, c)
+    formula: staticmethod
 
-    def backward(self, gh, gc):
-        return LSTMCellUpdateGrad()(*self.inputs, gh, gc)
-
-
-class LSTMCellUpdateGrad(Function):
-    """(gz, gc) of LSTMCellUpdate given (gh', gc'), as one node. Its own derivatives are those of the same
-    formula written in operations (_lstm_cell_vjp), taken by grad()."""
-
-    def forward(self, z, c, gh, gc):
-        return fused.lstm_cell_backward(z, c, gh, gc)
-
-    def backward(self, g_gz, g_gc):
+    def backward(self, *grads):
         wrt = [x for x in self.inputs if x.requires_grad]
         with enable_grad():
-            outputs = _lstm_cell_vjp(*self.inputs)
-        grads = iter(grad(outputs, wrt, [g_gz, g_gc], create_graph=is_grad_enabled(), allow_unused=True))
-        return tuple(next(grads) if x.requires_grad else None for x in self.inputs)
+            outputs = self.formula(*self.inputs)
+        found = iter(grad(outputs, wrt, list(grads), create_graph=is_grad_enabled(), allow_unused=True))
+        return tuple(next(found) if x.requires_grad else None for x in self.inputs)
 
 
 def _lstm_cell_vjp(z: Tensor, c: Tensor, gh: Tensor, gc: Tensor) -> tuple[Tensor, Tensor]:
@@ -175,6 +162,58 @@ def _lstm_cell_vjp(z: Tensor, c: Tensor, gh: Tensor, gc: Tensor) -> tuple[Tensor
     return gz, dc * f
 
 
+class LSTMCellUpdateGrad(_GradByFormula):
+    """(gz, gc) of LSTMCellUpdate given (gh', gc'), as one node."""
+
+    formula = staticmethod(_lstm_cell_vjp)
+
+    def forward(self, z, c, gh, gc):
+        return fused.lstm_cell_backward(z, c, gh, gc)
+
+
+class LSTMCellUpdate(Function):
+    """(h', c') = (o tanh(c'), f c + i g) from z = [z_i, z_f, z_g, z_o] = W_ih x + b_ih + W_hh h + b_hh and c,
+    with i, f, o = sigmoid and g = tanh of z's quarters: an LSTM cell past its products, one node each way where
+    the cell in operations makes a dozen; gradients LSTMCellUpdateGrad."""
+
+    def forward(self, z, c):
+        return fused.lstm_cell(z, c)
+
+    def backward(self, gh, gc):
+        return LSTMCellUpdateGrad()(*self.inputs, gh, gc)
+
+
+def _gru_cell_vjp(a: Tensor, b: Tensor, h: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """GRUCellUpdate's gradients (ga, gb, gh) in operations (kernels.fused.gru_cell_backward's formula)."""
+    (a_r, a_z, a_n), (b_r, b_z, b_n) = split(a, 3, axis=1), split(b, 3, axis=1)
+    r, z = sigmoid(a_r + b_r), sigmoid(a_z + b_z)
+    n = tanh(a_n + r * b_n)
+    dn = g * (1 - z) * (1 - n * n)
+    dr, dz = dn * b_n * r * (1 - r), g * (h - n) * z * (1 - z)
+    return concatenate([dr, dz, dn], axis=1), concatenate([dr, dz, dn * r], axis=1), g * z
+
+
+class GRUCellUpdateGrad(_GradByFormula):
+    """(ga, gb, gh) of GRUCellUpdate given gh', as one node."""
+
+    formula = staticmethod(_gru_cell_vjp)
+
+    def forward(self, a, b, h, g):
+        return fused.gru_cell_backward(a, b, h, g)
+
+
+class GRUCellUpdate(Function):
+    """h' = (1 - z) n + z h with r, z = sigmoid(a_r + b_r), sigmoid(a_z + b_z) and n = tanh(a_n + r b_n), from
+    a = W_ih x + b_ih and b = W_hh h + b_hh (N, 3H, gates r, z, n): a GRU cell past its products (PyTorch's
+    variant, the reset gate applied after W_hn), one node each way; gradients GRUCellUpdateGrad."""
+
+    def forward(self, a, b, h):
+        return fused.gru_cell(a, b, h)
+
+    def backward(self, g):
+        return GRUCellUpdateGrad()(*self.inputs, g)
+
+
 def lstm_cell_update(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """An LSTM cell's state update from its gates' pre-activations z (N, 4H), gates in PyTorch's order i, f, g, o,
     and its cell state c (N, H): (h', c') = (o tanh(c'), f c + i g)."""
@@ -184,6 +223,18 @@ def lstm_cell_update(z: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     if z.dtype != c.dtype:
         raise TypeError(f"lstm_cell_update: z is {z.dtype} and c {c.dtype}; they must be of one dtype")
     return LSTMCellUpdate()(z, c)
+
+
+def gru_cell_update(a: Tensor, b: Tensor, h: Tensor) -> Tensor:
+    """A GRU cell's state update (PyTorch's variant) from the input's map a = W_ih x + b_ih and the hidden state's
+    b = W_hh h + b_hh, both (N, 3H) with the gates r, z, n side by side, and the state h (N, H): h' = (1 - z) n + z h,
+    r, z = sigmoid(a_r + b_r), sigmoid(a_z + b_z), n = tanh(a_n + r b_n)."""
+    if not (a.ndim == b.ndim == h.ndim == 2 and a.shape == b.shape == (h.shape[0], 3 * h.shape[1])):
+        raise ValueError(f"gru_cell_update: a of shape {a.shape}, b of shape {b.shape}, h of shape {h.shape}: a and b "
+                         "must be (N, 3H) for h (N, H), the gates r, z, n side by side")
+    if not a.dtype == b.dtype == h.dtype:
+        raise TypeError(f"gru_cell_update: a is {a.dtype}, b {b.dtype} and h {h.dtype}; they must be of one dtype")
+    return GRUCellUpdate()(a, b, h)
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
