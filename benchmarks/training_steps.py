@@ -17,8 +17,8 @@ shared by both. The workloads:
 - A U-Net residual block (GroupNorm(8), SiLU, 3x3 conv, twice), 64 channels, 16x16, batch 32: squared error
   to a fixed target, Adam(2e-4).
 - MADE 784-500-784 (masked linear layers, one ordering), batch 100: the Bernoulli NLL, Adam(1e-3).
-- An LSTM over the rows of a binary 28x28 image (28 steps of 28 pixels, 128 hidden units, a linear map to the
-  next row's logits), batch 64: the Bernoulli NLL, Adam(1e-3); PyTorch's is its nn.LSTM.
+- An LSTM, and a GRU, over the rows of a binary 28x28 image (28 steps of 28 pixels, 128 hidden units, a linear map
+  to the next row's logits), batch 64: the Bernoulli NLL, Adam(1e-3); PyTorch's are its nn.LSTM and nn.GRU.
 - Glow, K = 4 steps (ActNorm, invertible 1x1 conv, affine coupling with a 3-conv net of width 64) on a
   squeezed MNIST-sized batch (16, 4, 14, 14): the NLL under a N(0, I) prior, Adam(1e-3).
 
@@ -178,12 +178,12 @@ def made(e):
     return net, training_step(loss, adam(e, net, 1e-3))
 
 
-def row_lstm(e):
-    """Each row of a binary image predicted from the rows above it: h_t = LSTM(x_1..x_t), logits of x_{t+1} =
-    W h_t + b, the first row from a zero row (the row-by-row factorization behind PixelRNN, van den Oord et al.
-    2016, with one LSTM over whole rows)."""
+def row_rnn(e, cell: str):
+    """Each row of a binary image predicted from the rows above it: h_t = RNN(x_1..x_t) (an LSTM or a GRU),
+    logits of x_{t+1} = W h_t + b, the first row from a zero row (the row-by-row factorization behind PixelRNN,
+    van den Oord et al. 2016, with one recurrent layer over whole rows)."""
     nn = e.nn
-    net = nn.ModuleDict({"rnn": nn.LSTM(28, 128), "out": nn.Linear(128, 28)})
+    net = nn.ModuleDict({"rnn": getattr(nn, cell)(28, 128), "out": nn.Linear(128, 28)})
     x = fixed(e, (28, 64, 28), 0, "binary")                         # (rows, batch, pixels)
     x_in = e.cat([x[:1] * 0, x[:-1]], 0)
 
@@ -242,13 +242,14 @@ WORKLOADS = {
     "u-net block 64 ch, 16x16, batch 32": unet_block,
     "made 784-500-784, batch 100": made,
     "glow K=4, width 64, 4x14x14, batch 16": glow,
-    "row lstm 28x28, 128 hidden, batch 64": row_lstm,
+    "row lstm 28x28, 128 hidden, batch 64": lambda e: row_rnn(e, "LSTM"),
+    "row gru 28x28, 128 hidden, batch 64": lambda e: row_rnn(e, "GRU"),
 }
 
 
 def torch_name(key: str) -> str:
-    """PyTorch's name of a minigen parameter: nn.LSTM names layer l's weights weight_ih_l{l}, where minigen's
-    stack of cells has cells.{l}.weight_ih."""
+    """PyTorch's name of a minigen parameter: nn.LSTM and nn.GRU name layer l's weights weight_ih_l{l}, where
+    minigen's stack of cells has cells.{l}.weight_ih."""
     return re.sub(r"cells\.(\d+)\.(\w+)$", r"\2_l\1", key)
 
 

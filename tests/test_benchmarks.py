@@ -48,13 +48,14 @@ def test_training_steps_compare_minigen_and_torch_from_the_same_weights():
     assert losses["minigen"][1] < losses["minigen"][0] and check["check"][0]["parameters"] == 785284
 
 
-def test_the_lstm_step_maps_minigens_parameter_names_to_pytorchs():
-    """nn.LSTM names layer 0's weights weight_ih_l0 where minigen has cells.0.weight_ih: the twin loads minigen's
-    weights under PyTorch's names and reports its gradients under minigen's, equal to minigen's."""
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_recurrent_steps_map_minigens_parameter_names_to_pytorchs(cell):
+    """nn.LSTM and nn.GRU name layer 0's weights weight_ih_l0 where minigen has cells.0.weight_ih: the twin loads
+    minigen's weights under PyTorch's names and reports its gradients under minigen's, equal to minigen's."""
     pytest.importorskip("torch")
     from benchmarks import training_steps
     assert training_steps.torch_name("rnn.cells.1.bias_hh") == "rnn.bias_hh_l1"
-    case = "row lstm 28x28, 128 hidden, batch 64"
+    case = f"row {cell} 28x28, 128 hidden, batch 64"
     ours = training_steps.build("minigen", case, None)
     theirs = training_steps.build("torch", case, ours["state"]())
     assert ours["step"]() == pytest.approx(theirs["step"](), rel=1e-5)
