@@ -18,6 +18,21 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LOAD_AT_START = os.getloadavg()[0]     # on import, i.e. when `python -m benchmarks ...` starts
 
 
+def stolen_seconds() -> float | None:
+    """CPU time this virtual machine's processors waited while the hypervisor ran others ("steal" in /proc/stat,
+    all processors together), in seconds since boot; None where the system does not tell. A run during which
+    steps slowed together, as some two-thread halves of training_steps did, can be told from one with a busy host."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+STOLEN_AT_START = stolen_seconds()
+
+
 def _summary(times: list[float]) -> dict:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     median = statistics.median(times)
@@ -76,14 +91,18 @@ def _version(package: str) -> str | None:
 
 
 def metadata() -> dict:
-    """Machine and library versions for a results file, and the 1-minute load average when the command
-    started (this module's import) and now, at the end of the run (the runner calls this after it)."""
+    """Machine and library versions for a results file, the 1-minute load average when the command started (this
+    module's import) and now, at the end of the run (the runner calls this after it), and the CPU time stolen by
+    the hypervisor in between."""
+    stolen = stolen_seconds()
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "load average (1 min, at start)": round(LOAD_AT_START, 2),
         "load average (1 min, at end)": round(os.getloadavg()[0], 2),
+        "CPU time stolen by the hypervisor during the run (s)":
+            None if stolen is None or STOLEN_AT_START is None else round(stolen - STOLEN_AT_START, 2),
         "python": platform.python_version(),
         **{p: _version(p) for p in ("numpy", "numba", "scipy", "mkl", "torch", "cupy-cuda12x", "cupy-cuda13x")},
         "minigen's BLAS": gemm.blas(),      # MKL where installed (pip install -e ".[mkl]"), else OpenBLAS

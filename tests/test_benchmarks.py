@@ -31,6 +31,14 @@ def test_an_engine_process_serves_results_and_timed_bursts_with_its_threads():
     assert {k: os.environ.get(k) for k in harness.THREAD_VARIABLES} == before   # the parent's is restored
 
 
+def test_results_record_the_cpu_time_the_hypervisor_stole_during_the_run():
+    stolen = harness.metadata()["CPU time stolen by the hypervisor during the run (s)"]
+    if not os.path.exists("/proc/stat"):
+        assert stolen is None
+    else:
+        assert stolen >= 0 and harness.stolen_seconds() >= harness.STOLEN_AT_START + stolen
+
+
 def test_an_engine_that_dies_while_building_is_reported():
     with pytest.raises(RuntimeError, match="an engine process died"):
         harness.EngineProcess(build, "toy", 1, True)
