@@ -259,16 +259,13 @@ def build(name: str, case: str, state: dict | None) -> dict:
     e = engine(name)
     mg.manual_seed(0)
     net, step = WORKLOADS[case](e)
-    grads = grads_of(net)
-    if state is not None:    # the PyTorch twin: its gradients reported under minigen's names
+    if state is not None:
         net.load_state_dict({torch_name(k): e.tensor(v) for k, v in state.items()})
-        ours, torch_grads = {torch_name(k): k for k in state}, grads
-
-        def grads():
-            return {ours[k]: g for k, g in torch_grads().items()}
+    ours = {torch_name(k): k for k in state or ()}     # the PyTorch twin's gradients under minigen's names
+    grads = grads_of(net)
     return {"step": step, "state": lambda: {k: np.array(v) for k, v in net.state_dict().items()},
             "size": lambda: {"parameters": sum(p.numpy().size for p in net.parameters())},
-            "grads": grads}
+            "grads": lambda: {ours.get(k, k): g for k, g in grads().items()}}
 
 
 def spread_table(rows: list[dict]) -> list[dict]:
