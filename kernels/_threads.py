@@ -39,6 +39,7 @@ import types
 
 import numba
 import numpy as np
+from numba.np.ufunc import parallel as _numba_parallel
 
 
 # Below this many elements the kernels' callers take the NumPy formulas instead of a Numba kernel, whose call
@@ -76,14 +77,23 @@ if OWN_THREADS and hasattr(os, "register_at_fork"):
 THREADS_MIN_SIZE = 1 << 15 if OWN_THREADS else 1 << 22
 
 
+def num_threads() -> int:
+    """numba.get_num_threads(): the calling thread's count, read from Numba's threading layer directly once its
+    threads are launched (0.2 us; Numba's own call takes two process-wide locks to see that they are, 0.7-2 us,
+    and a matrix product asked it four times)."""
+    if _numba_parallel._is_initialized:
+        return _numba_parallel._get_num_threads()
+    return numba.get_num_threads()
+
+
 def in_parallel(size: int) -> bool:
     """Whether a kernel call whose largest array has `size` elements runs its parallel compilation."""
-    return size >= THREADS_MIN_SIZE and numba.get_num_threads() > 1     # the call to Numba costs 0.7 us
+    return size >= THREADS_MIN_SIZE and num_threads() > 1
 
 
 def shared() -> bool:
     """Whether minigen's kernels split work over several threads of their own (OpenMP layer, > 1 thread)."""
-    return OWN_THREADS and numba.get_num_threads() > 1
+    return OWN_THREADS and num_threads() > 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -102,7 +112,7 @@ def spread(kernel: "_Kernel", *args):
     (set again at every call, since threadpoolctl's limits elsewhere can have raised it)."""
     for lib in _numba_blas():
         lib.set_num_threads(1)
-    if numba.get_num_threads() == 1:
+    if num_threads() == 1:
         return kernel.serial(*args)
     with _LAUNCH:
         return kernel.parallel(*args)

@@ -233,7 +233,7 @@ def _smallest_product():
     NumPy's OpenBLAS, above, once the product outweighs the call's 6-7 us: from about 128 x 128 x 128)."""
     if _threads.shared():
         return _SPLIT_MIN
-    return _WHOLE_MIN if numba.get_num_threads() == 1 and blas() == "mkl" else None
+    return _WHOLE_MIN if _threads.num_threads() == 1 and blas() == "mkl" else None
 
 
 def _splits(a, b) -> bool:
@@ -269,8 +269,8 @@ def matmul(a, b):
         out = np.empty((stack, m, n), dtype=a.dtype)
         _threads.spread(_stack, np.broadcast_to(a, (stack, m, k)), b, out)
         return out
-    if k >= 2 * (m + n) and numba.get_num_threads() > 1:
-        partial = np.empty((numba.get_num_threads(), m, n), dtype=a.dtype)
+    if k >= 2 * (m + n) and _threads.num_threads() > 1:
+        partial = np.empty((_threads.num_threads(), m, n), dtype=a.dtype)
         _threads.spread(_inner, a, b, partial)
         return partial.sum(axis=0)
     out = np.empty((m, n), dtype=a.dtype)
