@@ -417,7 +417,7 @@ def sigmoid_backward(y, g):
     return _fused(_FROM_OUTPUT, y, g, 0.0) if _fast(y, g, least=SHORT_FORMULA) else g * y * (_one(y) - y)
 
 
-def _lstm_gates(z, c):
+def lstm_gates(z, c):
     """(i, f, g, o, c') of an LSTM cell from its gates' pre-activations z = [z_i, z_f, z_g, z_o] (N, 4H) and its
     state c (N, H): one sigmoid pass over the whole of z (its g quarter unused) and a tanh over z_g."""
     hidden = c.shape[1]
@@ -428,28 +428,29 @@ def _lstm_gates(z, c):
 
 
 def lstm_cell(z, c):
-    """(h', c') = (o tanh(c'), f c + i g), i, f, o = sigmoid and g = tanh of z's quarters."""
-    i, f, g, o, c_next = _lstm_gates(z, c)
-    return o * np.tanh(c_next), c_next
+    """(h', c', gates) with (h', c') = (o tanh(c'), f c + i g), i, f, o = sigmoid and g = tanh of z's quarters,
+    and the gates lstm_gates(z, c), for a backward that keeps them."""
+    gates = lstm_gates(z, c)
+    return gates[3] * np.tanh(gates[4]), gates[4], gates
 
 
-def lstm_cell_backward(z, c, gh, gc):
-    """The gradients (gz, gc) of lstm_cell(z, c) given gh' and gc', those of its outputs (the gates recomputed):
-    with t = tanh(c') and dc = gc' + gh' o (1 - t^2), gz = [dc g i (1 - i), dc c f (1 - f), dc i (1 - g^2),
-    gh' t o (1 - o)] and gc = dc f."""
+def lstm_cell_backward(z, c, gh, gc, gates=None, out=None):
+    """The gradients (gz, gc) of lstm_cell(z, c) given gh' and gc', those of its outputs: with t = tanh(c') and
+    dc = gc' + gh' o (1 - t^2), gz = [dc g i (1 - i), dc c f (1 - f), dc i (1 - g^2), gh' t o (1 - o)] and
+    gc = dc f. The gates are lstm_gates(z, c), recomputed unless given; gz is written into `out` if given."""
     hidden, one = c.shape[1], _one(z)
-    i, f, g, o, c_next = _lstm_gates(z, c)
+    i, f, g, o, c_next = lstm_gates(z, c) if gates is None else gates
     t = np.tanh(c_next)
     gh_o = gh * o
     dc = gc + gh_o * (one - t * t)
-    gz = np.empty_like(z)
+    gz = np.empty_like(z) if out is None else out
     for k, (a, b) in enumerate([(dc * g, i * (one - i)), (dc * c, f * (one - f)), (dc * i, one - g * g),
                                 (gh_o * t, one - o)]):
         np.multiply(a, b, out=gz[:, k * hidden:(k + 1) * hidden])
     return gz, dc * f
 
 
-def _gru_gates(a, b, h):
+def gru_gates(a, b, h):
     """(r, z, n) of a GRU cell (PyTorch's variant) from the input's map a = [a_r, a_z, a_n] and the hidden
     state's b = [b_r, b_z, b_n] (N, 3H): r, z = sigmoid(a_r + b_r), sigmoid(a_z + b_z) by one sigmoid pass over
     both, n = tanh(a_n + r b_n)."""
@@ -460,19 +461,20 @@ def _gru_gates(a, b, h):
 
 
 def gru_cell(a, b, h):
-    """h' = (1 - z) n + z h = n + z (h - n)."""
-    r, z, n = _gru_gates(a, b, h)
-    return n + z * (h - n)
+    """(h', gates) with h' = (1 - z) n + z h = n + z (h - n) and the gates gru_gates(a, b, h), for a backward that
+    keeps them."""
+    r, z, n = gates = gru_gates(a, b, h)
+    return n + z * (h - n), gates
 
 
-def gru_cell_backward(a, b, h, g):
-    """The gradients (ga, gb, gh) of gru_cell(a, b, h) given g, that of h' (the gates recomputed): with
-    dn = g (1 - z) (1 - n^2), dr = dn b_n r (1 - r) and dz = g (h - n) z (1 - z), ga = [dr, dz, dn],
-    gb = [dr, dz, dn r] and gh = g z."""
+def gru_cell_backward(a, b, h, g, gates=None, out=(None, None)):
+    """The gradients (ga, gb, gh) of gru_cell(a, b, h) given g, that of h': with dn = g (1 - z) (1 - n^2),
+    dr = dn b_n r (1 - r) and dz = g (h - n) z (1 - z), ga = [dr, dz, dn], gb = [dr, dz, dn r] and gh = g z.
+    The gates are gru_gates(a, b, h), recomputed unless given; ga and gb are written into `out` where given."""
     hidden, one = h.shape[1], _one(a)
-    r, z, n = _gru_gates(a, b, h)
+    r, z, n = gru_gates(a, b, h) if gates is None else gates
     dn = g * (one - z) * (one - n * n)
-    ga, gb = np.empty_like(a), np.empty_like(b)
+    ga, gb = (np.empty_like(x) if y is None else y for x, y in zip((a, b), out))
     np.multiply(dn * b[:, 2 * hidden:], r * (one - r), out=ga[:, :hidden])
     np.multiply(g * (h - n), z * (one - z), out=ga[:, hidden:2 * hidden])
     ga[:, 2 * hidden:] = dn

@@ -434,6 +434,20 @@ def test_layer_gradcheck(name):
     check_layer_gradients(make(), *[_randn(*s) for s in shapes])
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_recurrent_layers_at_second_and_third_order_over_a_sequence(cell):
+    """Over several steps the gradient arriving at step t was computed from step t's own input: the fused nodes'
+    second derivatives must be partial ones in each of their inputs (they were total ones, and freed the graph)."""
+    mg.manual_seed(0)
+    layer = getattr(nn, cell)(2, 3, num_layers=2)
+    layer.to(np.float64)
+    weights = mg.tensor(np.cos(np.arange(3 * 2 * 3)).reshape(3, 2, 3))
+    f = lambda x: (layer(x)[0] * weights).sum()  # noqa: E731
+    x = mg.tensor(_randn(3, 2, 2), requires_grad=True)
+    assert mg.gradgradcheck(f, [x])
+    assert mg.gradgradcheck(lambda x: mg.grad(f(x), [x], create_graph=True)[0], [x])
+
+
 def test_gradcheck_piecewise_linear_activations_and_embedding():
     x = _randn(3, 4)
     x[np.abs(x) < 0.1] = 0.5                       # keep away from the kink

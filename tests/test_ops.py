@@ -553,6 +553,85 @@ def test_gru_cell_update_names_wrong_shapes_and_dtypes():
         F.gru_cell_update(leaf(np.zeros((2, 6))), mg.tensor(np.zeros((2, 6), np.float32)), leaf(np.zeros((2, 2))))
 
 
+def _lstm_layer(a, w, b, h, c):
+    hs = []
+    for a_t in a:
+        h, c = _lstm_cell_update(a_t + h @ w.T + b, c)
+        hs.append(h)
+    return np.stack(hs), c
+
+
+def _gru_layer(a, w, b, h):
+    hs = []
+    for a_t in a:
+        h = _gru_cell_update(a_t, h @ w.T + b, h)
+        hs.append(h)
+    return np.stack(hs)
+
+
+def _layer_arrays(data, gates: int) -> list:
+    """a (T, N, gates H), W_hh (gates H, H), b_hh and the initial states (N, H), drawn."""
+    t, n, hidden = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    shapes = [(t, n, gates * hidden), (gates * hidden, hidden), (gates * hidden,)] + [(n, hidden)] * (gates == 4) + \
+        [(n, hidden)]
+    return [data.draw(mt.arrays(s, low=-1.5, high=1.5)) for s in shapes]
+
+
+@given(data=st.data())
+def test_lstm_layer(data):
+    """Every h_t and c_T of a whole LSTM layer (one node, its backward through time in arrays) against the cells
+    step by step in NumPy, each output at first and second order (the second through the formula in operations
+    under grad())."""
+    a, w, b, h, c = _layer_arrays(data, 4)
+    for k in range(2):
+        check(lambda *xs: F.lstm_layer(*xs)[k], [a, w, b, h, c], lambda *xs: _lstm_layer(*xs)[k])
+
+
+@given(data=st.data())
+def test_gru_layer(data):
+    """Every h_t of a whole GRU layer (one node) against the cells step by step in NumPy, at first and second
+    order."""
+    check(F.gru_layer, _layer_arrays(data, 3), _gru_layer)
+
+
+def test_recurrent_layers_take_zeros_for_a_missing_bias_and_state():
+    rng = np.random.default_rng(1)
+    a, w = rng.standard_normal((3, 2, 8)), rng.standard_normal((8, 2))
+    zeros = np.zeros((2, 2))
+    for got, want in zip(F.lstm_layer(leaf(a), leaf(w)), _lstm_layer(a, w, np.zeros(8), zeros, zeros)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(F.gru_layer(leaf(a[..., :6]), leaf(w[:6])).numpy(),
+                               _gru_layer(a[..., :6], w[:6], np.zeros(6), zeros), rtol=1e-12)
+
+
+def test_recurrent_layers_name_wrong_shapes_and_dtypes():
+    with pytest.raises(ValueError, match=r"lstm_layer: a of shape \(3, 2, 8\) and weight_hh of shape \(6, 2\): "
+                                         r"expected a \(T, N, 4H\)"):
+        F.lstm_layer(leaf(np.zeros((3, 2, 8))), leaf(np.zeros((6, 2))))
+    with pytest.raises(ValueError, match=r"gru_layer: bias_hh of shape \(6,\) and states of shapes \[\(3, 2\)\] "
+                                         r"for a of shape \(3, 2, 6\): expected \(6,\) and \(2, 2\)"):
+        F.gru_layer(leaf(np.zeros((3, 2, 6))), leaf(np.zeros((6, 2))), leaf(np.zeros(6)), leaf(np.zeros((3, 2))))
+    with pytest.raises(TypeError, match=r"lstm_layer: a is float32, weight_hh float64"):
+        F.lstm_layer(mg.tensor(np.zeros((3, 2, 8), np.float32)), leaf(np.zeros((8, 2))))
+
+
+def test_recurrent_layers_in_float32_agree_with_float64_and_stay_finite_at_1e4():
+    rng = np.random.default_rng(5)
+    a, w, b = rng.standard_normal((6, 16, 32)) * 3, rng.standard_normal((32, 8)), rng.standard_normal(32)
+    a[2, 0, :4], a[4, 1, 4:8] = [1e4, -1e4, 1e4, -1e4], -1e4
+    for layer, gates in ((F.lstm_layer, 32), (F.gru_layer, 24)):
+        found = []
+        for dtype in (np.float32, np.float64):
+            xs = [mg.tensor(x.astype(dtype), requires_grad=True) for x in (a[..., :gates], w[:gates], b[:gates])]
+            y = layer(*xs)
+            y = y[0] if isinstance(y, tuple) else y
+            (y * mg.tensor(np.cos(np.arange(y.size)).reshape(y.shape).astype(dtype))).sum().backward()
+            found.append([y.numpy()] + [x.grad.numpy() for x in xs])
+        for a32, a64 in zip(*found):
+            assert np.isfinite(a32).all()
+            np.testing.assert_allclose(a32, a64, rtol=1e-3, atol=1e-4 * np.abs(a64).max())
+
+
 def test_dropout():
     def fn(t):
         mg.manual_seed(7)           # the same mask at every evaluation

@@ -11,7 +11,7 @@ from ..ops.elementwise import (elu, gelu, hardtanh, leaky_relu, logsigmoid, relu
                                softplus, tanh)
 from ..ops.losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,  # noqa: F401
                           gaussian_nll_loss, kl_div, kl_normal, l1_loss, mse_loss, nll_loss, smooth_l1_loss)
-from ..ops.nn import (batch_norm, dropout, embedding, gated_tanh, group_norm, gru_cell_update,  # noqa: F401
-                      interpolate, layer_norm, linear, log_softmax, lstm_cell_update, pad, pixel_shuffle,
-                      pixel_unshuffle, scaled_dot_product_attention, softmax)
+from ..ops.nn import (batch_norm, dropout, embedding, gated_tanh, group_norm, gru_cell_update, gru_layer,  # noqa: F401
+                      interpolate, layer_norm, linear, log_softmax, lstm_cell_update, lstm_layer, pad,
+                      pixel_shuffle, pixel_unshuffle, scaled_dot_product_attention, softmax)
 from ..ops.shape import one_hot  # noqa: F401

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 
-from ..ops import split, stack, tanh
+from ..ops import stack, tanh
+from ..ops.nn import recurrence
 from ..tensor import Tensor, zeros
 from . import functional as F
 from . import init
@@ -43,6 +44,11 @@ class _RNNCellBase(Module):
     def _hidden_map(self, h: Tensor) -> Tensor:
         """W_hh h + b_hh, all gates side by side on axis 1."""
         return F.linear(h, self.weight_hh, self.bias_hh)
+
+    def sequence(self, a: Tensor, hx=None):
+        """Every step over a sequence, from the input's map at every step a (T, N, G): (h at every step
+        (T, N, hidden_size), the last state)."""
+        return recurrence(self.step, a, hx)
 
     def _zeros(self, x: Tensor) -> Tensor:
         return zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
@@ -86,6 +92,11 @@ class LSTMCell(_RNNCellBase):
         h, c = (self._zeros(a), self._zeros(a)) if hx is None else hx
         return F.lstm_cell_update(a + self._hidden_map(h), c)
 
+    def sequence(self, a: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        """The whole sequence as one node each way (F.lstm_layer)."""
+        h, c = F.lstm_layer(a, self.weight_hh, self.bias_hh, *(hx or ()))
+        return h, (h[-1], c)
+
 
 class GRUCell(_RNNCellBase):
     """Gated recurrent unit (Cho et al. 2014), PyTorch's variant (the reset gate applied after W_hn):
@@ -101,6 +112,11 @@ class GRUCell(_RNNCellBase):
     def step(self, a: Tensor, hx: Tensor | None = None) -> Tensor:
         h = self._zeros(a) if hx is None else hx
         return F.gru_cell_update(a, self._hidden_map(h), h)
+
+    def sequence(self, a: Tensor, hx: Tensor | None = None):
+        """The whole sequence as one node each way (F.gru_layer)."""
+        h = F.gru_layer(a, self.weight_hh, self.bias_hh, hx)
+        return h, h[-1]
 
 
 class _RNNBase(Module):
@@ -126,12 +142,7 @@ class _RNNBase(Module):
         x = input.swapaxes(0, 1) if self.batch_first else input
         finals = []
         for layer, cell in enumerate(self.cells):
-            state = None if hx is None else _select_layer(hx, layer)
-            outputs = []
-            for a in split(cell.input_map(x), x.shape[0], axis=0):     # one node, where x[t] scattered a zeros
-                state = cell.step(a.reshape(a.shape[1:]), state)       # (T, N, ...) gradient at every step
-                outputs.append(state[0] if isinstance(state, tuple) else state)
-            x = stack(outputs)
+            x, state = cell.sequence(cell.input_map(x), None if hx is None else _select_layer(hx, layer))
             finals.append(state)
         state = tuple(map(stack, zip(*finals))) if isinstance(finals[0], tuple) else stack(finals)
         return (x.swapaxes(0, 1) if self.batch_first else x), state

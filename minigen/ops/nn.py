@@ -13,13 +13,13 @@ import kernels
 from kernels import fused, norm
 
 from .. import backend
-from ..tensor import Function, Tensor, as_tensor, enable_grad, grad, is_grad_enabled
+from ..tensor import Function, Tensor, as_tensor, enable_grad, grad, is_grad_enabled, zeros
 from .elementwise import Scale, exp, sigmoid, sqrt, tanh, where
 from .linalg import ProductGrads, matmul, weight_grad
 from .reduce import mean as _mean
 from .reduce import sum as _sum
 from .reduce import var as _var
-from .shape import concatenate, getitem, normalize_axes, repeat, reshape, split, swapaxes
+from .shape import concatenate, getitem, normalize_axes, repeat, reshape, split, stack, swapaxes
 from .shape import pad as _shape_pad
 
 
@@ -138,18 +138,51 @@ def gated_tanh(x: Tensor) -> Tensor:
     return GatedTanh()(x)
 
 
+class _Alias(Function):
+    """y = x as a node of its own."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, g):
+        return g
+
+
 class _GradByFormula(Function):
     """A fused node computing a gradient (its forward), whose own derivatives are those of `formula`, the same
-    gradient written in operations, taken by grad(): second derivatives without a second fused node."""
+    gradient written in operations, taken by grad(): second derivatives without a second fused node. The
+    formula may give None for a gradient no input wants.
+
+    The formula reads aliases of the inputs, which nothing else reads: grad() gives the partial derivative in
+    each, where in the inputs themselves it would give the total one, through every path between them (in a
+    sequence of LSTM cells, the gradient gh arriving at step t was computed from z_t), and walk, and free, the
+    graph above them."""
 
     formula: staticmethod
 
     def backward(self, *grads):
-        wrt = [x for x in self.inputs if x.requires_grad]
         with enable_grad():
-            outputs = self.formula(*self.inputs)
-        found = iter(grad(outputs, wrt, list(grads), create_graph=is_grad_enabled(), allow_unused=True))
-        return tuple(next(found) if x.requires_grad else None for x in self.inputs)
+            xs = [_Alias()(x) if x.requires_grad else x for x in self.inputs]
+            pairs = [(y, g) for y, g in zip(self.formula(*xs), grads) if y is not None and y.requires_grad]
+        if not pairs:
+            return (None,) * len(self.inputs)
+        found = iter(grad([y for y, _ in pairs], [x for x in xs if x.requires_grad], [g for _, g in pairs],
+                          create_graph=is_grad_enabled(), allow_unused=True))
+        return tuple(next(found) if x.requires_grad else None for x in xs)
+
+
+def _vjp_by_grad(f, n_inputs: int):
+    """The vector-Jacobian product of f (a function of n_inputs tensors, in operations) as a function of f's
+    inputs and one gradient per output of f, taken by grad() with its graph: a _GradByFormula's formula for a
+    node whose forward is that product in arrays. None for an input that wants no gradient."""
+    def vjp(*args):
+        xs, gys = args[:n_inputs], args[n_inputs:]
+        ys = f(*xs)
+        wrt = [x for x in xs if x.requires_grad]
+        found = iter(grad(ys if isinstance(ys, tuple) else [ys], wrt, list(gys), create_graph=True,
+                          allow_unused=True))
+        return tuple(next(found) if x.requires_grad else None for x in xs)
+    return vjp
 
 
 def _lstm_cell_vjp(z: Tensor, c: Tensor, gh: Tensor, gc: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,7 +210,7 @@ class LSTMCellUpdate(Function):
     the cell in operations makes a dozen; gradients LSTMCellUpdateGrad."""
 
     def forward(self, z, c):
-        return fused.lstm_cell(z, c)
+        return fused.lstm_cell(z, c)[:2]
 
     def backward(self, gh, gc):
         return LSTMCellUpdateGrad()(*self.inputs, gh, gc)
@@ -208,7 +241,7 @@ class GRUCellUpdate(Function):
     variant, the reset gate applied after W_hn), one node each way; gradients GRUCellUpdateGrad."""
 
     def forward(self, a, b, h):
-        return fused.gru_cell(a, b, h)
+        return fused.gru_cell(a, b, h)[0]
 
     def backward(self, g):
         return GRUCellUpdateGrad()(*self.inputs, g)
@@ -235,6 +268,154 @@ def gru_cell_update(a: Tensor, b: Tensor, h: Tensor) -> Tensor:
     if not a.dtype == b.dtype == h.dtype:
         raise TypeError(f"gru_cell_update: a is {a.dtype}, b {b.dtype} and h {h.dtype}; they must be of one dtype")
     return GRUCellUpdate()(a, b, h)
+
+
+# --- recurrent layers: a whole sequence as one node ---------------------------------------------------------
+# The cells above over a sequence, h_t = cell(a_t, W_hh h_{t-1} + b_hh, state_{t-1}) with a = W_ih x + b_ih at
+# every step made before (one product), as one node each way. Its backward is backpropagation through time
+# (Werbos 1990) in arrays: per step back, the cell's backward and gh_{t-1} += gm_t W_hh; the weight's gradient
+# gW_hh = sum_t gm_t^T h_{t-1} once, one product over all T N rows, where the step nodes made T small ones and T
+# adds. Second derivatives: the same loop in operations (`recurrence` over the cells' nodes) under grad().
+
+
+def recurrence(step, a: Tensor, state):
+    """state = step(a_t, state) for every t along a's axis 0 (a (T, N, G)): (every step's h stacked (T, N, H),
+    the last state). A state is h, or a tuple whose first entry is h."""
+    hs = []
+    for a_t in split(a, a.shape[0], axis=0):        # one node, where a[t] would scatter a (T, N, G) gradient each
+        state = step(reshape(a_t, a_t.shape[1:]), state)
+        hs.append(state[0] if isinstance(state, tuple) else state)
+    return stack(hs), state
+
+
+def _lstm_layer_in_ops(a, w, b, h, c):
+    hs, (_, c) = recurrence(lambda a_t, state: lstm_cell_update(a_t + linear(state[0], w, b), state[1]), a, (h, c))
+    return hs, c
+
+
+def _gru_layer_in_ops(a, w, b, h):
+    return recurrence(lambda a_t, h: gru_cell_update(a_t, linear(h, w, b), h), a, h)[0]
+
+
+def _hidden_map(h, w, b, out):
+    """out = h W^T + b, W_hh's product of one step."""
+    backend.get_array_module(h).add(kernels.matmul(h, w.T), b, out=out)
+    return out
+
+
+def _weight_grad_through_time(gm, h0, hs):
+    """sum over t of gm_t^T h_{t-1} (h_{-1} = h0): one product over the T N rows of every step."""
+    xp = backend.get_array_module(gm)
+    h_prev = xp.concatenate([h0[None], hs[:-1]])
+    return kernels.matmul(gm.reshape(-1, gm.shape[2]).T, h_prev.reshape(-1, h_prev.shape[2]))
+
+
+class LSTMLayer(Function):
+    """(every h_t (T, N, H), c_T) of an LSTM layer from a = W_ih x + b_ih (T, N, 4H), W_hh (4H, H), b_hh (4H,) and
+    (h_0, c_0): z_t = a_t + W_hh h_{t-1} + b_hh, (h_t, c_t) = LSTMCellUpdate(z_t, c_{t-1}). Keeps every z_t, c_t and
+    the gates for LSTMLayerGrad."""
+
+    def forward(self, a, w, b, h, c):
+        xp = backend.get_array_module(a)
+        self.z, self.c, self.h = xp.empty_like(a), xp.empty((len(a) + 1,) + c.shape, a.dtype), xp.empty(
+            a.shape[:2] + h.shape[1:], a.dtype)
+        self.c[0], self.gates = c, []
+        for t in range(len(a)):
+            z = _hidden_map(h, w, b, self.z[t])
+            z += a[t]
+            h, self.c[t + 1], gates = fused.lstm_cell(z, self.c[t])
+            self.h[t] = h
+            self.gates.append(gates)
+        return self.h, self.c[-1].copy()
+
+    def backward(self, gh, gc):
+        return LSTMLayerGrad(self.z, self.c, self.h, self.gates)(*self.inputs, gh, gc)
+
+
+class LSTMLayerGrad(_GradByFormula):
+    """(ga, gW_hh, gb_hh, gh_0, gc_0) of LSTMLayer given the gradients of every h_t and of c_T, as one node."""
+
+    formula = staticmethod(_vjp_by_grad(_lstm_layer_in_ops, 5))
+
+    def __init__(self, z, c, h, gates):
+        self.z, self.c, self.h, self.gates = z, c, h, gates
+
+    def forward(self, a, w, b, h0, c0, gh_out, gc):
+        gz, gh = backend.get_array_module(a).empty_like(self.z), None
+        for t in reversed(range(len(gz))):
+            _, gc = fused.lstm_cell_backward(self.z[t], self.c[t], gh_out[t] if gh is None else gh_out[t] + gh, gc,
+                                             self.gates[t], out=gz[t])
+            gh = kernels.matmul(gz[t], w)
+        return gz, _weight_grad_through_time(gz, h0, self.h), gz.sum((0, 1)), gh, gc
+
+
+class GRULayer(Function):
+    """Every h_t (T, N, H) of a GRU layer from a = W_ih x + b_ih (T, N, 3H), W_hh (3H, H), b_hh (3H,) and h_0:
+    m_t = W_hh h_{t-1} + b_hh, h_t = GRUCellUpdate(a_t, m_t, h_{t-1}). Keeps every m_t and the gates for
+    GRULayerGrad."""
+
+    def forward(self, a, w, b, h):
+        xp = backend.get_array_module(a)
+        self.m, self.h, self.gates = xp.empty_like(a), xp.empty(a.shape[:2] + h.shape[1:], a.dtype), []
+        for t in range(len(a)):
+            h, gates = fused.gru_cell(a[t], _hidden_map(h, w, b, self.m[t]), h)
+            self.h[t] = h
+            self.gates.append(gates)
+        return self.h
+
+    def backward(self, gh):
+        return GRULayerGrad(self.m, self.h, self.gates)(*self.inputs, gh)
+
+
+class GRULayerGrad(_GradByFormula):
+    """(ga, gW_hh, gb_hh, gh_0) of GRULayer given the gradients of every h_t, as one node."""
+
+    formula = staticmethod(_vjp_by_grad(_gru_layer_in_ops, 4))
+
+    def __init__(self, m, h, gates):
+        self.m, self.h, self.gates = m, h, gates
+
+    def forward(self, a, w, b, h0, gh_out):
+        xp = backend.get_array_module(a)
+        ga, gm, gh = xp.empty_like(a), xp.empty_like(a), None
+        for t in reversed(range(len(ga))):
+            _, _, gh_direct = fused.gru_cell_backward(a[t], self.m[t], self.h[t - 1] if t else h0,
+                                                      gh_out[t] if gh is None else gh_out[t] + gh, self.gates[t],
+                                                      out=(ga[t], gm[t]))
+            gh = gh_direct + kernels.matmul(gm[t], w)
+        return ga, _weight_grad_through_time(gm, h0, self.h), gm.sum((0, 1)), gh
+
+
+def _layer_inputs(name: str, gates: int, a: Tensor, w: Tensor, b: Tensor | None, states: tuple) -> tuple:
+    """A recurrent layer's inputs checked, b and the missing states made zeros: (a, w, b, *states)."""
+    if a.ndim != 3 or w.ndim != 2 or w.shape[0] != gates * w.shape[1] or a.shape[2] != w.shape[0]:
+        raise ValueError(f"{name}: a of shape {a.shape} and weight_hh of shape {w.shape}: expected a (T, N, "
+                         f"{gates}H) and weight_hh ({gates}H, H), the gates side by side")
+    (_, n, g), hidden = a.shape, w.shape[1]
+    b = zeros(g, dtype=a.dtype, device=a.device) if b is None else b
+    states = tuple(zeros(n, hidden, dtype=a.dtype, device=a.device) if s is None else s for s in states)
+    if b.shape != (g,) or any(s.shape != (n, hidden) for s in states):
+        raise ValueError(f"{name}: bias_hh of shape {b.shape} and states of shapes {[s.shape for s in states]} for "
+                         f"a of shape {a.shape}: expected ({g},) and ({n}, {hidden})")
+    if len({x.dtype for x in (a, w, b, *states)}) > 1:
+        raise TypeError(f"{name}: a is {a.dtype}, weight_hh {w.dtype}, bias_hh {b.dtype} and the states "
+                        f"{[str(s.dtype) for s in states]}; they must be of one dtype")
+    return (a, w, b, *states)
+
+
+def lstm_layer(a: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None, h0: Tensor | None = None,
+               c0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """An LSTM layer over a sequence, one node each way, from the input's map at every step a = W_ih x + b_ih
+    (T, N, 4H, gates i, f, g, o), W_hh (4H, H), b_hh and the initial state (h0, c0) (N, H), zeros when None:
+    (every h_t (T, N, H), c_T)."""
+    return LSTMLayer()(*_layer_inputs("lstm_layer", 4, a, weight_hh, bias_hh, (h0, c0)))
+
+
+def gru_layer(a: Tensor, weight_hh: Tensor, bias_hh: Tensor | None = None, h0: Tensor | None = None) -> Tensor:
+    """A GRU layer over a sequence (PyTorch's variant), one node each way, from the input's map at every step
+    a = W_ih x + b_ih (T, N, 3H, gates r, z, n), W_hh (3H, H), b_hh and h0 (N, H), zeros when None: every h_t
+    (T, N, H)."""
+    return GRULayer()(*_layer_inputs("gru_layer", 3, a, weight_hh, bias_hh, (h0,)))
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
