@@ -611,6 +611,8 @@ def test_recurrent_layers_name_wrong_shapes_and_dtypes():
     with pytest.raises(ValueError, match=r"gru_layer: bias_hh of shape \(6,\) and states of shapes \[\(3, 2\)\] "
                                          r"for a of shape \(3, 2, 6\): expected \(6,\) and \(2, 2\)"):
         F.gru_layer(leaf(np.zeros((3, 2, 6))), leaf(np.zeros((6, 2))), leaf(np.zeros(6)), leaf(np.zeros((3, 2))))
+    with pytest.raises(ValueError, match=r"gru_layer: a of shape \(0, 2, 6\) is a sequence of length 0"):
+        F.gru_layer(leaf(np.zeros((0, 2, 6))), leaf(np.zeros((6, 2))))
     with pytest.raises(TypeError, match=r"lstm_layer: a is float32, weight_hh float64"):
         F.lstm_layer(mg.tensor(np.zeros((3, 2, 8), np.float32)), leaf(np.zeros((8, 2))))
 

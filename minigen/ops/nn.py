@@ -391,6 +391,8 @@ def _layer_inputs(name: str, gates: int, a: Tensor, w: Tensor, b: Tensor | None,
     if a.ndim != 3 or w.ndim != 2 or w.shape[0] != gates * w.shape[1] or a.shape[2] != w.shape[0]:
         raise ValueError(f"{name}: a of shape {a.shape} and weight_hh of shape {w.shape}: expected a (T, N, "
                          f"{gates}H) and weight_hh ({gates}H, H), the gates side by side")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name}: a of shape {a.shape} is a sequence of length 0; a recurrent layer needs a step")
     (_, n, g), hidden = a.shape, w.shape[1]
     b = zeros(g, dtype=a.dtype, device=a.device) if b is None else b
     states = tuple(zeros(n, hidden, dtype=a.dtype, device=a.device) if s is None else s for s in states)
