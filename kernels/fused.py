@@ -38,10 +38,13 @@ tanh(a) sigmoid(b) of a map's two channel halves, reads the halves where they li
 NCHW, cropped or not) and writes its gradient's two halves in one pass: forward and backward on a gated
 PixelCNN layer's 16x128x28x28 float32 took 0.33-0.51 of the time of split, tanh, sigmoid and product (one and
 two threads), and the training step 0.87-0.89 of its time (in-process A/B). An LSTM cell's update past its
-products (lstm_cell, lstm_cell_backward) is array operations around one sigmoid pass over all four gates, for one
-node each way in the graph. A Numba kernel for it (one pass each way, the gates recomputed in the backward) took
-29 / 67 us in isolation on (64, 512) float32 z, but 5-7x that in 10-60% of its calls inside a training step,
-depending on where the arrays it reads and writes lie (no offset between them avoided it): not kept.
+products (lstm_cell) is array operations around one sigmoid pass over all four gates; its backward, from the gates
+the forward kept (minigen.ops.nn.LSTMLayer keeps them), one Numba pass (_lstm_backward): 29 us a call inside the
+row LSTM's training step (median of 1680 on (64, 512) float32 z, p99 41, one thread; the array formula about 70),
+whole steps 0.885 / 0.824 of their time with the formula (1 / 2 threads, in-process alternation, Intel Xeon). A
+kernel for the whole cell (one pass each way, the gates recomputed in the backward) had taken 29 / 67 us in
+isolation, but 5-7x that in 10-60% of its calls inside a training step, depending on where the arrays it read and
+wrote lay (AMD EPYC Zen 4): not kept.
 """
 from __future__ import annotations
 
@@ -418,36 +421,61 @@ def sigmoid_backward(y, g):
 
 
 def lstm_gates(z, c):
-    """(i, f, g, o, c') of an LSTM cell from its gates' pre-activations z = [z_i, z_f, z_g, z_o] (N, 4H) and its
-    state c (N, H): one sigmoid pass over the whole of z (its g quarter unused) and a tanh over z_g."""
+    """(s, g, c', t) of an LSTM cell from its gates' pre-activations z = [z_i, z_f, z_g, z_o] (N, 4H) and its
+    state c (N, H): s = sigmoid(z) by one pass over the whole of z (its quarters the gates i, f, o; its g quarter
+    unused), g = tanh(z_g), c' = f c + i g and t = tanh(c')."""
     hidden = c.shape[1]
     s = sigmoid(z)
-    i, f, o = s[:, :hidden], s[:, hidden:2 * hidden], s[:, 3 * hidden:]
     g = np.tanh(z[:, 2 * hidden:3 * hidden])
-    return i, f, g, o, f * c + i * g
+    c_next = s[:, hidden:2 * hidden] * c + s[:, :hidden] * g
+    return s, g, c_next, np.tanh(c_next)
 
 
 def lstm_cell(z, c):
     """(h', c', gates) with (h', c') = (o tanh(c'), f c + i g), i, f, o = sigmoid and g = tanh of z's quarters,
     and the gates lstm_gates(z, c), for a backward that keeps them."""
     gates = lstm_gates(z, c)
-    return gates[3] * np.tanh(gates[4]), gates[4], gates
+    return gates[0][:, 3 * c.shape[1]:] * gates[3], gates[2], gates
 
 
 def lstm_cell_backward(z, c, gh, gc, gates=None, out=None):
     """The gradients (gz, gc) of lstm_cell(z, c) given gh' and gc', those of its outputs: with t = tanh(c') and
     dc = gc' + gh' o (1 - t^2), gz = [dc g i (1 - i), dc c f (1 - f), dc i (1 - g^2), gh' t o (1 - o)] and
-    gc = dc f. The gates are lstm_gates(z, c), recomputed unless given; gz is written into `out` if given."""
+    gc = dc f. The gates are lstm_gates(z, c), recomputed unless given; gz is written into `out` if given. With
+    the gates given, one pass of _lstm_backward over NumPy arrays of a float dtype."""
+    s, g, c_next, t = lstm_gates(z, c) if gates is None else gates
+    gz = np.empty_like(z) if out is None else out
+    if gates is not None and _fast(c, gh, gc, g, t, least=SHORT_FORMULA) and all(type(x) is np.ndarray and x.dtype == c.dtype
+                                                            and x.flags.c_contiguous for x in (s, gz)):
+        gc_prev = np.empty_like(c)
+        _lstm_backward.sized(gz.size, s, g, t, c, gh, gc, gz, gc_prev)
+        return gz, gc_prev
     hidden, one = c.shape[1], _one(z)
-    i, f, g, o, c_next = lstm_gates(z, c) if gates is None else gates
-    t = np.tanh(c_next)
+    i, f, o = s[:, :hidden], s[:, hidden:2 * hidden], s[:, 3 * hidden:]
     gh_o = gh * o
     dc = gc + gh_o * (one - t * t)
-    gz = np.empty_like(z) if out is None else out
     for k, (a, b) in enumerate([(dc * g, i * (one - i)), (dc * c, f * (one - f)), (dc * i, one - g * g),
                                 (gh_o * t, one - o)]):
         np.multiply(a, b, out=gz[:, k * hidden:(k + 1) * hidden])
     return gz, dc * f
+
+
+@parallel(fastmath=FASTMATH, error_model="numpy")
+def _lstm_backward(s, g, t, c, gh, gc, gz, gc_prev):
+    """lstm_cell_backward's formula, row by row, from its kept gates: s = sigmoid(z) (N, 4H), g, t = tanh(c')."""
+    hidden = c.shape[1]
+    one = c.dtype.type(1)
+    for n in numba.prange(c.shape[0]):
+        for j in range(hidden):
+            wide_vectors()
+            i, f, o, tj = s[n, j], s[n, hidden + j], s[n, 3 * hidden + j], t[n, j]
+            gh_o = gh[n, j] * o
+            dc = gc[n, j] + gh_o * (one - tj * tj)
+            gz[n, j] = dc * g[n, j] * i * (one - i)
+            gz[n, hidden + j] = dc * c[n, j] * f * (one - f)
+            gz[n, 2 * hidden + j] = dc * i * (one - g[n, j] * g[n, j])
+            gz[n, 3 * hidden + j] = gh_o * tj * (one - o)
+            gc_prev[n, j] = dc * f
 
 
 def gru_gates(a, b, h):

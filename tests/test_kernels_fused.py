@@ -274,3 +274,37 @@ def test_the_reference_backend_turns_every_numba_pass_off():
     assert numba_used() == [True, True, True, True, True]
     with formulas():
         assert numba_used() == [False, False, False, False, False]
+
+
+@contextlib.contextmanager
+def _threads_at(n: int):
+    """Numba's loops on n threads (as many as it has, if fewer)."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_backward_kernel_matches_the_formula_at_1e4(dtype, threads, monkeypatch):
+    """lstm_cell_backward from kept gates (the Numba pass over (64, 4 x 128)) against the same formula in array
+    operations from the recomputed gates, float64 as the reference, with +-1e4 pre-activations: no NaN."""
+    kernel, calls = fused._lstm_backward, []
+    monkeypatch.setattr(fused, "_lstm_backward", type("Spy", (), {"sized": lambda self, *a: calls.append(
+        kernel.sized(*a))})())
+    rng = np.random.default_rng(7)
+    z, c, gh, gc = (rng.standard_normal(s) * k for s, k in [((64, 512), 4), ((64, 128), 2), ((64, 128), 1),
+                                                             ((64, 128), 1)])
+    z[0, :4], z[1, 128:132], c[2, :2] = [1e4, -1e4, 1e4, -1e4], -1e4, [1e4, -1e4]
+    want = fused.lstm_cell_backward(z, c, gh, gc)
+    with _threads_at(threads):
+        args = [a.astype(dtype) for a in (z, c, gh, gc)]
+        got = fused.lstm_cell_backward(*args, gates=fused.lstm_cell(*args[:2])[2])
+    assert len(calls) == 1
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and np.isfinite(g).all()
+        np.testing.assert_allclose(g, w, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-6 * np.abs(w).max())
