@@ -41,7 +41,8 @@ two threads), and the training step 0.87-0.89 of its time (in-process A/B). An L
 products (lstm_cell) is array operations around one sigmoid pass over all four gates; its backward, from the gates
 the forward kept (minigen.ops.nn.LSTMLayer keeps them), one Numba pass (_lstm_backward): 29 us a call inside the
 row LSTM's training step (median of 1680 on (64, 512) float32 z, p99 41, one thread; the array formula about 70),
-whole steps 0.885 / 0.824 of their time with the formula (1 / 2 threads, in-process alternation, Intel Xeon). A
+whole steps 0.885 / 0.824 of their time with the formula (1 / 2 threads, in-process alternation, Intel Xeon); a
+GRU cell's backward likewise (_gru_backward; the row GRU's step 0.91 / 0.90 of its time with the formula). A
 kernel for the whole cell (one pass each way, the gates recomputed in the backward) had taken 29 / 67 us in
 isolation, but 5-7x that in 10-60% of its calls inside a training step, depending on where the arrays it read and
 wrote lay (AMD EPYC Zen 4): not kept.
@@ -479,33 +480,56 @@ def _lstm_backward(s, g, t, c, gh, gc, gz, gc_prev):
 
 
 def gru_gates(a, b, h):
-    """(r, z, n) of a GRU cell (PyTorch's variant) from the input's map a = [a_r, a_z, a_n] and the hidden
-    state's b = [b_r, b_z, b_n] (N, 3H): r, z = sigmoid(a_r + b_r), sigmoid(a_z + b_z) by one sigmoid pass over
-    both, n = tanh(a_n + r b_n)."""
+    """(rz, n) of a GRU cell (PyTorch's variant) from the input's map a = [a_r, a_z, a_n] and the hidden state's
+    b = [b_r, b_z, b_n] (N, 3H): rz = [r, z] = sigmoid([a_r + b_r, a_z + b_z]) by one sigmoid pass over both, and
+    n = tanh(a_n + r b_n)."""
     hidden = h.shape[1]
     rz = sigmoid(a[:, :2 * hidden] + b[:, :2 * hidden])
-    r, z = rz[:, :hidden], rz[:, hidden:]
-    return r, z, np.tanh(a[:, 2 * hidden:] + r * b[:, 2 * hidden:])
+    return rz, np.tanh(a[:, 2 * hidden:] + rz[:, :hidden] * b[:, 2 * hidden:])
 
 
 def gru_cell(a, b, h):
     """(h', gates) with h' = (1 - z) n + z h = n + z (h - n) and the gates gru_gates(a, b, h), for a backward that
     keeps them."""
-    r, z, n = gates = gru_gates(a, b, h)
-    return n + z * (h - n), gates
+    rz, n = gates = gru_gates(a, b, h)
+    return n + rz[:, h.shape[1]:] * (h - n), gates
 
 
 def gru_cell_backward(a, b, h, g, gates=None, out=(None, None)):
     """The gradients (ga, gb, gh) of gru_cell(a, b, h) given g, that of h': with dn = g (1 - z) (1 - n^2),
     dr = dn b_n r (1 - r) and dz = g (h - n) z (1 - z), ga = [dr, dz, dn], gb = [dr, dz, dn r] and gh = g z.
-    The gates are gru_gates(a, b, h), recomputed unless given; ga and gb are written into `out` where given."""
+    The gates are gru_gates(a, b, h), recomputed unless given; ga and gb are written into `out` where given. With
+    the gates given, one pass of _gru_backward over NumPy arrays of a float dtype."""
     hidden, one = h.shape[1], _one(a)
-    r, z, n = gru_gates(a, b, h) if gates is None else gates
-    dn = g * (one - z) * (one - n * n)
+    rz, n = gru_gates(a, b, h) if gates is None else gates
     ga, gb = (np.empty_like(x) if y is None else y for x, y in zip((a, b), out))
+    if gates is not None and _fast(h, g, n, least=SHORT_FORMULA) and all(
+            type(x) is np.ndarray and x.dtype == h.dtype and x.flags.c_contiguous for x in (rz, b, ga, gb)):
+        gh = np.empty_like(h)
+        _gru_backward.sized(ga.size, rz, n, b, h, g, ga, gb, gh)
+        return ga, gb, gh
+    r, z = rz[:, :hidden], rz[:, hidden:]
+    dn = g * (one - z) * (one - n * n)
     np.multiply(dn * b[:, 2 * hidden:], r * (one - r), out=ga[:, :hidden])
     np.multiply(g * (h - n), z * (one - z), out=ga[:, hidden:2 * hidden])
     ga[:, 2 * hidden:] = dn
     gb[:, :2 * hidden] = ga[:, :2 * hidden]
     np.multiply(dn, r, out=gb[:, 2 * hidden:])
     return ga, gb, g * z
+
+
+@parallel(fastmath=FASTMATH, error_model="numpy")
+def _gru_backward(rz, n, b, h, g, ga, gb, gh):
+    """gru_cell_backward's formula, row by row, from its kept gates rz = [r, z] (N, 2H) and n."""
+    hidden = h.shape[1]
+    one = h.dtype.type(1)
+    for i in numba.prange(h.shape[0]):
+        for j in range(hidden):
+            wide_vectors()
+            r, z, nj, gj = rz[i, j], rz[i, hidden + j], n[i, j], g[i, j]
+            dn = gj * (one - z) * (one - nj * nj)
+            dr = dn * b[i, 2 * hidden + j] * r * (one - r)
+            dz = gj * (h[i, j] - nj) * z * (one - z)
+            ga[i, j], ga[i, hidden + j], ga[i, 2 * hidden + j] = dr, dz, dn
+            gb[i, j], gb[i, hidden + j], gb[i, 2 * hidden + j] = dr, dz, dn * r
+            gh[i, j] = gj * z

@@ -288,22 +288,40 @@ def _threads_at(n: int):
         numba.set_num_threads(before)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_lstm_backward_kernel_matches_the_formula_at_1e4(dtype, threads, monkeypatch):
-    """lstm_cell_backward from kept gates (the Numba pass over (64, 4 x 128)) against the same formula in array
-    operations from the recomputed gates, float64 as the reference, with +-1e4 pre-activations: no NaN."""
-    kernel, calls = fused._lstm_backward, []
-    monkeypatch.setattr(fused, "_lstm_backward", type("Spy", (), {"sized": lambda self, *a: calls.append(
-        kernel.sized(*a))})())
-    rng = np.random.default_rng(7)
+def _lstm_case(rng):
     z, c, gh, gc = (rng.standard_normal(s) * k for s, k in [((64, 512), 4), ((64, 128), 2), ((64, 128), 1),
                                                              ((64, 128), 1)])
     z[0, :4], z[1, 128:132], c[2, :2] = [1e4, -1e4, 1e4, -1e4], -1e4, [1e4, -1e4]
-    want = fused.lstm_cell_backward(z, c, gh, gc)
+    return (z, c), (gh, gc)
+
+
+def _gru_case(rng):
+    a, b, h, g = (rng.standard_normal(s) * k for s, k in [((64, 384), 4), ((64, 384), 4), ((64, 128), 1),
+                                                           ((64, 128), 1)])
+    a[0, :4], b[1, 128:132], b[2, 256:260] = [1e4, -1e4, 1e4, -1e4], -1e4, [1e4, -1e4, 1e4, -1e4]
+    return (a, b, h), (g,)
+
+
+# cell: (its forward keeping the gates, its backward, the kernel that serves the backward from them, a case)
+CELLS = {"lstm": (lambda z, c: fused.lstm_cell(z, c)[2], fused.lstm_cell_backward, "_lstm_backward", _lstm_case),
+         "gru": (lambda a, b, h: fused.gru_cell(a, b, h)[1], fused.gru_cell_backward, "_gru_backward", _gru_case)}
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_recurrent_cell_backward_kernels_match_the_formula_at_1e4(cell, dtype, threads, monkeypatch):
+    """An LSTM's and a GRU's cell backward from kept gates (one Numba pass over 64 x 128 units) against the same
+    formula in array operations from the recomputed gates, float64 as the reference, with +-1e4
+    pre-activations: no NaN."""
+    gates_of, backward, name, case = CELLS[cell]
+    kernel, calls = getattr(fused, name), []
+    monkeypatch.setattr(fused, name, type("Spy", (), {"sized": lambda self, *a: calls.append(kernel.sized(*a))})())
+    inputs, grads = case(np.random.default_rng(7))
+    want = backward(*inputs, *grads)
     with _threads_at(threads):
-        args = [a.astype(dtype) for a in (z, c, gh, gc)]
-        got = fused.lstm_cell_backward(*args, gates=fused.lstm_cell(*args[:2])[2])
+        inputs, grads = [a.astype(dtype) for a in inputs], [a.astype(dtype) for a in grads]
+        got = backward(*inputs, *grads, gates=gates_of(*inputs))
     assert len(calls) == 1
     for g, w in zip(got, want):
         assert g.dtype == dtype and np.isfinite(g).all()
